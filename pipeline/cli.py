@@ -1,0 +1,64 @@
+"""The ``rnncast`` console command: a dispatcher over one module per subcommand.
+
+Subcommand modules are imported lazily so that ``rnncast --help`` does not pay for
+TensorFlow or Beam imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Each module exposes add_arguments(parser) and run(args) -> int.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("models.cli_train", "train a recurrent forecaster on a CSV and write an artifact"),
+    "evaluate": ("models.cli_evaluate", "replay a CSV through an artifact's step engine and score it"),
+    "broker": ("pipeline.cli_broker", "run the embedded Kafka-protocol broker (Tansu) for local use"),
+    "replay": ("pipeline.cli_replay", "publish a CSV's rows as readings to a Kafka topic"),
+    "serve": ("pipeline.cli_serve", "run the streaming forecasting job (Beam)"),
+}
+
+
+class UsageError(Exception):
+    """An error the user can fix; printed as one line, exit status 2."""
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnncast",
+        description="Streaming time-series forecasting with recurrent networks: train offline, "
+        "serve one recurrent step per reading in an Apache Beam job between Kafka topics.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "accepts_extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
