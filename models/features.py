@@ -1,0 +1,88 @@
+"""Model inputs: one definition of the feature vector, shared by training and serving.
+
+The input at time t is ``[value_scaled, covariates_scaled..., calendar...]`` where the calendar
+part is sin/cos of the time of day and of the day of week, computed in UTC from the event
+timestamp (never from the clock).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.scaling import ScalerParams
+
+SECONDS_PER_DAY = 86_400.0
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+# 1970-01-01 was a Thursday; shifting by 3 days makes Monday 00:00 the start of the week.
+_WEEK_ORIGIN_SHIFT = 3 * SECONDS_PER_DAY
+CALENDAR_FEATURE_NAMES = ("time_of_day_sin", "time_of_day_cos", "day_of_week_sin", "day_of_week_cos")
+_TWO_PI = 2.0 * math.pi
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the network sees at each step, fitted on the training part."""
+
+    covariate_names: tuple[str, ...]
+    covariate_scaler: ScalerParams
+    calendar: bool = True
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        calendar = CALENDAR_FEATURE_NAMES if self.calendar else ()
+        return ("value", *self.covariate_names, *calendar)
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def to_json(self) -> dict:
+        return {
+            "names": list(self.names),
+            "covariates": list(self.covariate_names),
+            "covariate_scaler": self.covariate_scaler.to_json(),
+            "calendar": self.calendar,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureSpec":
+        return cls(
+            covariate_names=tuple(data["covariates"]),
+            covariate_scaler=ScalerParams.from_json(data["covariate_scaler"]),
+            calendar=bool(data["calendar"]),
+        )
+
+
+def calendar_features(timestamps: np.ndarray) -> np.ndarray:
+    """Calendar features for many timestamps: float64 [n, 4]."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    day_angle = (np.mod(ts, SECONDS_PER_DAY) / SECONDS_PER_DAY) * _TWO_PI
+    week_angle = (np.mod(ts + _WEEK_ORIGIN_SHIFT, SECONDS_PER_WEEK) / SECONDS_PER_WEEK) * _TWO_PI
+    return np.stack([np.sin(day_angle), np.cos(day_angle), np.sin(week_angle), np.cos(week_angle)], axis=1)
+
+
+def input_matrix(
+    spec: FeatureSpec, values_scaled: np.ndarray, covariates: np.ndarray, timestamps: np.ndarray
+) -> np.ndarray:
+    """Feature rows for a whole sequence: float64 [n, spec.size]."""
+    parts = [np.asarray(values_scaled, dtype=np.float64).reshape(-1, 1)]
+    if spec.covariate_names:
+        parts.append(spec.covariate_scaler.transform(np.asarray(covariates, dtype=np.float64)))
+    if spec.calendar:
+        parts.append(calendar_features(timestamps))
+    return np.concatenate(parts, axis=1)
+
+
+def input_vector(
+    spec: FeatureSpec, value_scaled: float, covariates: np.ndarray, timestamp: float
+) -> np.ndarray:
+    """Feature row for one reading; equals one row of :func:`input_matrix`."""
+    return input_matrix(
+        spec,
+        np.array([value_scaled]),
+        np.asarray(covariates, dtype=np.float64).reshape(1, -1),
+        np.array([timestamp], dtype=np.float64),
+    )[0]

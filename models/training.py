@@ -1,0 +1,184 @@
+"""Training a global recurrent forecaster on every stream of a dataset (Keras)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from models.data import Dataset
+from models.features import FeatureSpec
+from models.scaling import fit_scaler
+from models.sequences import SegmentArrays, contiguous_segments, segment_arrays, windows
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters; every field is recorded in the artifact's manifest."""
+
+    cell: str = "lstm"
+    horizon: int | None = None  # default: one season
+    season: int | None = None  # default: inferred from the step
+    layers: int = 1
+    units: int = 64
+    dropout: float = 0.0
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    clipnorm: float = 1.0
+    patience: int = 8
+    test_fraction: float = 0.3
+    validation_fraction: float = 0.15
+    covariates: tuple[str, ...] | None = None  # default: every covariate column
+    calendar: bool = True
+    seed: int = 0
+    max_gap: int = 4
+
+
+@dataclass(frozen=True)
+class Split:
+    """Per-stream time boundaries: train < validation_from <= validation < test_from <= test."""
+
+    validation_from: dict[str, float]
+    test_from: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    model: object  # keras.Model
+    config: TrainConfig
+    features: FeatureSpec
+    season: int
+    horizon: int
+    step_seconds: float
+    split: Split
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def default_season(step_seconds: float) -> int:
+    """One day of steps for sub-daily data, a week for daily data, otherwise no seasonality (1)."""
+    if step_seconds < 86_400:
+        return max(int(round(86_400 / step_seconds)), 1)
+    if step_seconds == 86_400:
+        return 7
+    return 1
+
+
+def common_step(dataset: Dataset) -> float:
+    steps = {s.step_seconds for s in dataset.series.values()}
+    if len(steps) != 1:
+        raise ValueError(f"one model needs one sampling step, the streams have {sorted(steps)} seconds")
+    return float(steps.pop())
+
+
+def split_dataset(dataset: Dataset, test_fraction: float, validation_fraction: float) -> Split:
+    validation_from, test_from = {}, {}
+    for sid, series in dataset.series.items():
+        n = len(series.timestamps)
+        n_fit = int(np.floor(n * (1 - test_fraction)))
+        test_from[sid] = float(series.timestamps[n_fit]) if n_fit < n else np.inf
+        n_train = int(np.floor(n_fit * (1 - validation_fraction)))
+        validation_from[sid] = float(series.timestamps[min(n_train, n - 1)])
+    return Split(validation_from, test_from)
+
+
+def window_shape(season: int) -> tuple[int, int]:
+    """(window length, warm-up steps): a few seasons of context, bounded so training stays fast."""
+    warmup = min(2 * season, 192)
+    return warmup + max(min(5 * season, 336), 64), warmup
+
+
+def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    import keras
+
+    from models.keras_model import build_model, masked_mse
+
+    started = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    step = common_step(dataset)
+    season = config.season or default_season(step)
+    horizon = config.horizon or season
+    covariate_names = dataset.covariate_names if config.covariates is None else tuple(config.covariates)
+    unknown = [c for c in covariate_names if c not in dataset.covariate_names]
+    if unknown:
+        raise ValueError(f"unknown covariates {unknown}; the data has {list(dataset.covariate_names)}")
+    columns = [dataset.covariate_names.index(c) for c in covariate_names]
+    split = split_dataset(dataset, config.test_fraction, config.validation_fraction)
+
+    train_covariates = [
+        s.covariates[s.timestamps < split.validation_from[sid]][:, columns] for sid, s in dataset.series.items()
+    ]
+    spec = FeatureSpec(covariate_names, fit_scaler(np.concatenate(train_covariates)), config.calendar)
+
+    arrays: list[SegmentArrays] = []
+    for sid, series in dataset.series.items():
+        for segment in contiguous_segments(sid, series.timestamps, series.values, series.covariates[:, columns], step):
+            seg = segment_arrays(segment, spec, season, horizon, targets_before=split.test_from[sid])
+            if seg is not None:
+                arrays.append(seg)
+    length, warmup = window_shape(season)
+    stride = max((length - warmup) // 2, 1)
+    train_sets = [_restrict(a, -np.inf, split.validation_from[a.stream_id]) for a in arrays]
+    x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
+    val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
+    vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
+
+    model = build_model(config.cell, config.layers, config.units, spec.size, horizon, config.dropout)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
+        loss=masked_mse,
+    )
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(config.patience // 2, 1)),
+    ]
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch, logs or {})))
+    history = model.fit(
+        {"features": x, "base": b},
+        y,
+        validation_data=({"features": vx, "base": vb}, vy),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return TrainResult(
+        model=model,
+        config=config,
+        features=spec,
+        season=season,
+        horizon=horizon,
+        step_seconds=step,
+        split=split,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        seconds=time.monotonic() - started,
+    )
+
+
+def _restrict(arrays: SegmentArrays, origins_from: float, targets_before: float) -> SegmentArrays:
+    """Mask targets outside [origins_from, targets_before) while keeping all rows as context.
+
+    A target is kept only if its origin is scored and the target time itself is before
+    ``targets_before``, so validation targets never leak into training.
+    """
+    targets = arrays.targets.copy()
+    origin_ok = arrays.timestamps >= origins_from
+    targets[~origin_ok] = np.nan
+    step_index = np.arange(1, targets.shape[1] + 1)
+    if len(arrays.timestamps) > 1:
+        step = float(np.median(np.diff(arrays.timestamps)))
+        target_times = arrays.timestamps[:, None] + step * step_index[None, :]
+        targets[target_times >= targets_before] = np.nan
+    return SegmentArrays(arrays.stream_id, arrays.timestamps, arrays.inputs, arrays.base, targets)
+
+
+def config_to_json(config: TrainConfig) -> dict:
+    data = asdict(config)
+    if data["covariates"] is not None:
+        data["covariates"] = list(data["covariates"])
+    return data
