@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Launch `rnncast serve` on an Apache Flink cluster through Beam's portable Flink runner.
+# See deploy/flink/README.md for the SDK container, environment types and checkpointing.
+#
+#   FLINK_MASTER=flink-jobmanager:8081 BOOTSTRAP=kafka:9093 \
+#   ENVIRONMENT_TYPE=EXTERNAL ENVIRONMENT_CONFIG=localhost:50000 \
+#   RNNCAST_KAFKA_PASSWORD=... deploy/flink/launch.sh [extra Beam options]
+#
+# DRY_RUN=1 prints the command instead of running it.
+set -euo pipefail
+
+: "${FLINK_MASTER:?set FLINK_MASTER (Flink JobManager REST address host:port)}"
+: "${BOOTSTRAP:?set BOOTSTRAP (Kafka bootstrap servers host:port,...)}"
+
+ARTIFACT=${ARTIFACT:-/artifacts/current}
+FLINK_VERSION=${FLINK_VERSION:-1.20} # must match the cluster; Beam 2.77 publishes 1.19, 1.20, 2.0, 2.1, 2.2
+ENVIRONMENT_TYPE=${ENVIRONMENT_TYPE:-EXTERNAL}  # EXTERNAL | DOCKER | PROCESS | LOOPBACK
+ENVIRONMENT_CONFIG=${ENVIRONMENT_CONFIG:-localhost:50000}
+PARALLELISM=${PARALLELISM:-2}
+INPUT_TOPIC=${INPUT_TOPIC:-readings}
+OUTPUT_TOPIC=${OUTPUT_TOPIC:-forecasts}
+DLQ_TOPIC=${DLQ_TOPIC:-readings-dlq}
+GROUP=${GROUP:-rnncast}
+SECURITY_PROTOCOL=${SECURITY_PROTOCOL:-PLAINTEXT}
+SASL_MECHANISM=${SASL_MECHANISM:-SCRAM-SHA-512}
+SASL_USERNAME=${SASL_USERNAME:-rnncast}
+SASL_PASSWORD_FILE=${SASL_PASSWORD_FILE:-}
+
+cmd=(
+  rnncast serve
+  --artifact "$ARTIFACT"
+  --bootstrap "$BOOTSTRAP"
+  --input-topic "$INPUT_TOPIC"
+  --output-topic "$OUTPUT_TOPIC"
+  --dlq-topic "$DLQ_TOPIC"
+  --group "$GROUP"
+  --security-protocol "$SECURITY_PROTOCOL"
+)
+if [[ "$SECURITY_PROTOCOL" == SASL_* ]]; then
+  cmd+=(--sasl-mechanism "$SASL_MECHANISM" --sasl-username "$SASL_USERNAME")
+  if [[ -n "$SASL_PASSWORD_FILE" ]]; then
+    cmd+=(--sasl-password-file "$SASL_PASSWORD_FILE")
+  elif [[ -z "${RNNCAST_KAFKA_PASSWORD:-}" && -z "${DRY_RUN:-}" ]]; then
+    echo "error: $SECURITY_PROTOCOL needs RNNCAST_KAFKA_PASSWORD or SASL_PASSWORD_FILE" >&2
+    exit 2
+  fi
+fi
+cmd+=(
+  --runner=FlinkRunner
+  --flink_master="$FLINK_MASTER"
+  --flink_version="$FLINK_VERSION"
+  --environment_type="$ENVIRONMENT_TYPE"
+  --environment_config="$ENVIRONMENT_CONFIG"
+  --parallelism="$PARALLELISM"
+  --streaming
+)
+# The Flink job server jar is downloaded from Maven Central unless given (offline clusters).
+[[ -n "${FLINK_JOB_SERVER_JAR:-}" ]] && cmd+=(--flink_job_server_jar="$FLINK_JOB_SERVER_JAR")
+cmd+=("$@")
+
+if [[ -n "${DRY_RUN:-}" ]]; then
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+exec "${cmd[@]}"
