@@ -77,11 +77,18 @@ def _gru_step(layer: RecurrentLayer, x: np.ndarray, states: tuple[np.ndarray, ..
 
 @dataclass(frozen=True)
 class NetworkWeights:
-    """A stack of recurrent layers and the dense head that outputs H corrections."""
+    """A stack of recurrent layers, the dense head on the top layer's output, and a linear skip.
+
+    The skip maps ``[x_t, base_t]`` straight to the H outputs: short horizons need the current
+    value next to the seasonal base (a persistence-like term) and a recurrent state is a poor place
+    to keep a value from a season ago.
+    """
 
     layers: tuple[RecurrentLayer, ...]
     head_kernel: np.ndarray  # [U_last, H]
     head_bias: np.ndarray  # [H]
+    skip_kernel: np.ndarray  # [F + H, H]
+    skip_bias: np.ndarray  # [H]
 
     @property
     def horizon(self) -> int:
@@ -109,15 +116,18 @@ class NetworkWeights:
             new_parts.extend(new_states)
         return out @ self.head_kernel + self.head_bias, np.concatenate(new_parts, axis=1)
 
-    def head_from_state(self, flat_state: np.ndarray) -> np.ndarray:
-        """The head output implied by a state: every cell here outputs its top layer's ``h``."""
-        top = self.layers[-1]
-        start = self.state_size - top.units * top.state_count
-        h_top = flat_state[:, start : start + top.units]
-        return h_top @ self.head_kernel + self.head_bias
+    def skip(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """The linear skip term for inputs ``x`` [N, F] and seasonal base ``base`` [N, H]."""
+        n_features = x.shape[1]
+        return x @ self.skip_kernel[:n_features] + base @ self.skip_kernel[n_features:] + self.skip_bias
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {"head_kernel": self.head_kernel, "head_bias": self.head_bias}
+        arrays: dict[str, np.ndarray] = {
+            "head_kernel": self.head_kernel,
+            "head_bias": self.head_bias,
+            "skip_kernel": self.skip_kernel,
+            "skip_bias": self.skip_bias,
+        }
         for i, layer in enumerate(self.layers):
             arrays[f"layer{i}_kernel"] = layer.kernel
             arrays[f"layer{i}_recurrent_kernel"] = layer.recurrent_kernel
@@ -144,4 +154,6 @@ class NetworkWeights:
             layers=tuple(layers),
             head_kernel=np.asarray(arrays["head_kernel"], dtype=np.float64),
             head_bias=np.asarray(arrays["head_bias"], dtype=np.float64),
+            skip_kernel=np.asarray(arrays["skip_kernel"], dtype=np.float64),
+            skip_bias=np.asarray(arrays["skip_bias"], dtype=np.float64),
         )

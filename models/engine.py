@@ -120,9 +120,10 @@ class Engine:
             ring[:-1] = ring[1:]
             ring[-1] = value
             fill = min(fill + 1, len(ring))
-        mean, scale = float("nan"), float("nan")
+        mean, scale, one_step = float("nan"), float("nan"), float("nan")
         if fill == len(ring):
             mean, scale = fit_stream_value_scaler(ring)
+            one_step = float(ring[self._base_index[0]])  # the seasonal naive, until the model has spoken
         return StreamState(
             readings_seen=state.readings_seen + 1,
             last_timestamp=reading.timestamp,
@@ -131,6 +132,7 @@ class Engine:
             ring=ring,
             ring_fill=fill,
             cell_state=state.cell_state,
+            one_step_forecast=one_step,
         )
 
     def _advance(
@@ -144,6 +146,7 @@ class Engine:
         ring[:-1] = state.ring[1:]
         ring[-1] = value
         base = (ring[self._base_index] - state.value_mean) / state.value_scale
+        forecast = base + head[0] + self.weights.skip(x[np.newaxis, :], base[np.newaxis, :])[0]
         new_state = StreamState(
             readings_seen=state.readings_seen,
             last_timestamp=timestamp,
@@ -152,13 +155,11 @@ class Engine:
             ring=ring,
             ring_fill=state.ring_fill,
             cell_state=cell_state[0],
+            one_step_forecast=float(forecast[0] * state.value_scale + state.value_mean),
         )
-        return new_state, base + head[0]
+        return new_state, forecast
 
     def _impute(self, state: StreamState, covariates: np.ndarray, timestamp: float) -> StreamState:
         """Feed the model its own one-step forecast for a missing step."""
-        head = self.weights.head_from_state(state.cell_state[np.newaxis, :])[0]
-        one_step_scaled = (state.ring[self._base_index[0]] - state.value_mean) / state.value_scale + head[0]
-        value = one_step_scaled * state.value_scale + state.value_mean
-        new_state, _ = self._advance(state, value, covariates, timestamp)
+        new_state, _ = self._advance(state, state.one_step_forecast, covariates, timestamp)
         return new_state

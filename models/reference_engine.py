@@ -20,6 +20,7 @@ class KerasNetwork:
     def __init__(self, model, numpy_weights):
         self._cells = [model.get_layer(name).cell for name in recurrent_layer_names(model)]
         self._head = model.get_layer("head")
+        self._skip = model.get_layer("skip")
         self._layout = [(layer.units, layer.state_count) for layer in numpy_weights.layers]
         self.state_size = numpy_weights.state_size
         self.horizon = numpy_weights.horizon
@@ -41,13 +42,11 @@ class KerasNetwork:
         head = np.asarray(keras.ops.convert_to_numpy(self._head(out)), dtype=np.float64)
         return head, np.concatenate(new_parts, axis=1)
 
-    def head_from_state(self, flat_state: np.ndarray) -> np.ndarray:
+    def skip(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
         import keras
 
-        units, count = self._layout[-1]
-        start = self.state_size - units * count
-        h_top = flat_state[:, start : start + units].astype(np.float32)
-        return np.asarray(keras.ops.convert_to_numpy(self._head(keras.ops.convert_to_tensor(h_top))), dtype=np.float64)
+        joined = keras.ops.convert_to_tensor(np.concatenate([x, base], axis=1).astype(np.float32))
+        return np.asarray(keras.ops.convert_to_numpy(self._skip(joined)), dtype=np.float64)
 
 
 def reference_engine(artifact: Artifact, min_history: int | None = None, max_gap: int | None = None) -> Engine:

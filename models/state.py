@@ -14,7 +14,7 @@ import numpy as np
 
 STATE_MAGIC = b"RNCS"
 STATE_FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sHqdddHHIqq")
+_HEADER = struct.Struct("<4sHqddddHHIqq")
 
 
 class StateDecodeError(ValueError):
@@ -33,6 +33,8 @@ class StreamState:
         ring: the last S values in original units, oldest first (S = season).
         ring_fill: how many entries of ``ring`` are real (< S only while warming up).
         cell_state: all recurrent state vectors of all layers, flattened (zeros while warming up).
+        one_step_forecast: the forecast for the next step made at the last reading (original
+            units, NaN while warming up); a missing next reading is imputed with it.
         source_partition: Kafka partition of the last applied reading (-1 if none).
         source_offset: Kafka offset of the last applied reading (-1 if none).
     """
@@ -44,6 +46,7 @@ class StreamState:
     ring: np.ndarray
     ring_fill: int
     cell_state: np.ndarray
+    one_step_forecast: float = float("nan")
     source_partition: int = -1
     source_offset: int = -1
 
@@ -70,6 +73,7 @@ def encode_state(state: StreamState) -> bytes:
         state.last_timestamp,
         state.value_mean,
         state.value_scale,
+        state.one_step_forecast,
         ring.size,
         state.ring_fill,
         cell.size,
@@ -82,7 +86,7 @@ def encode_state(state: StreamState) -> bytes:
 def decode_state(data: bytes) -> StreamState:
     if len(data) < _HEADER.size:
         raise StateDecodeError(f"state is {len(data)} bytes, shorter than its {_HEADER.size}-byte header")
-    (magic, version, seen, last_ts, mean, scale, ring_len, fill, cell_len, partition, offset) = _HEADER.unpack_from(data)
+    (magic, version, seen, last_ts, mean, scale, one_step, ring_len, fill, cell_len, partition, offset) = _HEADER.unpack_from(data)
     if magic != STATE_MAGIC:
         raise StateDecodeError("not an rnncast stream state (bad magic)")
     if version != STATE_FORMAT_VERSION:
@@ -99,6 +103,7 @@ def decode_state(data: bytes) -> StreamState:
         ring=np.frombuffer(data, dtype="<f8", count=ring_len, offset=_HEADER.size).astype(np.float64),
         ring_fill=fill,
         cell_state=np.frombuffer(data, dtype="<f8", count=cell_len, offset=ring_end).astype(np.float64),
+        one_step_forecast=one_step,
         source_partition=partition,
         source_offset=offset,
     )

@@ -35,6 +35,7 @@ class TrainConfig:
     calendar: bool = True
     seed: int = 0
     max_gap: int = 4
+    loss: str = "mae"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def window_shape(season: int) -> tuple[int, int]:
 def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
     import keras
 
-    from models.keras_model import build_model, masked_mse
+    from models.keras_model import LOSSES, build_model
 
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -120,7 +121,7 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
             if seg is not None:
                 arrays.append(seg)
     length, warmup = window_shape(season)
-    stride = max((length - warmup) // 2, 1)
+    stride = max((length - warmup) // 8, 1)
     train_sets = [_restrict(a, -np.inf, split.validation_from[a.stream_id]) for a in arrays]
     x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
     val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
@@ -129,7 +130,7 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     model = build_model(config.cell, config.layers, config.units, spec.size, horizon, config.dropout)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
-        loss=masked_mse,
+        loss=LOSSES[config.loss],
     )
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
