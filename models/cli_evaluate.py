@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.cli import UsageError
+    from models.errors import UsageError
 
     from models.artifact import ArtifactError, load_artifact
     from models.data import DataError, load_csv

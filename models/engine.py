@@ -6,6 +6,7 @@ evaluation and the streaming job call exactly this, so they produce the same num
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -81,6 +82,8 @@ class Engine:
         )
 
     def step(self, state: StreamState | None, reading: Reading) -> StepResult:
+        if not (math.isfinite(reading.value) and math.isfinite(reading.timestamp)):
+            raise ValueError(f"reading of {reading.stream_id!r} has a non-finite value or timestamp")
         if state is None or state.readings_seen == 0:
             return StepResult(self._warm_up(self.init_state(), reading, missing=0), None, APPLIED)
         if reading.timestamp == state.last_timestamp:

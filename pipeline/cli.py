@@ -10,6 +10,10 @@ import argparse
 import importlib
 import sys
 
+from models.errors import UsageError
+
+__all__ = ["UsageError", "main", "SUBCOMMANDS"]
+
 # name -> (module, one-line help). Each module exposes add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.cli_train", "train a recurrent forecaster on a CSV and write an artifact"),
@@ -18,10 +22,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("pipeline.cli_replay", "publish a CSV's rows as readings to a Kafka topic"),
     "serve": ("pipeline.cli_serve", "run the streaming forecasting job (Beam)"),
 }
-
-
-class UsageError(Exception):
-    """An error the user can fix; printed as one line, exit status 2."""
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from models.state import STATE_FORMAT_VERSION, StateDecodeError, StreamState, decode_state, encode_state
+
+
+def sample_state():
+    return StreamState(
+        readings_seen=123,
+        last_timestamp=1.5e9,
+        value_mean=4.2,
+        value_scale=0.7,
+        ring=np.linspace(0, 1, 48),
+        ring_fill=48,
+        cell_state=np.arange(128, dtype=float) / 7.0,
+        one_step_forecast=4.4,
+        source_partition=3,
+        source_offset=98765,
+    )
+
+
+def test_round_trip_is_exact():
+    state = sample_state()
+    data = encode_state(state)
+    back = decode_state(data)
+    assert back == state
+    assert back.source_partition == 3 and back.source_offset == 98765
+    np.testing.assert_array_equal(back.cell_state, state.cell_state)
+    assert encode_state(back) == data
+
+
+def test_default_lstm_state_fits_in_two_kilobytes():
+    assert len(encode_state(sample_state())) <= 2048
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b[:10], "shorter than"),
+        (lambda b: b"XXXX" + b[4:], "bad magic"),
+        (lambda b: b[:4] + (STATE_FORMAT_VERSION + 1).to_bytes(2, "little") + b[6:], "not supported"),
+        (lambda b: b + b"\0" * 8, "header says"),
+    ],
+)
+def test_corrupt_bytes_are_refused(mutate, message):
+    with pytest.raises(StateDecodeError, match=message):
+        decode_state(mutate(encode_state(sample_state())))

@@ -1,0 +1,172 @@
+"""Training smoke test, artifact safety, stream-level parity and the evaluate command."""
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.artifact import ArtifactError, load_artifact, load_keras_model
+from models.data import load_csv
+from models.evaluation import run_engine
+from models.sequences import contiguous_segments, segment_arrays
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--units", "8", "--epochs", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory) -> Path:
+    lines = (ROOT / "data" / "elecdemand.csv").read_text().splitlines()
+    path = tmp_path_factory.mktemp("data") / "elec_small.csv"
+    path.write_text("\n".join(lines[:1441]) + "\n")  # 30 days
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(small_csv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "lstm"
+    assert main(["train", "--data", str(small_csv), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_artifact_manifest_is_complete(artifact_dir, small_csv):
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    for key in ("cell", "layers", "units", "horizon", "season", "step_seconds", "features", "version",
+                "model_sha256", "weights_sha256", "validation", "training", "serving"):
+        assert key in manifest, key
+    assert manifest["cell"] == "lstm" and manifest["horizon"] == 48 and manifest["season"] == 48
+    assert manifest["step_seconds"] == 1800
+    assert manifest["features"]["names"][:3] == ["value", "temperature", "workday"]
+    assert manifest["training"]["data_sha256"] == load_csv(small_csv).sha256
+    assert manifest["parity"]["max_abs_diff"] <= 1e-5
+    assert not list(artifact_dir.glob("*.pkl")) and not list(artifact_dir.glob("*.h5"))
+
+
+def test_same_seed_same_model(artifact_dir, small_csv, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--data", str(small_csv), "--out", str(again), *FAST]) == 0
+    a = json.loads((artifact_dir / "manifest.json").read_text())
+    b = json.loads((again / "manifest.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+
+def test_engine_equals_keras_on_the_stream(artifact_dir, small_csv):
+    """Serving (numpy, one step per reading) equals the trained Keras model over the same readings."""
+    artifact = load_artifact(artifact_dir)
+    dataset = load_csv(small_csv)
+    series = dataset.series["vic_demand"]
+    engine = artifact.engine()
+    forecasts = run_engine(engine, "vic_demand", series, [0, 1])
+    model = load_keras_model(artifact)
+    segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
+    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon)
+    predicted = model.predict({"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0)[0]
+    mean = series.values[: artifact.season].mean()
+    scale = series.values[: artifact.season].std()
+    served_scaled = (forecasts[artifact.season :] - mean) / scale
+    assert served_scaled.shape == predicted.shape and np.isfinite(served_scaled).all()
+    assert np.max(np.abs(served_scaled - predicted)) <= 1e-5
+
+
+def test_reference_engine_agrees_with_numpy_engine(artifact_dir, small_csv):
+    from models.reference_engine import reference_engine
+
+    artifact = load_artifact(artifact_dir)
+    series = load_csv(small_csv).series["vic_demand"]
+    short = type(series)(
+        series.stream_id, series.timestamps[:300], series.values[:300], series.covariates[:300], series.step_seconds, ()
+    )
+    numpy_out = run_engine(artifact.engine(), "vic_demand", short, [0, 1])
+    keras_out = run_engine(reference_engine(artifact), "vic_demand", short, [0, 1])
+    rows = np.isfinite(numpy_out).all(axis=1)
+    assert rows.sum() == 300 - artifact.season
+    scale = series.values[: artifact.season].std()
+    assert np.max(np.abs(numpy_out[rows] - keras_out[rows])) / scale <= 1e-5
+
+
+def test_evaluate_json_shape(artifact_dir, small_csv, capsys):
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(small_csv), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["horizon"] == 48 and report["season"] == 48 and report["test_points"] > 0
+    for part, keys in (("model", ("mae", "rmse", "mase")), ("persistence", ("mae", "rmse")), ("seasonal_naive", ("mae", "rmse"))):
+        for key in keys:
+            assert len(report[part][key]) == 48
+    ratios = report["summary"]
+    assert set(ratios) >= {"mae_ratio_vs_persistence", "mae_ratio_vs_seasonal_naive"}
+    expected = np.mean(report["model"]["mae"]) / np.mean(report["persistence"]["mae"])
+    assert abs(ratios["mae_ratio_vs_persistence"] - expected) < 1e-12
+
+
+def test_evaluate_plot(artifact_dir, small_csv, tmp_path):
+    out = tmp_path / "eval.png"
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(small_csv), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _copy(artifact_dir, tmp_path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(artifact_dir, target)
+    return target
+
+
+def test_tampered_weights_are_refused(artifact_dir, tmp_path):
+    art = _copy(artifact_dir, tmp_path)
+    data = bytearray((art / "weights.npz").read_bytes())
+    data[-40] ^= 0xFF
+    (art / "weights.npz").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        load_artifact(art)
+
+
+def test_tampered_keras_model_is_refused(artifact_dir, tmp_path):
+    art = _copy(artifact_dir, tmp_path)
+    with open(art / "model.keras", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        load_artifact(art)
+
+
+@pytest.mark.parametrize("name", ["model.h5", "state.pkl", "extra.pickle"])
+def test_hdf5_and_pickles_are_refused(artifact_dir, tmp_path, name):
+    art = _copy(artifact_dir, tmp_path)
+    (art / name).write_bytes(b"whatever")
+    with pytest.raises(ArtifactError, match="refusing"):
+        load_artifact(art)
+
+
+def test_lambda_layers_are_refused(artifact_dir, tmp_path):
+    import hashlib
+
+    art = _copy(artifact_dir, tmp_path)
+    path = art / "model.keras"
+    with zipfile.ZipFile(path) as src:
+        entries = {name: src.read(name) for name in src.namelist()}
+    config = json.loads(entries["config.json"])
+    config["config"]["layers"].append({"class_name": "Lambda", "config": {"name": "evil"}})
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as dst:
+        for name, data in entries.items():
+            dst.writestr(name, data)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["model_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    artifact = load_artifact(art)
+    with pytest.raises(ArtifactError, match="Lambda"):
+        load_keras_model(artifact)
+
+
+def test_cli_reports_data_errors_with_location(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,stream_id,value\n2014-01-01T00:00:00Z,a,1.0\n2014-01-01T00:30:00Z,a,oops\n")
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3: column 'value'" in err and "Traceback" not in err
+
+
+def test_cli_reports_missing_artifact(tmp_path, small_csv, capsys):
+    assert main(["evaluate", "--artifact", str(tmp_path / "nope"), "--data", str(small_csv)]) == 2
+    assert "not an artifact directory" in capsys.readouterr().err
