@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# A stream that is constant during its warm-up (a sensor at rest) still needs a usable scale.
-_RELATIVE_SCALE_FLOOR = 1e-3
+# A stream that is nearly constant during its warm-up (a sensor at rest, a quiet first day) still
+# needs a usable scale: at least 5% of its level, or later excursions become huge inputs.
+_RELATIVE_SCALE_FLOOR = 0.05
 _ABSOLUTE_SCALE_FLOOR = 1e-6
 
 

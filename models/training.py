@@ -127,6 +127,7 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
     vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
 
+    x, b, y = _at_least_batches(x, b, y, config.batch_size, _MIN_BATCHES_PER_EPOCH)
     model = build_model(config.cell, config.layers, config.units, spec.size, horizon, config.dropout)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
@@ -159,6 +160,18 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
         history={k: [float(v) for v in vals] for k, vals in history.history.items()},
         seconds=time.monotonic() - started,
     )
+
+
+# Short datasets give a handful of windows; repeating them keeps enough optimiser steps per epoch
+# for early stopping and the learning-rate schedule to mean the same thing on any data size.
+_MIN_BATCHES_PER_EPOCH = 16
+
+
+def _at_least_batches(x, b, y, batch_size: int, batches: int):
+    repeats = -(-batches * batch_size // len(x))
+    if repeats <= 1:
+        return x, b, y
+    return np.tile(x, (repeats, 1, 1)), np.tile(b, (repeats, 1, 1)), np.tile(y, (repeats, 1, 1))
 
 
 def _restrict(arrays: SegmentArrays, origins_from: float, targets_before: float) -> SegmentArrays:
