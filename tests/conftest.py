@@ -1,0 +1,125 @@
+"""Shared fixtures: one embedded Tansu broker per test session, and Kafka helpers.
+
+Fixtures:
+    broker: session-scoped :class:`pipeline.broker.EmbeddedBroker` on a free loopback port.
+    kafka_settings: :class:`pipeline.kafka_config.KafkaSettings` pointing at ``broker``.
+    unique_topic: factory ``unique_topic(prefix="t") -> str`` (uuid suffix, so tests
+        sharing the broker never collide).
+    read_topic: the :func:`read_topic` helper below.
+
+Tests that use ``broker`` are marked ``integration`` automatically.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pipeline.broker import EmbeddedBroker
+from pipeline.kafka_config import KafkaSettings
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expected: int | None = None,
+    timeout: float = 20.0,
+) -> list[Any]:
+    """Reads every record of a topic from the beginning, with manual ``assign()``.
+
+    Consumer-group membership (``subscribe()``) takes many seconds on Tansu, so partitions
+    are assigned by hand and no offsets are committed.
+
+    Args:
+        bootstrap: ``host:port`` of the broker.
+        topic: Topic to read.
+        expected: Wait until at least this many records arrived. Reading then continues to
+            the partitions' current end, so extra records are returned too (tests can
+            assert an exact count). None: read up to the end offsets seen at the start.
+        timeout: Seconds before giving up; with ``expected`` the records read so far are
+            returned (the caller's count assertion reports the shortfall).
+
+    Returns:
+        kafka-python ``ConsumerRecord`` objects sorted by (partition, offset); keys and
+        values are raw bytes.
+
+    Raises:
+        TimeoutError: If the topic does not appear, or (without ``expected``) the end
+            offsets are not reached in time.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    deadline = time.monotonic() + timeout
+    consumer = KafkaConsumer(
+        bootstrap_servers=[bootstrap],
+        client_id="rnncast-tests",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic!r} did not appear within {timeout:g}s")
+            time.sleep(0.05)
+            consumer.poll(timeout_ms=0)  # lets kafka-python refresh metadata
+            partitions = consumer.partitions_for_topic(topic)
+        assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assignment)
+        consumer.seek_to_beginning(*assignment)
+        records: list[Any] = []
+        while True:
+            if expected is None or len(records) >= expected:
+                ends = consumer.end_offsets(assignment)
+                if all(consumer.position(tp) >= ends[tp] for tp in assignment):
+                    break
+            if time.monotonic() > deadline:
+                if expected is not None:
+                    break
+                raise TimeoutError(f"did not reach the end of {topic!r} within {timeout:g}s")
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One Tansu broker (in-memory) on a free 127.0.0.1 port for the whole session."""
+    with EmbeddedBroker(host="127.0.0.1", port=0) as running:
+        yield running
+
+
+@pytest.fixture
+def kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
+    """Plaintext settings for the session broker."""
+    return KafkaSettings(bootstrap=broker.bootstrap)
+
+
+@pytest.fixture
+def unique_topic() -> Callable[..., str]:
+    """Factory of collision-free topic names: ``unique_topic("readings")``."""
+
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    return make
+
+
+@pytest.fixture(name="read_topic")
+def read_topic_fixture() -> Callable[..., list[Any]]:
+    """The :func:`read_topic` helper, as a fixture."""
+    return read_topic
