@@ -23,11 +23,12 @@ sysdeps:
 test: venv sysdeps
 	$(PY) -m pytest
 
-# For now `make run` trains the default model (once) and evaluates it on the CSV.
-# It will become the streaming demo: broker + replay + serve, with Prometheus metrics.
+# The streaming demo: train the default model once (about a minute), print its offline evaluation,
+# then broker + streaming job + steady replay, shown live. Ctrl-C stops everything it started.
 run: venv
 	@test -f $(ARTIFACT)/manifest.json || .venv/bin/rnncast train --data $(DATA) --out $(ARTIFACT)
 	.venv/bin/rnncast evaluate --artifact $(ARTIFACT) --data $(DATA)
+	.venv/bin/rnncast demo --artifact $(ARTIFACT) --data $(DATA)
 
 lint: venv
 	$(PY) -m compileall -q models pipeline tests >/dev/null
