@@ -12,7 +12,7 @@ PY := .venv/bin/python
 DATA := data/elecdemand.csv
 ARTIFACT := artifacts/default
 
-.PHONY: venv sysdeps test run lint clean distclean
+.PHONY: venv sysdeps test run bench compare lint clean distclean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -29,6 +29,14 @@ run: venv
 	@test -f $(ARTIFACT)/manifest.json || .venv/bin/rnncast train --data $(DATA) --out $(ARTIFACT)
 	.venv/bin/rnncast evaluate --artifact $(ARTIFACT) --data $(DATA)
 	.venv/bin/rnncast demo --artifact $(ARTIFACT) --data $(DATA)
+
+# Throughput/latency/memory of the job against the bare Kafka pipe and the naive Keras peers (JSON in benchmarks/results/).
+bench: venv
+	$(PY) -m benchmarks.run
+
+# Train and score every recurrent variant on the bundled data (table in benchmarks/results/compare.md).
+compare: venv
+	$(PY) scripts/compare_variants.py
 
 lint: venv
 	$(PY) -m compileall -q models pipeline tests >/dev/null
