@@ -1,0 +1,183 @@
+"""``rnncast serve``: the streaming forecasting job (Apache Beam), from Kafka readings to Kafka forecasts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.kafka_config import add_kafka_arguments, settings_from_args
+
+_EPILOG = """\
+Any other argument is a Beam pipeline option, e.g. --runner=FlinkRunner --flink_master=HOST:8081
+--environment_type=EXTERNAL --environment_config=localhost:50000. Without --runner the job runs on
+Beam's local FnApiRunner in this process. The job runs until SIGTERM or SIGINT, then drains what is in
+flight, flushes, commits its offsets and exits 0. Delivery is
+at-least-once; stream state survives crashes through the changelog topic <group>.rnncast-state.
+"""
+
+
+def _partition_list(text: str) -> tuple[int, ...]:
+    """``"0,2,5-7"`` -> ``(0, 2, 5, 6, 7)``."""
+    partitions: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                if low > high:
+                    raise ValueError
+                partitions.update(range(low, high + 1))
+            else:
+                partitions.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected partition numbers like 0,1 or 0-3, got {text!r}") from None
+    if not partitions or min(partitions) < 0:
+        raise argparse.ArgumentTypeError(f"expected partition numbers >= 0, got {text!r}")
+    return tuple(sorted(partitions))
+
+
+def _number(kind: type, minimum: float, *, strictly: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strictly and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``serve`` options; unknown arguments are Beam pipeline options."""
+    parser.allow_abbrev = False  # "--part" must not silently mean --partitions; Beam options pass through
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--artifact", required=True, type=Path, metavar="DIR", help="model artifact directory (from rnncast train)")
+    add_kafka_arguments(parser)
+    topics = parser.add_argument_group("topics")
+    topics.add_argument("--input-topic", default="readings", help="readings topic (default: %(default)s)")
+    topics.add_argument("--output-topic", default="forecasts", help="forecasts topic (default: %(default)s)")
+    topics.add_argument("--dlq-topic", default="readings-dlq", help="dead-letter topic (default: %(default)s)")
+    topics.add_argument(
+        "--group", default="rnncast",
+        help="consumer group: its committed offsets and its state changelog <group>.rnncast-state (default: %(default)s)",
+    )
+    topics.add_argument(
+        "--partitions", type=_partition_list, metavar="LIST",
+        help="input partitions to consume, e.g. 0,1 or 0-3 (default: all); instances with disjoint lists run side by side",
+    )
+    topics.add_argument(
+        "--topic-partitions", type=_number(int, 1), default=4, metavar="N",
+        help="partitions of the topics created when missing (default: %(default)s)",
+    )
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--min-history", type=_number(int, 1), metavar="N", help="readings before a stream's first forecast (default: the artifact's)")
+    serving.add_argument("--max-gap", type=_number(int, 0), metavar="N", help="missing steps imputed; longer gaps restart the stream (default: the artifact's)")
+    serving.add_argument(
+        "--state-ttl", type=_number(float, 0, strictly=True), metavar="SECONDS",
+        help="a stream silent for longer (event time) starts fresh and its state is dropped (default: never)",
+    )
+    serving.add_argument(
+        "--max-future", type=_number(float, 0, strictly=True), default=86_400.0, metavar="SECONDS",
+        help="readings further after their stream's last reading are dead letters (default: %(default)g)",
+    )
+    monitoring = parser.add_argument_group("monitoring")
+    monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
+    monitoring.add_argument("--metrics-port", type=_number(int, 0), default=9108, help="port of the /metrics server, 0 for any (default: %(default)s)")
+    parser.set_defaults(accepts_extra_args=True)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_DropNoise())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("rnncast", "pipeline", "models"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validates the options, prepares topics and offsets, and runs the job until stopped."""
+    from pipeline.cli import UsageError
+
+    _configure_logging()
+    settings = settings_from_args(args)
+
+    from models.artifact import ArtifactError, load_artifact
+    from pipeline.messages import reserved_covariates
+    from pipeline.options import ServeOptions, beam_options
+
+    try:
+        options = ServeOptions(
+            artifact=str(args.artifact), kafka=settings, input_topic=args.input_topic, output_topic=args.output_topic,
+            dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
+            max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
+        )
+        from pipeline.topics import validate_topic_name
+
+        for topic in (options.input_topic, options.output_topic, options.dlq_topic, options.changelog_topic):
+            validate_topic_name(topic)
+        pipeline_options = beam_options(getattr(args, "extra_args", []))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        artifact = load_artifact(args.artifact)
+        artifact.engine(args.min_history, args.max_gap)  # validates --min-history/--max-gap against the model
+    except ArtifactError as err:
+        raise UsageError(str(err)) from None
+    except ValueError as err:
+        raise UsageError(f"{args.artifact}: {err}") from None
+    covariates = tuple(artifact.features.covariate_names)
+    if reserved_covariates(covariates):
+        raise UsageError(f"{args.artifact}: covariates named {reserved_covariates(covariates)} collide with reading fields")
+
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka_config import unreachable
+    from pipeline.topics import TopicError
+
+    reason = unreachable(settings)
+    if reason:
+        raise UsageError(f"cannot reach Kafka at {settings.bootstrap} ({reason})")
+    from pipeline import job
+    from pipeline.options import LOCAL_RUNNER
+
+    try:
+        layout = job.prepare(options, covariates)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    except (KafkaError, TopicError) as err:
+        print(f"error: Kafka at {settings.bootstrap}: {err}", file=sys.stderr)
+        return 1
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from pipeline.metrics import default_metrics, start_metrics_server
+
+    runner = pipeline_options.view_as(StandardOptions).runner or LOCAL_RUNNER
+    metrics = default_metrics()
+    try:
+        server = start_metrics_server(metrics, host=options.metrics_host, port=options.metrics_port)
+    except OSError as err:
+        raise UsageError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {err.strerror or err}") from None
+    try:
+        return job.run(
+            options, pipeline_options, layout, metrics=metrics, metrics_url=server.url, model_name=artifact.cell,
+            model_version=artifact.version, step_seconds=artifact.step_seconds, runner=runner,
+        )
+    except Exception:  # noqa: BLE001 - a failed pipeline: log why, exit 1 (the committed offsets are safe)
+        logging.getLogger("rnncast.serve").exception("the job failed")
+        return 1
+    finally:
+        server.stop()

@@ -1,0 +1,181 @@
+"""The streaming job: its graph, and running it until a stop signal.
+
+::
+
+    Create[(topic, partition, start offset)]
+      -> ReadPartitions      splittable DoFn, one restriction per partition (pipeline/kafka_source.py)
+      -> DecodeRecords       pure decoding/validation, key by stream id (pipeline/forecast_dofn.py)
+      -> ForecastDoFn        stateful: Engine.step per reading, one Outcome per record
+      -> PublishOutcomes     forecasts + dead letters, then snapshots; emits completed offsets
+      -> CommitOffsets       stateful per partition: commits the contiguous completed prefix
+
+:func:`prepare` does what must happen before the graph exists (topics, partitions, committed
+offsets); :func:`run` adds the metrics server and the signal handling around ``pipeline.run()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+
+from pipeline.forecast_dofn import DecodeRecords, ForecastDoFn, ServedModel
+from pipeline.kafka_sink import CommitOffsets, PublishOutcomes
+from pipeline.kafka_source import ReadPartitions, request_stop, reset_stop, start_offsets
+from pipeline.metrics import JobMetrics, default_metrics
+from pipeline.options import ServeOptions
+from pipeline.state_store import ChangelogRestore, ensure_changelog
+
+__all__ = ["JobLayout", "build_pipeline", "prepare", "run"]
+
+log = logging.getLogger("rnncast.serve")
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """What :func:`prepare` found out: partitions, where to start, the model's inputs.
+
+    Attributes:
+        partitions: Input partitions this job consumes.
+        start_offsets: Partition -> first offset to read (committed, or the partition's first).
+        covariate_names: Covariates the model needs, in order.
+        run_id: Identifies this run in the process (restore cache, idle index).
+    """
+
+    partitions: tuple[int, ...]
+    start_offsets: dict[int, int]
+    covariate_names: tuple[str, ...]
+    run_id: str
+
+
+def prepare(options: ServeOptions, covariate_names: tuple[str, ...]) -> JobLayout:
+    """Creates missing topics, picks the partitions and reads the group's committed offsets.
+
+    Raises:
+        ValueError: If ``options.partitions`` names partitions the input topic does not have.
+    """
+    from pipeline.topics import ensure_topics, partitions_for
+
+    n = options.topic_partitions
+    ensure_topics(options.kafka, {options.input_topic: n, options.output_topic: n, options.dlq_topic: n})
+    ensure_changelog(options.kafka, options.changelog_topic, n)
+    available = partitions_for(options.kafka, options.input_topic)
+    if options.partitions is None:
+        partitions = tuple(available)
+    else:
+        missing = sorted(set(options.partitions) - set(available))
+        if missing:
+            raise ValueError(
+                f"--partitions {','.join(map(str, missing))}: topic {options.input_topic!r} has partitions "
+                f"{','.join(map(str, available))}"
+            )
+        partitions = tuple(sorted(set(options.partitions)))
+    offsets = start_offsets(options.kafka, options.group, options.input_topic, list(partitions))
+    return JobLayout(partitions, offsets, tuple(covariate_names), uuid.uuid4().hex)
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> None:
+    """Adds the job's transforms to ``pipeline``."""
+    model = ServedModel(options.artifact, options.min_history, options.max_gap)
+    restore = ChangelogRestore(
+        options.kafka, options.changelog_topic, layout.partitions, dict(layout.start_offsets), options.state_ttl, layout.run_id
+    )
+    elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
+    (
+        pipeline
+        | "Partitions" >> beam.Create(elements)
+        | "ReadKafka" >> beam.ParDo(
+            ReadPartitions(
+                options.kafka, max_records=options.max_records, state_ttl=options.state_ttl,
+                run_id=layout.run_id, metrics=metrics,
+            )
+        )
+        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Any])
+        | "Forecast" >> beam.ParDo(
+            ForecastDoFn(
+                model, input_topic=options.input_topic, max_future=options.max_future, state_ttl=options.state_ttl,
+                restore=restore, run_id=layout.run_id, metrics=metrics,
+            )
+        )
+        | "Publish" >> beam.ParDo(
+            PublishOutcomes(
+                options.kafka, output_topic=options.output_topic, dlq_topic=options.dlq_topic,
+                changelog_topic=options.changelog_topic, metrics=metrics,
+            )
+        ).with_output_types(beam.typehints.Tuple[int, Any])
+        | "CommitOffsets" >> beam.ParDo(
+            CommitOffsets(options.kafka, group=options.group, topic=options.input_topic, start_offsets=layout.start_offsets)
+        )
+    )
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT: graceful stop (drain, flush, commit). Repeats are only logged.
+
+    Repeats are not escalated to a hard exit: the same signal is often delivered twice (GNU
+    ``timeout`` signals the child and then its process group). SIGKILL is always safe anyway.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            log.info("%s: already stopping", name)
+            return
+        self.received = signum
+        log.info("%s: draining, flushing and committing, then exiting", name)
+        request_stop()
+
+
+def run(
+    options: ServeOptions,
+    pipeline_options: Any,
+    layout: JobLayout,
+    *,
+    metrics: JobMetrics,
+    metrics_url: str,
+    model_name: str,
+    model_version: str,
+    step_seconds: float,
+    runner: str,
+) -> int:
+    """Runs the job until a stop signal; returns the exit status (0 after a graceful stop).
+
+    Raises:
+        Exception: Whatever made the pipeline fail (e.g. outputs not acknowledged); nothing of the
+            failed bundle was committed.
+    """
+    metrics.set_model(model_name, model_version)
+    reset_stop()
+    log.info(
+        "serving %s %s: %s partitions %s (group %s, from offsets %s) -> %s, dead letters -> %s, state -> %s; "
+        "step %gs; runner %s; kafka %s (%s); metrics %s",
+        model_name, model_version, options.input_topic, ",".join(map(str, layout.partitions)), options.group,
+        layout.start_offsets, options.output_topic, options.dlq_topic, options.changelog_topic, step_seconds, runner,
+        options.kafka.bootstrap, options.kafka.security_protocol, metrics_url,
+    )
+    with _StopOnSignal() as stopper:
+        pipeline = beam.Pipeline(options=pipeline_options)
+        build_pipeline(pipeline, options, layout)
+        result = pipeline.run()
+        result.wait_until_finish()
+    log.info("stopped after %s", signal.Signals(stopper.received).name if stopper.received else "the input ended")
+    return 0

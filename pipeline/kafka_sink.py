@@ -1,0 +1,245 @@
+"""The Kafka sink and the offset committer: outputs first, then state, then offsets.
+
+Per bundle, :class:`PublishOutcomes`
+
+1. produces every forecast and dead letter of the bundle (kafka-python, ``acks=all``, idempotent),
+   flushes and checks every acknowledgement;
+2. produces the latest state snapshot of every stream the bundle touched to the changelog, flushes
+   and checks again;
+3. only then emits, per input partition, the offset intervals the bundle completed.
+
+:class:`CommitOffsets` (stateful, keyed by partition) keeps an :class:`OffsetLedger` per partition and
+commits the group's offset as far as the completed intervals reach without a hole. So an offset is
+committed only after the forecast or dead letter of its record — and the snapshot that contains its
+reading — were acknowledged by the broker; a crash anywhere replays from the committed offset and the
+snapshots' source positions make the replay skip what the state already holds.
+
+Each record's interval is ``[position, offset + 1)`` where ``position`` is the consumer position before
+it (see :class:`~pipeline.messages.KafkaRecord`), so holes in the log (compaction, transaction markers)
+do not stall the commits, and the ledger needs no knowledge of which offsets exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipeline.coders import OffsetLedgerCoder
+from pipeline.kafka_config import KafkaSettings, client_kwargs
+from pipeline.messages import Outcome
+from pipeline.metrics import JobMetrics, default_metrics
+
+__all__ = ["CommitOffsets", "DeliveryError", "OffsetLedger", "PublishOutcomes", "merge_intervals"]
+
+log = logging.getLogger(__name__)
+
+Interval = tuple[int, int]
+
+# acks=all + idempotence: no reordering or duplicates from the producer's own retries.
+SINK_PRODUCER_CONFIG: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "linger_ms": 5,
+    "batch_size": 256 * 1024,
+    "client_id": "rnncast-serve",
+}
+
+
+class DeliveryError(RuntimeError):
+    """Outputs were not acknowledged; the bundle fails and nothing of it is committed."""
+
+
+def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, with overlapping or touching ``[start, end)`` intervals merged."""
+    merged: list[list[int]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+@dataclass(frozen=True)
+class OffsetLedger:
+    """What may be committed on one partition.
+
+    Attributes:
+        committed: Everything before this offset is done (the offset to commit).
+        pending: Done intervals beyond ``committed``, waiting for the hole before them to fill.
+    """
+
+    committed: int
+    pending: tuple[Interval, ...] = ()
+
+    def add(self, intervals: Iterable[Interval]) -> "OffsetLedger":
+        committed = self.committed
+        pending = []
+        for start, end in merge_intervals([*self.pending, *intervals]):
+            if start <= committed:
+                committed = max(committed, end)
+            else:
+                pending.append((start, end))
+        return OffsetLedger(committed, tuple(pending))
+
+
+class PublishOutcomes(beam.DoFn):
+    """Produces a bundle's outputs, then its state snapshots; emits ``(partition, intervals)`` after both.
+
+    Args:
+        settings: Kafka connection (with its security settings).
+        output_topic: Forecasts topic.
+        dlq_topic: Dead-letter topic.
+        changelog_topic: State changelog topic.
+        flush_timeout: Seconds to wait for acknowledgements before failing the bundle.
+        metrics: Factory of the job's metrics.
+        clock: Wall clock in epoch seconds (latency metric).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        output_topic: str,
+        dlq_topic: str,
+        changelog_topic: str,
+        flush_timeout: float = 60.0,
+        metrics: Any = default_metrics,
+        clock: Any = time.time,
+    ) -> None:
+        self._settings = settings
+        self._output_topic = output_topic
+        self._dlq_topic = dlq_topic
+        self._changelog_topic = changelog_topic
+        self._flush_timeout = flush_timeout
+        self._metrics_factory = metrics
+        self._clock = clock
+
+    def setup(self) -> None:
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(**SINK_PRODUCER_CONFIG, **client_kwargs(self._settings))
+        self._metrics: JobMetrics = self._metrics_factory()
+
+    def teardown(self) -> None:
+        producer = getattr(self, "_producer", None)
+        if producer is not None:
+            producer.close(timeout=5)
+
+    def start_bundle(self) -> None:
+        self._futures: list[Any] = []
+        self._forecast_times_ms: list[int] = []
+        self._reasons: dict[str, int] = {}
+        self._snapshots: dict[str, bytes] = {}
+        self._done: dict[int, list[Interval]] = {}
+
+    def process(self, outcome: Outcome) -> None:
+        send = self._producer.send
+        if outcome.forecast is not None:
+            self._futures.append(send(self._output_topic, key=outcome.key, value=outcome.forecast))
+            self._forecast_times_ms.append(outcome.timestamp_ms)
+        if outcome.dead_letter is not None:
+            self._futures.append(send(self._dlq_topic, key=outcome.key, value=outcome.dead_letter))
+            reason = outcome.reason or "bad_value"
+            self._reasons[reason] = self._reasons.get(reason, 0) + 1
+        if outcome.snapshot is not None and outcome.stream_id is not None:
+            self._snapshots[outcome.stream_id] = outcome.snapshot
+        if outcome.offset >= 0:
+            self._done.setdefault(outcome.partition, []).append((outcome.position, outcome.offset + 1))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._futures:
+            self._flush("forecasts and dead letters")
+            acked = self._clock()
+            metrics = self._metrics
+            if self._forecast_times_ms:
+                metrics.forecasts.inc(len(self._forecast_times_ms))
+                for sent_ms in self._forecast_times_ms:
+                    metrics.forecast_latency.observe(max(acked - sent_ms / 1000.0, 0.0))
+            for reason, count in self._reasons.items():
+                metrics.dead_letter(reason, count)
+        if self._snapshots:
+            send = self._producer.send
+            for stream_id, snapshot in self._snapshots.items():
+                self._futures.append(send(self._changelog_topic, key=stream_id.encode("utf-8"), value=snapshot))
+            self._flush("state snapshots")
+        for partition, intervals in self._done.items():
+            yield WindowedValue((partition, tuple(merge_intervals(intervals))), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _flush(self, what: str) -> None:
+        try:
+            self._producer.flush(timeout=self._flush_timeout)
+        except Exception as err:  # kafka-python raises KafkaTimeoutError
+            raise DeliveryError(f"{what} not acknowledged within {self._flush_timeout:g} s: {err}") from err
+        failed = [f for f in self._futures if not f.is_done or f.failed()]
+        self._futures = []
+        if failed:
+            first = failed[0].exception if failed[0].is_done else "not completed"
+            raise DeliveryError(f"{len(failed)} {what} were not acknowledged: {first}")
+
+
+class CommitOffsets(beam.DoFn):
+    """Stateful per partition: folds completed intervals into the ledger, commits at bundle end.
+
+    Commits go to the group with kafka-python's ``commit()`` and no group membership (the job assigns
+    its partitions itself), like a Kafka "simple consumer".
+
+    Args:
+        settings: Kafka connection.
+        group: Consumer group to commit for.
+        topic: The input topic.
+        start_offsets: Where this run started reading each partition (the ledger's origin).
+    """
+
+    LEDGER = ReadModifyWriteStateSpec("offset_ledger", OffsetLedgerCoder())
+
+    def __init__(self, settings: KafkaSettings, *, group: str, topic: str, start_offsets: Mapping[int, int]) -> None:
+        self._settings = settings
+        self._group = group
+        self._topic = topic
+        self._start_offsets = dict(start_offsets)
+
+    def setup(self) -> None:
+        from kafka import KafkaConsumer
+
+        self._consumer = KafkaConsumer(
+            client_id="rnncast-committer", group_id=self._group, enable_auto_commit=False, **client_kwargs(self._settings)
+        )
+
+    def teardown(self) -> None:
+        consumer = getattr(self, "_consumer", None)
+        if consumer is not None:
+            consumer.close()
+
+    def start_bundle(self) -> None:
+        self._to_commit: dict[int, int] = {}
+
+    def process(self, element: tuple[int, tuple[Interval, ...]], ledger: Any = beam.DoFn.StateParam(LEDGER)) -> None:
+        partition, intervals = element
+        stored = ledger.read()
+        current = OffsetLedger(*stored) if stored is not None else OffsetLedger(self._start_offsets[partition])
+        updated = current.add(intervals)
+        ledger.write((updated.committed, updated.pending))
+        if updated.committed != current.committed or stored is None:
+            self._to_commit[partition] = updated.committed
+
+    def finish_bundle(self) -> None:
+        if not self._to_commit:
+            return
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = {
+            TopicPartition(self._topic, p): OffsetAndMetadata(offset, "", -1) for p, offset in self._to_commit.items()
+        }
+        self._consumer.commit(offsets)
+        log.debug("committed %s", {p: o for p, o in self._to_commit.items()})

@@ -1,0 +1,212 @@
+"""The Kafka source: a splittable DoFn over topic partitions (kafka-python, manual ``assign()``).
+
+Input elements are ``(topic, partition, start_offset)``; each becomes the restriction
+``OffsetRange(start_offset, 2**63 - 1)``. Every call of :meth:`ReadPartitions.process` polls one batch,
+claims and emits each record as a :class:`~pipeline.messages.KafkaRecord`, then defers the rest of the
+range (with a short delay when the partition was idle), so the runner checkpoints after every batch.
+The start offset is the group's committed offset, read once when the job starts
+(:func:`start_offsets`); this source commits nothing itself (:mod:`pipeline.kafka_sink` does, after
+the outputs are acknowledged).
+
+Stopping: :func:`request_stop` (the job's SIGTERM/SIGINT handler) makes every partition's next call
+claim the unread remainder of its range and return, so the restriction is done, the pipeline drains
+what is in flight and finishes. This works wherever the DoFn runs in the process that got the signal
+(the local runner); distributed runners have their own drain (Dataflow) or stop-with-savepoint (Flink).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Duration
+
+from pipeline.kafka_config import KafkaSettings, client_kwargs
+from pipeline.messages import KafkaRecord, SweepRequest
+from pipeline.metrics import JobMetrics, default_metrics
+
+__all__ = ["MAX_OFFSET", "ReadPartitions", "request_stop", "reset_stop", "start_offsets", "stop_requested"]
+
+log = logging.getLogger(__name__)
+MAX_OFFSET = 2**63 - 1
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Asks every partition reader in this process to finish (graceful stop)."""
+    _STOP.set()
+
+
+def reset_stop() -> None:
+    """Clears a previous stop request (a new job in the same process)."""
+    _STOP.clear()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def start_offsets(settings: KafkaSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The group's committed offset per partition, or the partition's first offset if none.
+
+    Args:
+        settings: Kafka connection.
+        group: Consumer group whose commits to read (no group membership is joined).
+        topic: The input topic.
+        partitions: Partition ids.
+
+    Returns:
+        Partition -> offset to start reading at.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(client_id="rnncast-offsets", group_id=group, enable_auto_commit=False, **client_kwargs(settings))
+    try:
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        earliest = consumer.beginning_offsets(assigned)
+        offsets = {}
+        for tp in assigned:
+            committed = consumer.committed(tp)
+            offsets[tp.partition] = max(committed, earliest[tp]) if committed is not None else earliest[tp]
+        return offsets
+    finally:
+        consumer.close()
+
+
+class _PartitionRange(RestrictionProvider):
+    """``(topic, partition, start)`` -> ``OffsetRange(start, MAX_OFFSET)``, never split up front."""
+
+    def initial_restriction(self, element: tuple[str, int, int]) -> OffsetRange:
+        return OffsetRange(int(element[2]), MAX_OFFSET)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element: Any, restriction: OffsetRange) -> float:
+        return 1.0  # unbounded: every partition weighs the same
+
+    def truncate(self, element: Any, restriction: OffsetRange) -> None:
+        return None  # draining an unbounded read: drop the remainder
+
+
+class ReadPartitions(beam.DoFn):
+    """Splittable DoFn: ``(topic, partition, start)`` -> :class:`KafkaRecord` (and sweep requests).
+
+    Args:
+        settings: Kafka connection (with its security settings).
+        max_records: Records per call at most (the batch the runner checkpoints after).
+        poll_timeout: Seconds a call waits for records before deferring.
+        idle_delay: Seconds before an idle partition is polled again.
+        state_ttl: --state-ttl; with ``run_id``, idle streams are swept (see :mod:`pipeline.state_store`).
+        run_id: The run whose :class:`~pipeline.state_store.IdleIndex` to ask.
+        sweep_every: Seconds between sweeps of one partition.
+        metrics: Factory of the job's metrics.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        max_records: int = 1000,
+        poll_timeout: float = 0.05,
+        idle_delay: float = 0.02,
+        state_ttl: float | None = None,
+        run_id: str | None = None,
+        sweep_every: float = 5.0,
+        metrics: Any = default_metrics,
+    ) -> None:
+        self._settings = settings
+        self._max_records = max_records
+        self._poll_timeout_ms = int(poll_timeout * 1000)
+        self._idle_delay = idle_delay
+        self._state_ttl = state_ttl
+        self._run_id = run_id
+        self._sweep_every = sweep_every
+        self._metrics_factory = metrics
+
+    def setup(self) -> None:
+        self._consumers: dict[tuple[str, int], Any] = {}
+        self._positions: dict[tuple[str, int], int] = {}
+        self._next_sweep: dict[int, float] = {}
+        self._metrics: JobMetrics = self._metrics_factory()
+
+    def teardown(self) -> None:
+        for consumer in getattr(self, "_consumers", {}).values():
+            try:
+                consumer.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.debug("closing a consumer failed", exc_info=True)
+
+    def _consumer(self, topic: str, partition: int, start: int) -> Any:
+        from kafka import KafkaConsumer, TopicPartition
+
+        key = (topic, partition)
+        consumer = self._consumers.get(key)
+        tp = TopicPartition(topic, partition)
+        if consumer is None:
+            consumer = KafkaConsumer(
+                client_id=f"rnncast-source-{partition}",
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self._max_records,
+                **client_kwargs(self._settings),
+            )
+            consumer.assign([tp])
+            self._consumers[key] = consumer
+        if self._positions.get(key) != start:
+            consumer.seek(tp, start)
+            self._positions[key] = start
+        return consumer
+
+    def process(
+        self,
+        element: tuple[str, int, int],
+        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_PartitionRange()),
+    ) -> Iterator[KafkaRecord | SweepRequest]:
+        topic, partition, _ = element
+        restriction = tracker.current_restriction()
+        if _STOP.is_set():
+            # Claiming the last offset of the range completes the restriction without reading it:
+            # the runner then treats this partition as finished and the pipeline can drain.
+            tracker.try_claim(restriction.stop - 1)
+            return
+        from kafka import TopicPartition
+
+        consumer = self._consumer(topic, partition, restriction.start)
+        tp = TopicPartition(topic, partition)
+        batch = consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records).get(tp, [])
+        position = restriction.start
+        for record in batch:
+            if record.offset < position:
+                continue  # already claimed (cannot happen after a seek; defensive)
+            if not tracker.try_claim(record.offset):
+                self._positions.pop((topic, partition), None)  # the runner split the range: seek next time
+                return
+            yield KafkaRecord(topic, partition, record.offset, position, int(record.timestamp), record.key, record.value)
+            position = record.offset + 1
+        self._positions[(topic, partition)] = position
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            self._metrics.set_partition(partition, position, highwater - position)
+        yield from self._sweeps(partition)
+        tracker.defer_remainder(None if batch else Duration.of(self._idle_delay))
+
+    def _sweeps(self, partition: int) -> Iterator[SweepRequest]:
+        if self._state_ttl is None or self._run_id is None:
+            return
+        now = time.monotonic()
+        if now < self._next_sweep.get(partition, 0.0):
+            return
+        self._next_sweep[partition] = now + self._sweep_every
+        from pipeline.state_store import idle_index
+
+        idle_before, idle = idle_index(self._run_id).take_idle(partition, self._state_ttl)
+        for stream_id in idle:
+            yield SweepRequest(partition, stream_id, idle_before)

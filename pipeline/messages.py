@@ -1,0 +1,390 @@
+"""The messages of the serving job: JSON wire formats and the records passed between its stages.
+
+Wire formats (UTF-8 JSON, compact):
+
+* reading (input, Kafka key = stream id)::
+
+    {"stream_id": "vic#3", "timestamp": "2014-01-01T00:30:00Z", "value": 3.21, "temperature": 21.5, ...}
+
+  ``timestamp`` is RFC 3339 with ``Z``/an offset, or epoch seconds (number or numeric string).
+  Covariates the model needs are top-level numbers named as in the artifact; other fields are ignored.
+* forecast (output, Kafka key = stream id)::
+
+    {"stream_id": ..., "timestamp": <the reading's, RFC 3339>, "forecast": [H floats],
+     "forecast_timestamps": [H RFC 3339], "model": "lstm", "model_version": "...", "readings_seen": n}
+
+* dead letter (output, Kafka key = the input record's key)::
+
+    {"reason": "not_json", "detail": "...", "raw": "<value as text>", "topic": "readings",
+     "partition": 0, "offset": 42}
+
+  ``raw`` is the value as text, or base64 with ``"raw_base64": true`` when it is not UTF-8, or null
+  when the record had no value. Values above 128 KiB are cut and flagged ``"raw_truncated": true``.
+
+:func:`decode_reading` is total: for any bytes it returns a :class:`~models.reading.Reading` or a
+:class:`Rejection` (never raises). Checks run in a fixed order and the first failure is reported:
+size, UTF-8, JSON, object, ``stream_id`` (missing / type / rule), Kafka key, ``timestamp``, ``value``,
+covariates in the artifact's order. The remaining reason codes (``future_timestamp``, ``out_of_order``,
+``duplicate``) need the stream's state and are decided by :mod:`pipeline.forecast_dofn`.
+
+This module imports neither Beam nor Kafka: the stage records below are plain NamedTuples, which
+Beam's default coder encodes field by field (deterministically, without pickling their values).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from models.reading import Forecast, Reading
+from models.timeutil import format_timestamp, parse_timestamp
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_STREAM_ID_CHARS",
+    "MAX_TIMESTAMP",
+    "Inbound",
+    "KafkaRecord",
+    "Outcome",
+    "Rejection",
+    "SweepRequest",
+    "decode_reading",
+    "encode_dead_letter",
+    "encode_forecast",
+    "rejected_key",
+    "reserved_covariates",
+]
+
+MAX_MESSAGE_BYTES = 1_000_000  # "too_large": more than 1 MB
+MAX_STREAM_ID_CHARS = 256
+MAX_TIMESTAMP = 253_370_764_800.0  # 9999-01-01T00:00:00Z: leaves a year for forecast target times
+MAX_DEAD_LETTER_RAW = 128 * 1024  # escaped (up to 6x), a dead letter stays under the 1 MiB producer limit
+_DETAIL_CHARS = 120
+_MAX_INT_DIGITS = 300  # longer integer literals are parsed as float (inf if huge): no int->float overflow
+_RESERVED_FIELDS = ("stream_id", "timestamp", "value")
+# Control characters (C0, DEL, C1) and lone surrogates (unencodable as UTF-8).
+_BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+class Rejection(NamedTuple):
+    """Why a record is not a valid reading: a reason code of ``pipeline.metrics.DEAD_LETTER_REASONS``."""
+
+    reason: str
+    detail: str
+
+
+# --- stage records (source -> decode -> stateful step -> sink) --------------------------------
+
+
+class KafkaRecord(NamedTuple):
+    """One record as read by the source.
+
+    Attributes:
+        topic: The input topic.
+        partition: Its partition.
+        offset: Its offset.
+        position: The consumer position before this record; once the record is done, the group may
+            commit ``offset + 1`` provided everything from ``position`` on is done (``position < offset``
+            where the log has gaps).
+        timestamp_ms: The Kafka record timestamp (epoch milliseconds).
+        key: The raw key.
+        value: The raw value (None for a Kafka tombstone).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    position: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+class SweepRequest(NamedTuple):
+    """Ask the stateful step to drop ``stream_id``'s state if its last reading is older than ``idle_before``."""
+
+    partition: int
+    stream_id: str
+    idle_before: float
+
+
+class Inbound(NamedTuple):
+    """The value the stateful step receives (keyed by stream id, or by :func:`rejected_key`).
+
+    Exactly one of ``reading``, ``dead_letter`` and ``idle_before`` is set: a valid reading, a record
+    rejected by decoding (its encoded dead letter and reason), or a sweep request (offset -1).
+    """
+
+    partition: int
+    offset: int
+    position: int
+    timestamp_ms: int
+    reading: Reading | None = None
+    raw: bytes | None = None
+    key: bytes | None = None
+    dead_letter: bytes | None = None
+    reason: str | None = None
+    idle_before: float | None = None
+
+
+class Outcome(NamedTuple):
+    """What the stateful step made of one input record (offset >= 0) or one sweep (offset -1).
+
+    Attributes:
+        partition, offset, position, timestamp_ms: From the :class:`KafkaRecord`.
+        key: Kafka key for the forecast or dead letter (the stream id, or the input record's key).
+        stream_id: The stream whose state changed (None if none did).
+        forecast: Encoded forecast to publish, if any.
+        dead_letter: Encoded dead letter to publish, if any.
+        reason: The dead letter's reason code.
+        snapshot: The stream's encoded state after this record, when it changed (for the changelog).
+    """
+
+    partition: int
+    offset: int
+    position: int
+    timestamp_ms: int
+    key: bytes | None = None
+    stream_id: str | None = None
+    forecast: bytes | None = None
+    dead_letter: bytes | None = None
+    reason: str | None = None
+    snapshot: bytes | None = None
+
+
+def rejected_key(partition: int) -> str:
+    """The key under which a partition's undecodable records pass the stateful step.
+
+    It starts with a control character, which no valid stream id contains, so it never meets a
+    stream's state; there is one per partition so their order is kept.
+    """
+    return f"\x00rejected:{partition}"
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _parse_constant(name: str) -> float:
+    # NaN, Infinity and -Infinity are not JSON, but Python's parser accepts them: they become NaN
+    # here so that the field they are in fails as "bad_value" (and fields we ignore stay ignored).
+    return float("nan")
+
+
+def _parse_int(text: str) -> int | float:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else float(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_parse_constant, parse_int=_parse_int)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def _short(value: object) -> str:
+    return _clip(repr(value))
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(doc: dict, name: str) -> float | Rejection:
+    if name not in doc:
+        return Rejection("missing_field", f"field {name!r} is missing")
+    raw = doc[name]
+    if raw is None:
+        return Rejection("bad_value", f"{name} is null (not a finite number)")
+    if not _is_number(raw):
+        return Rejection("bad_type", f"{name} must be a number, got {_type_name(raw)} {_short(raw)}")
+    number = float(raw)
+    if not math.isfinite(number):
+        return Rejection("bad_value", f"{name} is not a finite number")
+    return number
+
+
+def decode_reading(value: bytes | None, key: bytes | None, covariate_names: Sequence[str] = ()) -> Reading | Rejection:
+    """Decodes and validates one Kafka record as a reading. Never raises.
+
+    Args:
+        value: The record's value.
+        key: The record's key; it must equal the UTF-8 stream id.
+        covariate_names: Covariates the model needs, in its order.
+
+    Returns:
+        The reading (covariates in ``covariate_names`` order), or the first reason it is not one.
+    """
+    if value is None:
+        return Rejection("not_json", "the record has no value (Kafka tombstone)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        return Rejection("too_large", f"{len(value)} bytes, more than the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Rejection("not_utf8", f"invalid UTF-8 at byte {err.start}")
+    try:
+        doc = _DECODER.decode(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        return Rejection("not_json", _clip(str(err)) if isinstance(err, ValueError) else "nested too deeply")
+    if isinstance(doc, float) and math.isnan(doc):
+        return Rejection("not_json", "NaN and Infinity are not JSON")
+    if not isinstance(doc, dict):
+        return Rejection("not_object", f"expected a JSON object, got {_type_name(doc)}")
+
+    if "stream_id" not in doc:
+        return Rejection("missing_field", "field 'stream_id' is missing")
+    stream_id = doc["stream_id"]
+    if not isinstance(stream_id, str):
+        return Rejection("bad_type", f"stream_id must be a string, got {_type_name(stream_id)}")
+    if not stream_id:
+        return Rejection("bad_stream_id", "stream_id is empty")
+    if len(stream_id) > MAX_STREAM_ID_CHARS:
+        return Rejection("bad_stream_id", f"stream_id has {len(stream_id)} characters, more than {MAX_STREAM_ID_CHARS}")
+    if _BAD_ID_CHARS.search(stream_id):
+        return Rejection("bad_stream_id", f"stream_id {_short(stream_id)} contains control characters or lone surrogates")
+    if key is None or key != stream_id.encode("utf-8"):
+        shown = "no key" if key is None else f"key {_short(key)}"
+        return Rejection("key_mismatch", f"{shown} differs from stream_id {_short(stream_id)}")
+
+    if "timestamp" not in doc:
+        return Rejection("missing_field", "field 'timestamp' is missing")
+    raw_time = doc["timestamp"]
+    if not (isinstance(raw_time, str) or _is_number(raw_time)):
+        return Rejection("bad_type", f"timestamp must be a string or a number, got {_type_name(raw_time)}")
+    try:
+        timestamp = parse_timestamp(raw_time)
+    except (ValueError, OverflowError) as err:
+        return Rejection("bad_timestamp", _clip(str(err)))
+    if timestamp < 0:
+        return Rejection("bad_timestamp", f"timestamp {_short(raw_time)} is before 1970")
+    if timestamp >= MAX_TIMESTAMP:
+        return Rejection("bad_timestamp", f"timestamp {_short(raw_time)} is after 9998")
+
+    reading_value = _number(doc, "value")
+    if isinstance(reading_value, Rejection):
+        return reading_value
+    covariates = []
+    for name in covariate_names:
+        covariate = _number(doc, name)
+        if isinstance(covariate, Rejection):
+            return covariate
+        covariates.append(covariate)
+    return Reading(stream_id, timestamp, reading_value, tuple(covariates))
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+# Forecast target times overlap from one reading to the next (and across streams on the same
+# clock), so formatting is cached; the cache is dropped whole when it fills (bounded memory).
+_FORMATTED: dict[float, str] = {}
+_FORMAT_CACHE_SIZE = 1 << 16
+
+
+def _format_cached(seconds: float) -> str:
+    text = _FORMATTED.get(seconds)
+    if text is None:
+        if len(_FORMATTED) >= _FORMAT_CACHE_SIZE:
+            _FORMATTED.clear()
+        text = _FORMATTED[seconds] = format_timestamp(seconds)
+    return text
+
+
+def _dumps(doc: dict) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+_json_string = json.encoder.encode_basestring  # the C escaper json.dumps(ensure_ascii=False) uses
+# Joined target times by (timestamp, step, horizon): streams on the same clock share them.
+_TARGETS: dict[tuple[float, float, int], str] = {}
+_TARGETS_CACHE_SIZE = 1 << 12
+
+
+def _target_times(timestamp: float, step: float, horizon: int) -> str:
+    key = (timestamp, step, horizon)
+    text = _TARGETS.get(key)
+    if text is None:
+        if len(_TARGETS) >= _TARGETS_CACHE_SIZE:
+            _TARGETS.clear()
+        # Same arithmetic as Forecast.target_timestamps (float64: t + step * h), without numpy.
+        text = _TARGETS[key] = '","'.join([_format_cached(timestamp + step * h) for h in range(1, horizon + 1)])
+    return text
+
+
+def encode_forecast(forecast: Forecast, model: str, model_version: str) -> bytes:
+    """The forecast message. Same floats give the same bytes (shortest round-trip ``repr``).
+
+    Written by hand: it is the hottest encoder of the job. Numbers are Python's ``repr`` (what
+    ``json.dumps`` writes too); lists are written as ``str(list)`` does, with ``", "`` between items.
+    A non-finite forecast value (a numerical failure) is written as ``null``.
+    """
+    timestamp = float(forecast.timestamp)
+    values = forecast.values.tolist()
+    if all(map(math.isfinite, values)):
+        numbers = str(values)
+    else:
+        numbers = "[" + ", ".join(repr(x) if math.isfinite(x) else "null" for x in values) + "]"
+    text = (
+        f'{{"stream_id":{_json_string(forecast.stream_id)},"timestamp":"{_format_cached(timestamp)}",'
+        f'"forecast":{numbers},"forecast_timestamps":["{_target_times(timestamp, float(forecast.step_seconds), len(values))}"],'
+        f'"model":{_json_string(model)},"model_version":{_json_string(model_version)},'
+        f'"readings_seen":{int(forecast.readings_seen)}}}'
+    )
+    return text.encode("utf-8")
+
+
+def encode_dead_letter(reason: str, detail: str, raw: bytes | None, topic: str, partition: int, offset: int) -> bytes:
+    """The dead-letter message for a record (see the module docstring for the fields)."""
+    doc: dict[str, object] = {"reason": reason, "detail": detail}
+    truncated = raw is not None and len(raw) > MAX_DEAD_LETTER_RAW
+    if raw is None:
+        doc["raw"] = None
+    else:
+        text = _utf8_prefix(raw[:MAX_DEAD_LETTER_RAW]) if truncated else _utf8(raw)
+        if text is not None:
+            doc["raw"] = text
+        else:
+            doc["raw"] = base64.b64encode(raw[:MAX_DEAD_LETTER_RAW]).decode("ascii")
+            doc["raw_base64"] = True
+    if truncated:
+        doc["raw_truncated"] = True
+    doc.update(topic=topic, partition=partition, offset=offset)
+    return _dumps(doc)
+
+
+def _utf8(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _utf8_prefix(raw: bytes) -> str | None:
+    """``raw`` as text, allowing a character cut in two at its end (at most 3 bytes of it)."""
+    for cut in range(4):
+        text = _utf8(raw[: len(raw) - cut])
+        if text is not None:
+            return text
+    return None
+
+
+def reserved_covariates(covariate_names: Sequence[str]) -> list[str]:
+    """Covariate names that collide with the reading's own fields (an unusable artifact)."""
+    return [name for name in covariate_names if name in _RESERVED_FIELDS]

@@ -1,0 +1,344 @@
+"""Helpers for tests of ``rnncast serve``: a trained artifact, the job as a subprocess, topic readers.
+
+Nothing here is mocked: the job is the real command line in its own process, talking to the session's
+embedded broker. Topic ends are taken from fetch responses' high watermarks (``consumer.highwater``),
+because Tansu 0.6's ListOffsets "latest" can report less than the true end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "elecdemand.csv"
+ARTIFACT_ENV = "RNNCAST_TEST_ARTIFACT"  # reuse an artifact directory instead of training one
+
+_artifact_lock = threading.Lock()
+_artifact: Path | None = None
+
+
+def trained_artifact() -> Path:
+    """A small LSTM artifact trained once per test session on ``data/elecdemand.csv`` (about 10 s).
+
+    Set ``$RNNCAST_TEST_ARTIFACT`` to an existing artifact directory to skip training.
+    """
+    global _artifact
+    with _artifact_lock:
+        if _artifact is None:
+            preset = os.environ.get(ARTIFACT_ENV)
+            if preset:
+                _artifact = Path(preset)
+            else:
+                out = Path(tempfile.mkdtemp(prefix="rnncast-serve-art-")) / "artifact"
+                subprocess.run(
+                    [sys.executable, "-m", "pipeline.cli", "train", "--data", str(DATA), "--out", str(out),
+                     "--epochs", "1", "--units", "32"],
+                    cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300,
+                )
+                _artifact = out
+        return _artifact
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+# --- the job as a subprocess --------------------------------------------------------------------
+
+_METRICS_URL = re.compile(r"metrics (http://\S+/metrics)")
+
+
+@dataclass
+class ServeProcess:
+    """``rnncast serve`` running in its own process (and session, so test signals do not reach it)."""
+
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "serve", *self.args],
+            cwd=REPO, env=_env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics_url(self, timeout: float = 60.0) -> str:
+        """The job's /metrics URL, from its startup line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _METRICS_URL.search(self.log)
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"serve printed no startup line in {timeout:g}s:\n{self.log[-3000:]}")
+
+    def wait_restored(self, timeout: float = 60.0) -> None:
+        """Until the stateful step has read the changelog (the pipeline is running)."""
+        deadline = time.monotonic() + timeout
+        while "stream states from" not in self.log:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"serve did not start its pipeline in {timeout:g}s:\n{self.log[-3000:]}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait: the exit status (SIGKILL and an error if it does not exit in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"serve did not stop within {timeout:g}s after SIGTERM:\n{self.log[-3000:]}") from None
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+def serve_args(
+    artifact: Path, bootstrap: str, *, input_topic: str, output_topic: str, dlq_topic: str, group: str,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    return [
+        "--artifact", str(artifact), "--bootstrap", bootstrap, "--input-topic", input_topic,
+        "--output-topic", output_topic, "--dlq-topic", dlq_topic, "--group", group, "--metrics-port", "0", *extra,
+    ]
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed with prometheus_client's parser: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode("utf-8")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# --- topics -------------------------------------------------------------------------------------
+
+
+def read_records(bootstrap: str, topic: str, *, at_least: int = 0, timeout: float = 60.0, settle: float = 0.0) -> list[Any]:
+    """All records of a topic, from the beginning to its end (by high watermark).
+
+    Waits until at least ``at_least`` records exist (or ``timeout``), then reads to the end; with
+    ``settle`` it keeps reading until nothing new arrived for that many seconds (to catch extras).
+    Records are sorted by (partition, offset).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], client_id="rnncast-tests", group_id=None,
+                             enable_auto_commit=False, auto_offset_reset="earliest")
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic!r} did not appear")
+            consumer.poll(timeout_ms=50)
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        last_new = time.monotonic()
+        while True:
+            for batch in consumer.poll(timeout_ms=100).values():
+                records.extend(batch)
+                last_new = time.monotonic()
+            at_end = all(
+                consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp) for tp in assigned
+            )
+            now = time.monotonic()
+            if at_end and len(records) >= at_least and now - last_new >= settle:
+                break
+            if now > deadline:
+                break
+    finally:
+        consumer.close()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Per partition, the offset after the last record (by high watermark)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], group_id=None, enable_auto_commit=False)
+    try:
+        assigned = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(assigned)
+        for tp in assigned:
+            consumer.seek(tp, 0)
+        deadline = time.monotonic() + 20
+        while any(consumer.highwater(tp) is None for tp in assigned) and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100, max_records=1)
+        return {tp.partition: consumer.highwater(tp) for tp in assigned}
+    finally:
+        consumer.close()
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    """Produces (key, value) messages in order (acks=all, idempotent); returns how many."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", enable_idempotence=True, linger_ms=5,
+                             max_request_size=4 * 1024 * 1024)
+    count = 0
+    try:
+        futures = [producer.send(topic, key=key, value=value) for key, value in messages]
+        producer.flush(timeout=60)
+        for future in futures:
+            future.get(timeout=10)
+            count += 1
+    finally:
+        producer.close(timeout=5)
+    return count
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:g}s")
+        time.sleep(interval)
+
+
+# --- readings and the offline reference -----------------------------------------------------------
+
+
+def dataset_readings(rows: int, streams: int, start_row: int = 0) -> tuple[list[Any], tuple[str, ...]]:
+    """Readings of the first ``rows`` CSV rows (after ``start_row``), each stream cloned ``streams`` times."""
+    from models.data import load_csv
+    from models.reading import Reading
+
+    dataset = load_csv(DATA)
+    (series,) = dataset.series.values()
+    readings = []
+    for i in range(start_row, start_row + rows):
+        covariates = tuple(float(x) for x in series.covariates[i])
+        for k in range(streams):
+            readings.append(Reading(f"{series.stream_id}#{k}", float(series.timestamps[i]), float(series.values[i]), covariates))
+    return readings, dataset.covariate_names
+
+
+def reading_message(reading: Any, covariate_names: Sequence[str]) -> tuple[bytes, bytes]:
+    from pipeline.replay import encode_reading
+
+    return reading.stream_id.encode("utf-8"), encode_reading(reading, covariate_names)
+
+
+def offline_forecasts(artifact: Path, readings: Iterable[Any], model_covariates: Sequence[str],
+                      data_covariates: Sequence[str]) -> dict[tuple[str, float], dict[str, Any]]:
+    """Engine.step over each stream's readings in order (uninterrupted): (stream, timestamp) -> forecast."""
+    from models.artifact import load_artifact
+    from models.reading import Reading
+
+    engine = load_artifact(artifact).engine()
+    columns = [list(data_covariates).index(name) for name in model_covariates]
+    states: dict[str, Any] = {}
+    out = {}
+    for reading in readings:
+        reading = Reading(reading.stream_id, reading.timestamp, reading.value, tuple(reading.covariates[c] for c in columns))
+        result = engine.step(states.get(reading.stream_id), reading)
+        if result.outcome != "applied":
+            continue
+        states[reading.stream_id] = result.state
+        if result.forecast is not None:
+            out[(reading.stream_id, reading.timestamp)] = {
+                "values": result.forecast.values.tolist(),
+                "targets": result.forecast.target_timestamps.tolist(),
+                "readings_seen": result.forecast.readings_seen,
+            }
+    return out
+
+
+def forecast_docs(records: Iterable[Any]) -> list[dict[str, Any]]:
+    docs = []
+    for record in records:
+        doc = json.loads(record.value)
+        doc["_key"] = record.key
+        docs.append(doc)
+    return docs
+
+
+def compare(served: list[dict[str, Any]], reference: dict[tuple[str, float], dict[str, Any]]) -> dict[str, Any]:
+    """Counts missing, duplicated, unexpected forecasts and the largest difference to the reference."""
+    from models.timeutil import parse_timestamp
+
+    counts = Counter()
+    max_diff = 0.0
+    differing = 0
+    for doc in served:
+        key = (doc["stream_id"], parse_timestamp(doc["timestamp"]))
+        counts[key] += 1
+        expected = reference.get(key)
+        if expected is None:
+            continue
+        diff = max(abs(a - b) for a, b in zip(doc["forecast"], expected["values"]))
+        if len(doc["forecast"]) != len(expected["values"]) or doc["readings_seen"] != expected["readings_seen"]:
+            diff = float("inf")
+        max_diff = max(max_diff, diff)
+        if diff > 1e-9:
+            differing += 1
+    return {
+        "missing": sorted(set(reference) - set(counts)),
+        "unexpected": sorted(set(counts) - set(reference)),
+        "duplicates": sum(n - 1 for n in counts.values() if n > 1),
+        "max_diff": max_diff,
+        "differing": differing,
+    }
