@@ -342,3 +342,43 @@ def compare(served: list[dict[str, Any]], reference: dict[tuple[str, float], dic
         "max_diff": max_diff,
         "differing": differing,
     }
+
+
+class PacedProducer(threading.Thread):
+    """Publishes messages in the background at about ``rate`` per second (a live input stream)."""
+
+    def __init__(self, bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, list(messages), rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+
+        producer = None
+        try:
+            producer = KafkaProducer(bootstrap_servers=[self.bootstrap], acks="all", enable_idempotence=True,
+                                     linger_ms=5, max_request_size=4 * 1024 * 1024)
+            chunk = max(1, int(self.rate / 10))
+            started = time.monotonic()
+            for i in range(0, len(self.messages), chunk):
+                futures = [producer.send(self.topic, key=k, value=v) for k, v in self.messages[i : i + chunk]]
+                producer.flush(timeout=60)
+                for future in futures:
+                    future.get(timeout=10)
+                self.sent += len(futures)
+                ahead = started + self.sent / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        except BaseException as err:  # noqa: BLE001 - reported by finish()
+            self.error = err
+        finally:
+            if producer is not None:
+                producer.close(timeout=5)
+
+    def finish(self, timeout: float = 120.0) -> None:
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.sent == len(self.messages), f"published {self.sent} of {len(self.messages)}"
