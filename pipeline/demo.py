@@ -51,7 +51,7 @@ def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, met
             [sys.executable, "-m", "pipeline.cli", "serve", "--artifact", str(artifact), "--bootstrap", broker.bootstrap,
              "--metrics-port", str(metrics_port)],
             stdout=subprocess.DEVNULL,
-            stderr=open(Path("serve.log"), "w"),
+            stderr=open(_log_path(), "w"),
         )
         counts = LiveCounts()
 
@@ -76,7 +76,7 @@ def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, met
         try:
             while not stop.is_set():
                 if serve.poll() is not None:
-                    print(f"\nserve exited with status {serve.returncode}; see serve.log", file=sys.stderr)
+                    print(f"\nserve exited with status {serve.returncode}; see {_log_path()}", file=sys.stderr)
                     return 1
                 _draw(counts, broker.bootstrap, metrics_port, time.monotonic() - started)
                 if duration is not None and time.monotonic() - started > duration:
@@ -91,6 +91,12 @@ def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, met
                 serve.kill()
             print("\nstopped: replay, serve (exit %s), broker" % serve.returncode)
     return 0
+
+
+def _log_path() -> Path:
+    path = Path("runs") / "serve.log"
+    path.parent.mkdir(exist_ok=True)
+    return path
 
 
 def _watch_topics(settings: KafkaSettings, counts: LiveCounts, stop: threading.Event) -> None:
@@ -124,7 +130,7 @@ def _draw(counts: LiveCounts, bootstrap: str, metrics_port: int, elapsed: float)
     span = max(now - t0, 1e-9)
     lines = [
         "rnncast demo  (Ctrl-C stops everything)",
-        f"broker {bootstrap}   metrics http://127.0.0.1:{metrics_port}/metrics   log serve.log   {elapsed:5.0f} s",
+        f"broker {bootstrap}   metrics http://127.0.0.1:{metrics_port}/metrics   log {_log_path()}   {elapsed:5.0f} s",
         "",
         f"readings published {counts.published:9d}   {(counts.published - p0) / span:8.0f}/s",
         f"forecasts          {counts.forecasts:9d}   {(counts.forecasts - f0) / span:8.0f}/s",
