@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.cells import CELL_TYPES, NetworkWeights
+from models.cells import NetworkWeights
 from models.engine import Engine, EngineConfig
 from models.features import FeatureSpec
+from models.networks import NETWORK_TYPES, Network, network_from_arrays
 
 ARTIFACT_FORMAT = "rnncast-artifact"
 ARTIFACT_FORMAT_VERSION = 1
@@ -36,7 +37,7 @@ class ArtifactError(Exception):
 class Artifact:
     path: Path
     manifest: dict
-    weights: NetworkWeights
+    weights: NetworkWeights | Network  # NetworkWeights for rnn/lstm/gru, a models.variants network otherwise
     features: FeatureSpec
 
     @property
@@ -80,7 +81,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_artifact(directory: Path, keras_model, weights: NetworkWeights, manifest: dict) -> Path:
+def save_artifact(directory: Path, keras_model, weights: NetworkWeights | Network, manifest: dict) -> Path:
     """Write the model, its numpy weights and the manifest (hashes filled in here)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def read_manifest(directory: Path) -> dict:
         raise ArtifactError(f"{path}: not an rnncast manifest (format must be {ARTIFACT_FORMAT!r})")
     if manifest.get("format_version") != ARTIFACT_FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {manifest.get('format_version')} is not supported")
-    if manifest.get("cell") not in CELL_TYPES:
+    if manifest.get("cell") not in NETWORK_TYPES:
         raise ArtifactError(f"{path}: unknown cell {manifest.get('cell')!r}")
     if not str(manifest.get("model_file", "")).endswith(".keras"):
         raise ArtifactError(f"{path}: model_file must be a .keras file, got {manifest.get('model_file')!r}")
@@ -145,7 +146,7 @@ def load_artifact(directory: Path) -> Artifact:
     try:
         with np.load(weights_path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-        weights = NetworkWeights.from_arrays(manifest["cell"], arrays)
+        weights = network_from_arrays(manifest["cell"], arrays, manifest.get("network"))
         features = FeatureSpec.from_json(manifest["features"])
     except (ValueError, KeyError, OSError) as err:
         raise ArtifactError(f"{weights_path}: unreadable weights ({err})") from None
@@ -157,6 +158,8 @@ def load_artifact(directory: Path) -> Artifact:
 def load_keras_model(artifact: Artifact):
     """The Keras model, hash-checked, refused if it holds Lambda layers, loaded with safe_mode=True."""
     import keras
+
+    import models.keras_layers  # noqa: F401  (registers the variants' layers before loading)
 
     path = _check_hash(artifact.path, artifact.manifest["model_file"], artifact.manifest.get("model_sha256"))
     try:

@@ -75,6 +75,68 @@ def _gru_step(layer: RecurrentLayer, x: np.ndarray, states: tuple[np.ndarray, ..
     return h, (h,)
 
 
+def stack_state_size(layers: tuple[RecurrentLayer, ...]) -> int:
+    """Floats of recurrent state per stream for a stack of layers."""
+    return sum(layer.units * layer.state_count for layer in layers)
+
+
+def step_stack(
+    layers: tuple[RecurrentLayer, ...], x: np.ndarray, flat_state: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of a layer stack: ``x`` [N, F], ``flat_state`` [N, stack_state_size] -> (top output, new state).
+
+    The flat state holds every layer's state vectors in order (LSTM: h then c), as Keras orders them.
+    """
+    new_parts = []
+    offset = 0
+    out = x
+    for layer in layers:
+        states = []
+        for _ in range(layer.state_count):
+            states.append(flat_state[:, offset : offset + layer.units])
+            offset += layer.units
+        out, new_states = layer.step(out, tuple(states))
+        new_parts.extend(new_states)
+    return out, np.concatenate(new_parts, axis=1)
+
+
+def linear_skip(x: np.ndarray, base: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``[x, base] @ kernel + bias`` without building the concatenation."""
+    n_features = x.shape[1]
+    return x @ kernel[:n_features] + base @ kernel[n_features:] + bias
+
+
+def layers_to_arrays(prefix: str, layers: tuple[RecurrentLayer, ...]) -> dict[str, np.ndarray]:
+    """A stack's weights as ``{prefix}{i}_kernel``, ``_recurrent_kernel``, ``_bias`` arrays."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(layers):
+        arrays[f"{prefix}{i}_kernel"] = layer.kernel
+        arrays[f"{prefix}{i}_recurrent_kernel"] = layer.recurrent_kernel
+        arrays[f"{prefix}{i}_bias"] = layer.bias
+    return arrays
+
+
+def layers_from_arrays(prefix: str, cell: str, arrays: dict[str, np.ndarray]) -> tuple[RecurrentLayer, ...]:
+    """The inverse of :func:`layers_to_arrays` (float64); raises ``ValueError`` if there is no layer."""
+    if cell not in STATES_PER_CELL:
+        raise ValueError(f"unknown cell type {cell!r}")
+    layers = []
+    i = 0
+    while f"{prefix}{i}_kernel" in arrays:
+        layers.append(
+            RecurrentLayer(
+                cell=cell,
+                kernel=np.asarray(arrays[f"{prefix}{i}_kernel"], dtype=np.float64),
+                recurrent_kernel=np.asarray(arrays[f"{prefix}{i}_recurrent_kernel"], dtype=np.float64),
+                bias=np.asarray(arrays[f"{prefix}{i}_bias"], dtype=np.float64),
+            )
+        )
+        i += 1
+    if not layers:
+        raise ValueError("weights contain no recurrent layer" if prefix == "layer" else f"weights contain no {prefix} layer")
+    return tuple(layers)
+
+
 @dataclass(frozen=True)
 class NetworkWeights:
     """A stack of recurrent layers, the dense head on the top layer's output, and a linear skip.
@@ -97,29 +159,19 @@ class NetworkWeights:
     @property
     def state_size(self) -> int:
         """Floats of recurrent state per stream (all layers, all state vectors)."""
-        return sum(layer.units * layer.state_count for layer in self.layers)
+        return stack_state_size(self.layers)
 
     def zero_state(self, batch: int = 1) -> np.ndarray:
         return np.zeros((batch, self.state_size))
 
     def step(self, x: np.ndarray, flat_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One step for a batch: ``x`` [N, F], ``flat_state`` [N, state_size] -> (head output [N, H], new state)."""
-        new_parts = []
-        offset = 0
-        out = x
-        for layer in self.layers:
-            states = []
-            for _ in range(layer.state_count):
-                states.append(flat_state[:, offset : offset + layer.units])
-                offset += layer.units
-            out, new_states = layer.step(out, tuple(states))
-            new_parts.extend(new_states)
-        return out @ self.head_kernel + self.head_bias, np.concatenate(new_parts, axis=1)
+        out, new_state = step_stack(self.layers, x, flat_state)
+        return out @ self.head_kernel + self.head_bias, new_state
 
     def skip(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
         """The linear skip term for inputs ``x`` [N, F] and seasonal base ``base`` [N, H]."""
-        n_features = x.shape[1]
-        return x @ self.skip_kernel[:n_features] + base @ self.skip_kernel[n_features:] + self.skip_bias
+        return linear_skip(x, base, self.skip_kernel, self.skip_bias)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {
@@ -128,30 +180,13 @@ class NetworkWeights:
             "skip_kernel": self.skip_kernel,
             "skip_bias": self.skip_bias,
         }
-        for i, layer in enumerate(self.layers):
-            arrays[f"layer{i}_kernel"] = layer.kernel
-            arrays[f"layer{i}_recurrent_kernel"] = layer.recurrent_kernel
-            arrays[f"layer{i}_bias"] = layer.bias
+        arrays.update(layers_to_arrays("layer", self.layers))
         return arrays
 
     @classmethod
     def from_arrays(cls, cell: str, arrays: dict[str, np.ndarray]) -> "NetworkWeights":
-        layers = []
-        i = 0
-        while f"layer{i}_kernel" in arrays:
-            layers.append(
-                RecurrentLayer(
-                    cell=cell,
-                    kernel=np.asarray(arrays[f"layer{i}_kernel"], dtype=np.float64),
-                    recurrent_kernel=np.asarray(arrays[f"layer{i}_recurrent_kernel"], dtype=np.float64),
-                    bias=np.asarray(arrays[f"layer{i}_bias"], dtype=np.float64),
-                )
-            )
-            i += 1
-        if not layers:
-            raise ValueError("weights contain no recurrent layer")
         return cls(
-            layers=tuple(layers),
+            layers=layers_from_arrays("layer", cell, arrays),
             head_kernel=np.asarray(arrays["head_kernel"], dtype=np.float64),
             head_bias=np.asarray(arrays["head_bias"], dtype=np.float64),
             skip_kernel=np.asarray(arrays["skip_kernel"], dtype=np.float64),

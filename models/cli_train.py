@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from models.cells import CELL_TYPES
+from models.networks import NETWORK_TYPES, VARIANT_TYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", required=True, help="training CSV (long format)")
     parser.add_argument("--out", required=True, help="artifact directory to write")
-    parser.add_argument("--cell", choices=CELL_TYPES, default="lstm", help="recurrent cell (default: lstm)")
+    parser.add_argument(
+        "--cell",
+        choices=NETWORK_TYPES,
+        default="lstm",
+        help="network: a plain stack of rnn/lstm/gru cells, or a variant: seq2seq (encoder-decoder), "
+        "attention (Luong attention over the last --attention-window encoder states), birnn "
+        "(forward pass carried, backward pass re-run over the last --window inputs) (default: lstm)",
+    )
+    parser.add_argument("--encoder-cell", choices=("rnn", "lstm", "gru"), default="lstm", help="variants: the recurrent cell of the encoder / of both directions (default: lstm)")
+    parser.add_argument("--decoder-units", type=int, help="seq2seq: decoder units (default: --units / 2)")
+    parser.add_argument("--attention-window", type=int, help="attention: encoder states kept per stream, W (default: one season, at most 96)")
+    parser.add_argument("--window", type=int, help="birnn: inputs the backward pass re-reads at each reading, L (default: one season, at most 96)")
+    parser.add_argument("--backward-units", type=int, help="birnn: units of the backward stack (default: --units / 2)")
     parser.add_argument("--horizon", type=int, help="forecast steps H (default: one season)")
     parser.add_argument("--season", type=int, help="season S in steps (default: a day of steps for sub-daily data, 7 for daily)")
     parser.add_argument("--step", type=float, help="sampling step in seconds (default: inferred per stream)")
@@ -53,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--layers must be 1, 2 or 3")
     if not 0 < args.test_fraction < 1:
         raise UsageError("--test-fraction must be between 0 and 1")
+    _check_variant_flags(args, UsageError)
     try:
         dataset = load_csv(args.data, step_seconds=args.step)
     except DataError as err:
@@ -77,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
         calendar=not args.no_calendar,
         seed=args.seed,
         max_gap=args.max_gap,
+        encoder_cell=args.encoder_cell,
+        decoder_units=args.decoder_units,
+        attention_window=args.attention_window,
+        window=args.window,
+        backward_units=args.backward_units,
     )
     log = sys.stderr
     print(f"training {config.cell} on {dataset.describe()}", file=log)
@@ -109,11 +127,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+_VARIANT_FLAGS = {
+    "decoder_units": ("--decoder-units", ("seq2seq",)),
+    "attention_window": ("--attention-window", ("attention",)),
+    "window": ("--window", ("birnn",)),
+    "backward_units": ("--backward-units", ("birnn",)),
+}
+
+
+def _check_variant_flags(args: argparse.Namespace, error: type[Exception]) -> None:
+    """A variant's flag given for another cell is a mistake worth saying, not ignoring."""
+    for name, (flag, cells) in _VARIANT_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if args.cell not in cells:
+            raise error(f"{flag} applies to --cell {' or '.join(cells)}, not {args.cell}")
+        if value < 1:
+            raise error(f"{flag} must be at least 1")
+    if args.encoder_cell != "lstm" and args.cell not in VARIANT_TYPES:
+        raise error(f"--encoder-cell applies to --cell {', '.join(VARIANT_TYPES)}; for a plain stack use --cell {args.encoder_cell}")
+
+
 def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
     from models.artifact import save_artifact
-    from models.keras_model import extract_weights
 
-    weights = extract_weights(result.model, result.config.cell)
+    if result.variant is None:
+        from models.keras_model import extract_weights
+
+        weights = extract_weights(result.model, result.config.cell)
+    else:
+        from models.keras_variants import extract_variant
+
+        weights = extract_variant(result.model, result.variant)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in weights.to_arrays().values()))
     created = datetime.now(timezone.utc)
     val_losses = result.history.get("val_loss", [])
@@ -147,6 +193,16 @@ def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
         },
         "parity": parity_check(result.model, weights, result.features.size, result.horizon),
     }
+    if result.variant is not None:
+        from models.keras_variants import float64_parity
+
+        # What load_artifact needs, beyond the arrays, to rebuild this variant's numpy network.
+        manifest["network"] = result.variant.manifest()
+        manifest["state_floats"] = weights.state_size
+        manifest["training"]["scored_origin_stride"] = result.variant.origin_stride
+        manifest["parity"]["float64_max_abs_diff"] = float64_parity(
+            result.model, result.variant, weights, result.config.layers, result.config.units
+        )
     save_artifact(out, result.model, weights, manifest)
     return json.loads((__import__("pathlib").Path(out) / "manifest.json").read_text())
 

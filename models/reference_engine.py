@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from models.artifact import Artifact, load_keras_model
+from models.cells import CELL_TYPES
+from models.errors import UsageError
 from models.engine import Engine
 from models.keras_model import recurrent_layer_names
 
@@ -50,6 +52,11 @@ class KerasNetwork:
 
 
 def reference_engine(artifact: Artifact, min_history: int | None = None, max_gap: int | None = None) -> Engine:
+    if artifact.cell not in CELL_TYPES:
+        raise UsageError(
+            f"the Keras reference engine steps plain rnn/lstm/gru stacks only, not {artifact.cell}; "
+            "its numpy/Keras parity is checked at training time (manifest 'parity') and by the tests"
+        )
     model = load_keras_model(artifact)
     engine = artifact.engine(min_history, max_gap)
     engine.weights = KerasNetwork(model, artifact.weights)  # type: ignore[assignment]

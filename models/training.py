@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -36,6 +37,12 @@ class TrainConfig:
     seed: int = 0
     max_gap: int = 4
     loss: str = "mae"
+    # Variants only (seq2seq, attention, birnn); None = the variant's default (models.keras_variants).
+    encoder_cell: str = "lstm"  # the recurrent cell of the variant's encoder/forward stack
+    decoder_units: int | None = None  # seq2seq decoder (default: units // 2)
+    attention_window: int | None = None  # attention: W encoder states kept per stream (default: one season, <= 96)
+    window: int | None = None  # birnn: L inputs the backward pass re-reads (default: one season, <= 96)
+    backward_units: int | None = None  # birnn backward stack (default: units // 2)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class TrainResult:
     split: Split
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+    variant: object | None = None  # models.keras_variants.VariantSpec for seq2seq/attention/birnn
 
 
 def default_season(step_seconds: float) -> int:
@@ -120,16 +128,35 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
             seg = segment_arrays(segment, spec, season, horizon, targets_before=split.test_from[sid])
             if seg is not None:
                 arrays.append(seg)
+    variant = _variant_spec(config, season, step, spec.calendar)
     length, warmup = window_shape(season)
+    if variant is not None and variant.context > warmup:
+        # Windowed variants read `context` earlier rows: a window's warm-up must cover them.
+        length, warmup = length + variant.context - warmup, variant.context
     stride = max((length - warmup) // 8, 1)
+    every = variant.origin_stride if variant is not None else 1
+    while math.gcd(stride, every) != 1:  # window starts cycle through every phase of the scored origins
+        stride += 1
     train_sets = [_restrict(a, -np.inf, split.validation_from[a.stream_id]) for a in arrays]
     x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
     val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
     vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
 
     x, b, y = _at_least_batches(x, b, y, config.batch_size, _MIN_BATCHES_PER_EPOCH)
-    model = build_model(config.cell, config.layers, config.units, spec.size, horizon, config.dropout)
-    model.compile(
+    if variant is None:
+        model = fitted = build_model(config.cell, config.layers, config.units, spec.size, horizon, config.dropout)
+        inputs, validation = {"features": x, "base": b}, ({"features": vx, "base": vb}, vy)
+    else:
+        from models.keras_variants import build_variant
+
+        # The training graph scores rows warmup: only (earlier targets are masked: context only).
+        model, fitted = build_variant(
+            variant, config.layers, config.units, spec.size, horizon, config.dropout, scored_from=warmup, every=every
+        )
+        rows = slice(warmup, None, every)
+        inputs, validation = [x, b[:, rows]], ([vx, vb[:, rows]], vy[:, rows])
+        y = y[:, rows]
+    fitted.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
         loss=LOSSES[config.loss],
     )
@@ -139,10 +166,10 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     ]
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch, logs or {})))
-    history = model.fit(
-        {"features": x, "base": b},
+    history = fitted.fit(
+        inputs,
         y,
-        validation_data=({"features": vx, "base": vb}, vy),
+        validation_data=validation,
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,
@@ -159,6 +186,28 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
         split=split,
         history={k: [float(v) for v in vals] for k, vals in history.history.items()},
         seconds=time.monotonic() - started,
+        variant=variant,
+    )
+
+
+def _variant_spec(config: TrainConfig, season: int, step_seconds: float, calendar: bool):
+    """The resolved variant hyperparameters, or None for a plain rnn/lstm/gru stack."""
+    from models.networks import VARIANT_TYPES
+
+    if config.cell not in VARIANT_TYPES:
+        return None
+    from models.keras_variants import resolve_spec
+
+    return resolve_spec(
+        config.cell,
+        season=season,
+        step_seconds=step_seconds,
+        units=config.units,
+        calendar=calendar,
+        encoder_cell=config.encoder_cell,
+        decoder_units=config.decoder_units,
+        window=config.attention_window if config.cell == "attention" else config.window,
+        backward_units=config.backward_units,
     )
 
 
