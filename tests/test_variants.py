@@ -132,14 +132,28 @@ def test_arrays_round_trip_through_the_registry(variant):
 
 
 def test_seq2seq_target_calendar_is_the_calendar_of_the_target_times():
-    from models.variants.seq2seq import calendar_rotation, future_calendar
+    from models.variants.seq2seq import calendar_rotation, future_calendars
 
     step, horizon = 1800.0, 96
     origins = 1.3e9 + 977.0 * np.arange(50)
-    now = calendar_features(origins)
-    rotation = calendar_rotation(horizon, step)
+    targets = future_calendars(calendar_features(origins), calendar_rotation(horizon, step))
+    assert targets.shape == (50, horizon, 4)
     for h in range(horizon):
-        np.testing.assert_allclose(future_calendar(now, rotation, h), calendar_features(origins + (h + 1) * step), atol=1e-12)
+        np.testing.assert_allclose(targets[:, h], calendar_features(origins + (h + 1) * step), atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_projected_steps_equal_the_plain_cells(cell):
+    from models.cells import step_stack
+    from models.variants.sequence import run_stack
+    from tests.model_helpers import random_weights
+
+    layers = random_weights(cell, 2, 5, 7, 3).layers
+    xs = np.random.default_rng(4).normal(size=(3, 11, 7))
+    state = np.zeros((3, sum(layer.units * layer.state_count for layer in layers)))
+    for k in range(11):
+        out, state = step_stack(layers, xs[:, k], state)
+    np.testing.assert_allclose(run_stack(layers, xs), out, rtol=0, atol=1e-13)
 
 
 def test_attention_state_holds_the_last_w_encoder_outputs():

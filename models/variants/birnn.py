@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.cells import RecurrentLayer, layers_from_arrays, layers_to_arrays, linear_skip, stack_state_size, step_stack
+from models.variants.sequence import run_stack
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,7 @@ class BiRNNNetwork:
 
     def backward_summary(self, inputs: np.ndarray) -> np.ndarray:
         """Run the backward stack over ``inputs`` [N, L, F] from newest to oldest; its last top output."""
-        state = np.zeros((inputs.shape[0], stack_state_size(self.backward)))
-        out = state[:, :0]
-        for k in range(self.window - 1, -1, -1):
-            out, state = step_stack(self.backward, inputs[:, k, :], state)
-        return out
+        return run_stack(self.backward, inputs[:, ::-1, :])
 
     def skip(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
         return linear_skip(x, base, self.skip_kernel, self.skip_bias)

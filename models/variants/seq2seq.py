@@ -25,6 +25,7 @@ from models.cells import (
     step_stack,
 )
 from models.features import CALENDAR_FEATURE_NAMES, SECONDS_PER_DAY, SECONDS_PER_WEEK
+from models.variants.sequence import step_projected
 
 CALENDAR_SIZE = len(CALENDAR_FEATURE_NAMES)
 
@@ -40,10 +41,10 @@ def calendar_rotation(horizon: int, step_seconds: float) -> np.ndarray:
     return np.stack([np.cos(day), np.sin(day), np.cos(week), np.sin(week)])
 
 
-def future_calendar(calendar_now: np.ndarray, rotation: np.ndarray, h: int) -> np.ndarray:
-    """Calendar features of ``t + (h+1)·step`` from those of ``t`` ([N, 4], the features' order)."""
-    day_sin, day_cos, week_sin, week_cos = (calendar_now[:, i] for i in range(CALENDAR_SIZE))
-    cos_d, sin_d, cos_w, sin_w = rotation[:, h]
+def future_calendars(calendar_now: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Calendar features of ``t + h·step`` for every h = 1..H: [N, H, 4] from those of t ([N, 4])."""
+    day_sin, day_cos, week_sin, week_cos = (calendar_now[:, i : i + 1] for i in range(CALENDAR_SIZE))
+    cos_d, sin_d, cos_w, sin_w = rotation
     return np.stack(
         [
             day_sin * cos_d + day_cos * sin_d,
@@ -51,7 +52,7 @@ def future_calendar(calendar_now: np.ndarray, rotation: np.ndarray, h: int) -> n
             week_sin * cos_w + week_cos * sin_w,
             week_cos * cos_w - week_sin * sin_w,
         ],
-        axis=1,
+        axis=-1,
     )
 
 
@@ -105,17 +106,20 @@ class Seq2SeqNetwork:
 
     def decode(self, encoded: np.ndarray, x: np.ndarray) -> np.ndarray:
         """H decoder steps from the encoder output ``encoded`` [N, U]: corrections [N, H]."""
-        units = self.decoder.units
+        decoder, units = self.decoder, self.decoder.units
         initial = np.tanh(encoded @ self.bridge_kernel + self.bridge_bias)
-        states = tuple(initial[:, i * units : (i + 1) * units] for i in range(self.decoder.state_count))
-        calendar_now = x[:, -CALENDAR_SIZE:] if self.calendar else None
+        states = tuple(initial[:, i * units : (i + 1) * units] for i in range(decoder.state_count))
+        # Step h's input is [y_{h-1}, calendar_h]: the calendar part is known, project it for all h at once.
+        input_bias = decoder.bias[0] if decoder.cell == "gru" else decoder.bias
+        if self.calendar:
+            known = future_calendars(x[:, -CALENDAR_SIZE:], self._rotation) @ decoder.kernel[1:] + input_bias
+        else:
+            known = np.broadcast_to(input_bias, (x.shape[0], self.horizon, input_bias.shape[0]))
+        feedback = decoder.kernel[0]
         previous = np.zeros((x.shape[0], 1))
         outputs = np.empty((x.shape[0], self.horizon))
         for h in range(self.horizon):
-            inputs = previous
-            if calendar_now is not None:
-                inputs = np.concatenate([previous, future_calendar(calendar_now, self._rotation, h)], axis=1)
-            out, states = self.decoder.step(inputs, states)
+            out, states = step_projected(decoder, known[:, h] + previous * feedback, states)
             previous = out @ self.readout_kernel + self.readout_bias
             outputs[:, h] = previous[:, 0]
         return outputs
