@@ -23,7 +23,7 @@ from models.state import decode_state, encode_state
 from tests.model_helpers import VARIANTS, random_variant, small_variant_engine
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 300
+STEPS = 520  # as tests/test_parity.py
 FAST = ["--units", "8", "--epochs", "2", "--seed", "3"]
 
 # (variant, encoder cell, layers, calendar)
