@@ -85,10 +85,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-future", type=_number(float, 0, strictly=True), default=86_400.0, metavar="SECONDS",
         help="readings further after their stream's last reading are dead letters (default: %(default)g)",
     )
+    serving.add_argument(
+        "--batch-size", type=_number(int, 1), default=1000, metavar="N",
+        help="records read from a partition at a time: a bundle's outputs are flushed and its offsets committed "
+        "together, so smaller batches mean fewer duplicates after a crash, larger ones more throughput (default: %(default)s)",
+    )
     monitoring = parser.add_argument_group("monitoring")
     monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
     monitoring.add_argument("--metrics-port", type=_number(int, 0), default=9108, help="port of the /metrics server, 0 for any (default: %(default)s)")
     parser.set_defaults(accepts_extra_args=True)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. under pytest)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 class _DropNoise(logging.Filter):
@@ -97,12 +114,13 @@ class _DropNoise(logging.Filter):
 
 
 def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_DropNoise())
+    """rnncast's INFO lines and everyone's warnings to stderr (once; other handlers are left alone)."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    if not any(isinstance(f, _DropNoise) for handler in root.handlers for f in handler.filters):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_DropNoise())
+        root.addHandler(handler)
     for name in ("rnncast", "pipeline", "models"):
         logging.getLogger(name).setLevel(logging.INFO)
 
@@ -124,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
+            max_records=args.batch_size,
         )
         from pipeline.topics import validate_topic_name
 

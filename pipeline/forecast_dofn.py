@@ -151,7 +151,9 @@ class ForecastDoFn(beam.DoFn):
         self._engine, self._model_name, self._version = self._model.load()
         self._metrics: JobMetrics = self._metrics_factory()
         self._restored: RestoredStates = self._restore.load() if self._restore is not None else RestoredStates()
-        self._index: IdleIndex | None = idle_index(self._run_id) if self._run_id is not None else None
+        # Streams are indexed for sweeping only when states can expire.
+        sweeping = self._run_id is not None and self._state_ttl is not None
+        self._index: IdleIndex | None = idle_index(self._run_id) if sweeping else None
         self._next_maintenance = time.monotonic() + self._maintain_every
 
     def process(

@@ -156,6 +156,10 @@ class ReadPartitions(beam.DoFn):
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=self._max_records,
+                # Bounded prefetch per partition reader: with a backlog the default (50 MiB a fetch)
+                # made the job hold hundreds of MB of fetched-but-unread records.
+                fetch_max_bytes=4 * 1024 * 1024,
+                max_partition_fetch_bytes=1024 * 1024,
                 **client_kwargs(self._settings),
             )
             consumer.assign([tp])

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.kafka_config import KafkaSettings  # noqa: F401 - re-exported for tests
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "elecdemand.csv"
 ARTIFACT_ENV = "RNNCAST_TEST_ARTIFACT"  # reuse an artifact directory instead of training one

@@ -273,3 +273,88 @@ def test_graceful_stop_in_mid_stream_has_no_duplicates_and_no_gaps(broker, artif
     finally:
         if job.alive():
             job.kill()
+
+
+def test_idle_streams_are_swept_and_their_state_leaves_memory_and_the_changelog(broker, artifact: Path, tmp_path: Path, record_property) -> None:
+    """Stream churn with --state-ttl: 10 streams stop after 60 readings while 10 others go on for 3 days
+    of event time; the job drops the silent streams' Beam state (a sweep), writes markers to the
+    changelog, and the next start deletes the markers it no longer needs."""
+    bootstrap = broker.bootstrap
+    topics = Topics()
+    readings, data_covariates = h.dataset_readings(200, 20)
+    churned = {f"vic_demand#{k}" for k in range(10)}
+    kept = [r for i, r in enumerate(readings) if r.stream_id not in churned or i < 60 * 20]
+    ttl = 6 * 3600.0
+    args = ["--state-ttl", str(ttl)]
+
+    def start(name: str) -> h.ServeProcess:
+        return h.ServeProcess(
+            h.serve_args(artifact, bootstrap, input_topic=topics.readings, output_topic=topics.forecasts,
+                         dlq_topic=topics.dlq, group=topics.group, extra=args),
+            tmp_path / f"{name}.log",
+        )
+
+    job = start("first")
+    try:
+        url = job.metrics_url()
+        h.produce(bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in kept])
+        h.wait_for(lambda: h.metric(h.scrape(url), "rnncast_readings_total") == len(kept), 60, what="all readings")
+        h.wait_for(lambda: h.metric(h.scrape(url), "rnncast_state_expired_total") == len(churned), 30, what="sweeps")
+        samples = h.scrape(url)
+        assert h.metric(samples, "rnncast_active_streams") == 20 - len(churned)
+        assert job.stop() == 0
+    finally:
+        if job.alive():
+            job.kill()
+    from models.state import decode_state
+    from pipeline.state_store import is_marker, read_changelog
+
+    changelog = {k: decode_state(v) for k, v in read_changelog(h.KafkaSettings(bootstrap=bootstrap), f"{topics.group}.rnncast-state").items() if v}
+    assert {k for k, s in changelog.items() if is_marker(s)} == churned
+    assert len(changelog) == 20
+
+    again = start("second")
+    try:
+        again.wait_restored()
+        assert f"restored {20 - len(churned)} stream states" in again.log and f"({len(churned)} deleted as expired" in again.log
+        assert again.stop() == 0
+    finally:
+        if again.alive():
+            again.kill()
+    changelog = read_changelog(h.KafkaSettings(bootstrap=bootstrap), f"{topics.group}.rnncast-state")
+    assert {k for k, v in changelog.items() if v is None} == churned  # tombstones
+    _report(record_property, "churn", swept=len(churned), kept=20 - len(churned))
+
+
+def test_changelog_restore_keeps_its_partitions_and_the_markers_it_still_needs(broker, unique_topic) -> None:
+    import numpy as np
+
+    from models.state import StreamState, encode_state
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.state_store import ChangelogRestore, ensure_changelog, is_marker, marker_for, read_changelog
+
+    settings = KafkaSettings(bootstrap=broker.bootstrap)
+    topic = unique_topic("g") + ".rnncast-state"
+    ensure_changelog(settings, topic, 2)
+
+    def state(partition: int, offset: int, last: float) -> StreamState:
+        return StreamState(60, last, 1.0, 1.0, np.ones(48), 48, np.zeros(4), 1.0, partition, offset)
+
+    records = {
+        "mine": state(0, 500, 1000.0),
+        "mine-gone": None,  # written, then deleted
+        "other-instance": state(2, 10, 1000.0),  # partition 2 belongs to another instance
+        "old-marker": marker_for(state(0, 90, 100.0)),  # below the committed offset 100: never replayed again
+        "recent-marker": marker_for(state(1, 150, 100.0)),  # above it: replays up to 150 must be skipped
+    }
+    messages = [(b"mine-gone", encode_state(state(0, 5, 10.0)))]
+    messages += [(k.encode(), None if v is None else encode_state(v)) for k, v in records.items()]
+    h.produce(broker.bootstrap, topic, messages)
+
+    restored = ChangelogRestore(settings, topic, (0, 1), {0: 100, 1: 100}, None, "restore-test").load()
+    assert len(restored) == 2
+    assert restored.pop("mine") == records["mine"]
+    recent = restored.pop("recent-marker")
+    assert is_marker(recent) and recent.source_offset == 150
+    assert restored.pop("other-instance") is None and restored.pop("old-marker") is None
+    assert read_changelog(settings, topic)["old-marker"] is None  # deleted with a tombstone

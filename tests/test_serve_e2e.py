@@ -217,3 +217,59 @@ def test_two_instances_on_disjoint_partitions_and_groups_are_isolated(broker, ar
     finally:
         if other.alive():
             other.kill()
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def test_the_local_runner_is_pinned_and_beam_options_pass_through() -> None:
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from pipeline.options import beam_options
+
+    local = beam_options([])
+    assert local.view_as(StandardOptions).runner == "FnApiRunner"
+    assert local.view_as(DirectOptions).direct_running_mode == "in_memory"
+    flink = beam_options(["--runner=FlinkRunner", "--flink_master=flink:8081", "--environment_type=EXTERNAL",
+                          "--environment_config=localhost:50000", "--parallelism=4"])
+    assert flink.view_as(StandardOptions).runner == "FlinkRunner" and flink.view_as(StandardOptions).streaming
+    assert flink.get_all_options()["flink_master"] == "flink:8081"
+    dataflow = beam_options(["--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/t"])
+    assert dataflow.view_as(StandardOptions).streaming
+    for refused in (["--runner=DirectRunner"], ["--runner=BundleBasedDirectRunner"], ["--ouput-topic=x"],
+                    ["--direct_num_workers=2"], ["--direct_running_mode=multi_processing"]):
+        with pytest.raises(ValueError):
+            beam_options(refused)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runner=DirectRunner"], "--runner=DirectRunner is not supported"),
+        (["--ouput-topic", "x"], "unrecognized arguments: --ouput-topic"),
+        (["--output-topic", "readings"], "must differ"),
+        (["--min-history", "3"], "min_history must be at least"),
+        (["--partitions", "1,x"], "expected partition numbers"),
+        (["--bootstrap", "127.0.0.1:1"], "cannot reach Kafka"),
+    ],
+)
+def test_user_errors_are_one_line(argv: list[str], message: str, artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    try:
+        status = main(["serve", "--artifact", str(artifact), *argv])
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and "Traceback" not in err, err
+
+
+def test_a_partition_the_topic_lacks_is_a_user_error(broker, artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    suffix = uuid.uuid4().hex[:8]
+    status = main(["serve", "--artifact", str(artifact), "--bootstrap", broker.bootstrap, "--input-topic", f"in-{suffix}",
+                   "--output-topic", f"out-{suffix}", "--dlq-topic", f"dlq-{suffix}", "--partitions", "7", "--topic-partitions", "2"])
+    assert status == 2
+    assert "--partitions 7" in capsys.readouterr().err
