@@ -33,6 +33,8 @@ __all__ = [
     "score_series",
     "combine_scores",
     "mase_scale",
+    "HORIZON_BANDS",
+    "horizon_band",
     "horizon_bands",
     "band_table",
     "format_report",
@@ -329,12 +331,36 @@ def combine_scores(scores: list[SeriesScore], horizon: int, season: int) -> dict
     }
 
 
-def horizon_bands(horizon: int) -> list[tuple[str, slice]]:
-    """Splits horizons ``1..H`` into readable bands ``1``, ``2..H/4``, ``H/4+1..H/2``, ``H/2+1..H``.
+HORIZON_BANDS: tuple[str, ...] = ("1", "le_q", "le_half", "le_full")
+"""The horizon bands, in order: ``1`` (h = 1), ``le_q`` (1 < h ≤ ⌈H/4⌉), ``le_half`` (⌈H/4⌉ < h ≤ ⌈H/2⌉),
+``le_full`` (⌈H/2⌉ < h ≤ H). The one definition: the evaluation's band table, the online accuracy
+tracker and the job's metric labels (``rnncast_forecast_abs_error{horizon}``) all group steps this way."""
 
-    Labels use real, 1-based horizon numbers (``H=48`` gives ``"1", "2..12", "13..24", "25..48"``);
-    slices index 0-based per-horizon lists. Empty bands are dropped and a one-horizon band is labelled
-    by its number, so small horizons degrade gracefully (``H=1``: ``"1"``; ``H=3``: ``"1", "2..3"``).
+
+def horizon_band(step: int, horizon: int) -> str:
+    """The band (one of :data:`HORIZON_BANDS`) of forecast step ``step`` (1-based) for horizon ``horizon``.
+
+    Raises:
+        ValueError: If ``step`` is outside ``1..horizon``.
+    """
+    if horizon < 1 or not 1 <= step <= horizon:
+        raise ValueError(f"forecast step {step} outside 1..{horizon}")
+    if step == 1:
+        return "1"
+    if step <= math.ceil(horizon / 4):
+        return "le_q"
+    if step <= math.ceil(horizon / 2):
+        return "le_half"
+    return "le_full"
+
+
+def horizon_bands(horizon: int) -> list[tuple[str, slice]]:
+    """Splits horizons ``1..H`` into the readable bands of :func:`horizon_band`.
+
+    Labels use real, 1-based horizon numbers (``H=48`` gives ``"1", "2..12", "13..24", "25..48"``, the
+    job's ``1``, ``le_q``, ``le_half``, ``le_full``); slices index 0-based per-horizon lists. Empty bands
+    are dropped and a one-horizon band is labelled by its number, so small horizons degrade gracefully
+    (``H=1``: ``"1"``; ``H=3``: ``"1", "2", "3"``).
 
     Args:
         horizon: Number of horizons ``H`` (``<= 0`` gives no bands).
@@ -344,13 +370,13 @@ def horizon_bands(horizon: int) -> list[tuple[str, slice]]:
     """
     if horizon <= 0:
         return []
-    edges = sorted({0, 1, max(horizon // 4, 1), max(horizon // 2, 1), horizon})
     bands = []
-    for lo, hi in zip(edges, edges[1:]):
-        if hi <= lo:
-            continue
-        label = str(lo + 1) if hi == lo + 1 else f"{lo + 1}..{hi}"
-        bands.append((label, slice(lo, hi)))
+    lo = 0
+    for hi in range(1, horizon + 1):
+        if hi == horizon or horizon_band(hi + 1, horizon) != horizon_band(hi, horizon):
+            label = str(lo + 1) if hi == lo + 1 else f"{lo + 1}..{hi}"
+            bands.append((label, slice(lo, hi)))
+            lo = hi
     return bands
 
 

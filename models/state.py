@@ -1,8 +1,10 @@
 """A stream's serving state as an explicit, versioned value with an explicit byte coding (no pickle).
 
 Layout of the encoding (little endian): a fixed header (magic, format version, counters, the
-per-stream scaler, array lengths, the source position of the last applied reading), then the
-seasonal ring buffer and the recurrent state as raw float64.
+per-stream scaler, array lengths, the source position of the last applied reading, the key of the
+model that produced the state), then the seasonal ring buffer and the recurrent state as raw float64.
+
+Format 2 added ``model_key``; format 1 states (no key) still decode, with ``model_key = 0`` (unknown).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 STATE_MAGIC = b"RNCS"
-STATE_FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sHqddddHHIqq")
+STATE_FORMAT_VERSION = 2
+_HEADER = struct.Struct("<4sHqddddHHIqqQ")
+_HEADER_V1 = struct.Struct("<4sHqddddHHIqq")
+UNKNOWN_MODEL = 0
 
 
 class StateDecodeError(ValueError):
@@ -37,6 +41,9 @@ class StreamState:
             units, NaN while warming up); a missing next reading is imputed with it.
         source_partition: Kafka partition of the last applied reading (-1 if none).
         source_offset: Kafka offset of the last applied reading (-1 if none).
+        model_key: compatibility key (64 bits) of the model that produced ``cell_state``, so that a
+            state is only ever continued by a model that can read it (0: unknown, e.g. a format-1
+            state or a state built outside the job). See ``pipeline.model_watch.compatibility_key``.
     """
 
     readings_seen: int
@@ -49,13 +56,17 @@ class StreamState:
     one_step_forecast: float = float("nan")
     source_partition: int = -1
     source_offset: int = -1
+    model_key: int = UNKNOWN_MODEL
 
     @property
     def warming_up(self) -> bool:
         return self.ring_fill < len(self.ring)
 
-    def with_source(self, partition: int, offset: int) -> "StreamState":
-        return replace(self, source_partition=partition, source_offset=offset)
+    def with_source(self, partition: int, offset: int, model_key: int | None = None) -> "StreamState":
+        """This state with the source position of its last reading (and the model's key, if given)."""
+        if model_key is None:
+            return replace(self, source_partition=partition, source_offset=offset)
+        return replace(self, source_partition=partition, source_offset=offset, model_key=model_key)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StreamState) and encode_state(self) == encode_state(other)
@@ -79,31 +90,39 @@ def encode_state(state: StreamState) -> bytes:
         cell.size,
         state.source_partition,
         state.source_offset,
+        state.model_key,
     )
     return header + ring.tobytes() + cell.tobytes()
 
 
 def decode_state(data: bytes) -> StreamState:
-    if len(data) < _HEADER.size:
+    if len(data) < 6:
         raise StateDecodeError(f"state is {len(data)} bytes, shorter than its {_HEADER.size}-byte header")
-    (magic, version, seen, last_ts, mean, scale, one_step, ring_len, fill, cell_len, partition, offset) = _HEADER.unpack_from(data)
+    magic, version = struct.unpack_from("<4sH", data)
     if magic != STATE_MAGIC:
         raise StateDecodeError("not an rnncast stream state (bad magic)")
-    if version != STATE_FORMAT_VERSION:
-        raise StateDecodeError(f"stream state format {version} is not supported (expected {STATE_FORMAT_VERSION})")
-    expected = _HEADER.size + 8 * (ring_len + cell_len)
+    if version not in (1, STATE_FORMAT_VERSION):
+        raise StateDecodeError(f"stream state format {version} is not supported (expected 1 or {STATE_FORMAT_VERSION})")
+    header = _HEADER if version == STATE_FORMAT_VERSION else _HEADER_V1
+    if len(data) < header.size:
+        raise StateDecodeError(f"state is {len(data)} bytes, shorter than its {header.size}-byte header")
+    fields = header.unpack_from(data)
+    (_, _, seen, last_ts, mean, scale, one_step, ring_len, fill, cell_len, partition, offset) = fields[:12]
+    model_key = fields[12] if version == STATE_FORMAT_VERSION else UNKNOWN_MODEL
+    expected = header.size + 8 * (ring_len + cell_len)
     if len(data) != expected:
         raise StateDecodeError(f"stream state is {len(data)} bytes, header says {expected}")
-    ring_end = _HEADER.size + 8 * ring_len
+    ring_end = header.size + 8 * ring_len
     return StreamState(
         readings_seen=seen,
         last_timestamp=last_ts,
         value_mean=mean,
         value_scale=scale,
-        ring=np.frombuffer(data, dtype="<f8", count=ring_len, offset=_HEADER.size).astype(np.float64),
+        ring=np.frombuffer(data, dtype="<f8", count=ring_len, offset=header.size).astype(np.float64),
         ring_fill=fill,
         cell_state=np.frombuffer(data, dtype="<f8", count=cell_len, offset=ring_end).astype(np.float64),
         one_step_forecast=one_step,
         source_partition=partition,
         source_offset=offset,
+        model_key=model_key,
     )

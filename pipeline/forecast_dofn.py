@@ -13,8 +13,17 @@ Rules of the stateful step, in order, for a reading at (partition, offset):
    already in the state (a replay after a restart) -> skipped, counted in ``skipped_replayed_total``.
 3. ``timestamp > last + --max-future`` -> dead letter ``future_timestamp``; the state is untouched.
 4. ``timestamp - last > --state-ttl`` -> the old state expires and the stream starts fresh.
-5. ``Engine.step``: ``duplicate``/``out_of_order`` -> dead letter, state untouched; otherwise the new
-   state (with this reading's source position) is written and a forecast emitted once due.
+5. The state was made by a model the served one cannot continue (a hot swap, or a restored state of
+   another model; :meth:`~pipeline.model_watch.Served.can_continue`) and the reading is newer -> the
+   stream starts fresh (``stream_resets_total{reason="model_swap"}``).
+6. ``Engine.step``: ``duplicate``/``out_of_order`` -> dead letter, state untouched; otherwise the new
+   state (with this reading's source position and the model's compatibility key) is written and a
+   forecast emitted once due, carrying the ``model_version`` that produced it.
+7. Online accuracy: a running stream's reading scores the forecasts issued before it
+   (:mod:`pipeline.accuracy_monitor`); every reset above forgets the stream's pending forecasts.
+
+The served model is :attr:`~pipeline.model_watch.ModelWatcher.current`, read once per element: a hot
+swap (:mod:`pipeline.model_watch`) takes effect between elements.
 
 Idle streams (``--state-ttl``): see :mod:`pipeline.state_store` for how sweep requests reach this step.
 """
@@ -32,6 +41,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from models.engine import APPLIED, Engine
 from models.state import StreamState, encode_state
+from pipeline import model_watch
+from pipeline.accuracy_monitor import AccuracyMonitor
 from pipeline.coders import StreamStateCoder
 from pipeline.messages import (
     Inbound,
@@ -57,21 +68,28 @@ class ServedModel:
     """What to serve, as a small picklable description; :meth:`load` reads the artifact (numpy only).
 
     Attributes:
-        artifact: Artifact directory.
+        artifact: --artifact: an artifact directory, a link to one, or a directory of versions
+            (:func:`~pipeline.model_watch.resolve_artifact`).
         min_history: --min-history (None: the artifact's default).
         max_gap: --max-gap (None: the artifact's default).
+        poll_seconds: --artifact-poll-seconds: how often the location is checked for a new model
+            (None or 0: never).
+        covariates: The covariates the job decodes, in order (None: the model's own).
     """
 
     artifact: str
     min_history: int | None = None
     max_gap: int | None = None
+    poll_seconds: float | None = None
+    covariates: tuple[str, ...] | None = None
+
+    def spec(self) -> model_watch.ModelSpec:
+        return model_watch.ModelSpec(self.artifact, self.min_history, self.max_gap, self.poll_seconds, self.covariates)
 
     def load(self) -> tuple[Engine, str, str]:
-        """Returns (engine, model name for messages, model version)."""
-        from models.artifact import load_artifact
-
-        artifact = load_artifact(self.artifact)
-        return artifact.engine(self.min_history, self.max_gap), artifact.cell, artifact.version
+        """Returns (engine, model name for messages, model version) of the model served now."""
+        served = model_watch.load_served(model_watch.resolve_artifact(self.artifact), self.spec(), self.covariates, 0)
+        return served.engine, served.name, served.version
 
 
 class DecodeRecords(beam.DoFn):
@@ -148,13 +166,24 @@ class ForecastDoFn(beam.DoFn):
         self._maintain_every = maintain_every
 
     def setup(self) -> None:
-        self._engine, self._model_name, self._version = self._model.load()
         self._metrics: JobMetrics = self._metrics_factory()
+        self._watcher = model_watch.acquire(self._model.spec(), self._metrics)
+        self._served: model_watch.Served = self._watcher.current
+        self._accuracy = AccuracyMonitor(self._metrics, self._served.horizon, self._served.step_seconds)
         self._restored: RestoredStates = self._restore.load() if self._restore is not None else RestoredStates()
         # Streams are indexed for sweeping only when states can expire.
         sweeping = self._run_id is not None and self._state_ttl is not None
         self._index: IdleIndex | None = idle_index(self._run_id) if sweeping else None
         self._next_maintenance = time.monotonic() + self._maintain_every
+
+    def finish_bundle(self) -> None:
+        self._accuracy.flush()
+
+    def teardown(self) -> None:
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None:
+            self._watcher = None
+            model_watch.release(watcher)
 
     def process(
         self,
@@ -162,6 +191,10 @@ class ForecastDoFn(beam.DoFn):
         stream_state: Any = beam.DoFn.StateParam(STREAM_STATE),
     ) -> Iterator[Outcome]:
         key, inbound = element
+        served = self._watcher.current
+        if served is not self._served:  # a hot swap: from this element on
+            self._accuracy.reconfigure(served.horizon, served.step_seconds)
+            self._served = served
         if inbound.dead_letter is not None:  # rejected while decoding: the state is not involved
             yield Outcome(
                 inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
@@ -183,6 +216,7 @@ class ForecastDoFn(beam.DoFn):
         reading = inbound.reading
         assert reading is not None
         metrics = self._metrics
+        served = self._served
         current: StreamState | None = stream_state.read()
         if current is None:
             current = self._restored.pop(stream_id)
@@ -211,10 +245,16 @@ class ForecastDoFn(beam.DoFn):
                 metrics.state_expired.inc()
                 metrics.stream_reset("ttl")
                 metrics.active_streams.dec()
+                self._accuracy.reset_stream(stream_id)
                 live = None
+        if live is not None and not served.can_continue(live) and reading.timestamp > live.last_timestamp:
+            metrics.stream_reset("model_swap")
+            metrics.active_streams.dec()
+            self._accuracy.reset_stream(stream_id)
+            live = None
         started = time.perf_counter()
         try:
-            result = self._engine.step(live, reading)
+            result = served.engine.step(live, served.reading(reading))
         except Exception as err:  # noqa: BLE001 - one bad reading must not stop the job
             log.exception("engine step failed for stream %r at %s", stream_id, _format(reading.timestamp))
             return self._dead_letter(inbound, "bad_value", f"the model could not process this reading: {err}"[:200])
@@ -226,7 +266,7 @@ class ForecastDoFn(beam.DoFn):
                 inbound, result.outcome,
                 f"timestamp {_format(reading.timestamp)} {relation} the stream's last reading {_format(last)}",
             )
-        state = result.state.with_source(inbound.partition, inbound.offset)
+        state = result.state.with_source(inbound.partition, inbound.offset, served.key)
         stream_state.write(state)
         if live is None:
             metrics.active_streams.inc()
@@ -235,11 +275,17 @@ class ForecastDoFn(beam.DoFn):
             metrics.imputed_steps.inc(result.imputed_steps)
         if result.reset:
             metrics.stream_reset("gap")
+            self._accuracy.reset_stream(stream_id)
         if self._index is not None:
             self._index.note(inbound.partition, stream_id, reading.timestamp)
+        if not state.warming_up:
+            self._accuracy.observe(
+                stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale,
+                None if result.forecast is None else result.forecast.scaled,
+            )
         forecast = None
         if result.forecast is not None:
-            forecast = encode_forecast(result.forecast, self._model_name, self._version)
+            forecast = encode_forecast(result.forecast, served.name, served.version)
         return Outcome(
             inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
             key=inbound.key, stream_id=stream_id, forecast=forecast, snapshot=encode_state(state),
@@ -260,6 +306,7 @@ class ForecastDoFn(beam.DoFn):
         if current.last_timestamp >= inbound.idle_before:
             return None  # a reading arrived since the sweep was requested
         stream_state.clear()
+        self._accuracy.reset_stream(stream_id)
         self._metrics.state_expired.inc()
         self._metrics.active_streams.dec()
         return Outcome(inbound.partition, -1, -1, 0, stream_id=stream_id, snapshot=encode_state(marker_for(current)))

@@ -27,7 +27,9 @@ count) and the single current model/version.
 Label values of ``rnncast_forecast_abs_error{horizon, model}`` and ``rnncast_model_skill{horizon}``:
 
 ``horizon`` — disjoint bands of the forecast step ``h`` (1-based) for a model of horizon ``H``;
-every step falls in exactly one band (see :func:`horizon_band`), so summing over bands gives all steps:
+every step falls in exactly one band (see :func:`horizon_band`, the one definition in
+:mod:`models.metrics`, shared with ``rnncast evaluate``'s band table and the online accuracy tracker), so
+summing over bands gives all steps:
 
 ============  ======================================
 ``1``         ``h == 1`` (one step ahead)
@@ -50,11 +52,13 @@ once the job has enough scored forecasts to compute it.
 
 from __future__ import annotations
 
-import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from models.metrics import HORIZON_BANDS, horizon_band
 
 # --- fixed label value sets -------------------------------------------------------------------
 
@@ -77,7 +81,6 @@ DEAD_LETTER_REASONS: tuple[str, ...] = tuple(DEAD_LETTER_MEANINGS)
 
 RESET_REASONS: tuple[str, ...] = ("gap", "ttl", "model_swap")
 SWAP_RESULTS: tuple[str, ...] = ("loaded", "refused")
-HORIZON_BANDS: tuple[str, ...] = ("1", "le_q", "le_half", "le_full")
 FORECASTERS: tuple[str, ...] = ("model", "persistence")
 
 # --- buckets ----------------------------------------------------------------------------------
@@ -87,6 +90,7 @@ STEP_BUCKETS = (
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
 )
 ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+_ABS_ERROR_BOUNDS = ABS_ERROR_BUCKETS  # searchsorted past the last bound = the +Inf bucket
 
 # --- names ------------------------------------------------------------------------------------
 
@@ -113,19 +117,6 @@ METRIC_TYPES: dict[str, str] = {
     "rnncast_skipped_replayed_total": "counter",
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRIC_TYPES)
-
-
-def horizon_band(step: int, horizon: int) -> str:
-    """The ``horizon`` label value for forecast step ``step`` (1-based) of a model with horizon ``horizon``."""
-    if horizon < 1 or not 1 <= step <= horizon:
-        raise ValueError(f"forecast step {step} outside 1..{horizon}")
-    if step == 1:
-        return "1"
-    if step <= math.ceil(horizon / 4):
-        return "le_q"
-    if step <= math.ceil(horizon / 2):
-        return "le_half"
-    return "le_full"
 
 
 def _counter(name: str, doc: str, registry: CollectorRegistry, labels: tuple[str, ...] = ()) -> Counter:
@@ -250,6 +241,33 @@ class JobMetrics:
         band = horizon_band(step, horizon)
         self.forecast_abs_error.labels(horizon=band, model="model").observe(abs(model_error))
         self.forecast_abs_error.labels(horizon=band, model="persistence").observe(abs(persistence_error))
+
+    def add_errors(self, band: str, forecaster: str, errors: Sequence[float]) -> None:
+        """Records many |errors| (scaled units) in ``rnncast_forecast_abs_error{horizon=band, model=forecaster}``.
+
+        The same as one ``observe`` per error, done as one bucket count per bucket (the online accuracy
+        monitor records a few thousand errors a second).
+        """
+        if band not in HORIZON_BANDS or forecaster not in FORECASTERS:
+            raise ValueError(f"unknown horizon band {band!r} or forecaster {forecaster!r}")
+        import numpy as np
+
+        errors = np.abs(np.asarray(errors, dtype=np.float64))
+        if errors.size == 0:
+            return
+        child = self.forecast_abs_error.labels(horizon=band, model=forecaster)
+        buckets = getattr(child, "_buckets", None)
+        total = getattr(child, "_sum", None)
+        if buckets is None or total is None or len(buckets) != len(ABS_ERROR_BUCKETS) + 1:
+            for error in errors.tolist():  # prometheus_client changed its internals: one at a time
+                child.observe(error)
+            return
+        # Bucket i holds bound[i-1] < e <= bound[i] (non-cumulative, as the client keeps them); the last is +Inf.
+        counts = np.bincount(np.searchsorted(_ABS_ERROR_BOUNDS, errors, side="left"), minlength=len(buckets))
+        total.inc(float(errors.sum()))
+        for bucket, count in zip(buckets, counts.tolist()):
+            if count:
+                bucket.inc(count)
 
     def set_skill(self, band: str, skill: float) -> None:
         if band not in HORIZON_BANDS:

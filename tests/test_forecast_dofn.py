@@ -264,3 +264,27 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "ker
 assert not loaded, loaded
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=h.REPO, env=h._env(), timeout=120)
+
+
+def test_a_restored_state_of_another_model_starts_afresh(artifact, streams) -> None:
+    """The changelog's state was made by a model the served one cannot continue (its key differs): the
+    stream restarts its warm-up instead of feeding the network a state it cannot read."""
+    from pipeline.model_watch import compatibility_key
+
+    (a, _) = streams.values()
+    _, history = _offline(artifact, a)
+    key = compatibility_key(load_artifact(artifact))
+    fresh, _ = _offline(artifact, a[60:])
+    expected = [(60 + i, e[1], None, False) for i, e in enumerate(fresh)]
+    foreign = history[59].with_source(0, 59, key ^ 1)
+    _run([_inbound(r, i) for i, r in enumerate(a) if i >= 60], expected,
+         _dofn(artifact, "foreign", restore=StaticRestore({a[0].stream_id: foreign})))
+    metrics = PrivateMetrics("foreign")()
+    assert metrics.stream_resets.labels(reason="model_swap")._value.get() == 1
+    assert metrics.active_streams._value.get() == 1
+
+    clean, _ = _offline(artifact, a)
+    own = history[59].with_source(0, 59, key)
+    _run([_inbound(r, i) for i, r in enumerate(a) if i >= 60], clean[60:],
+         _dofn(artifact, "own", restore=StaticRestore({a[0].stream_id: own})))
+    assert PrivateMetrics("own")().stream_resets.labels(reason="model_swap")._value.get() == 0

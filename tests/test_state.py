@@ -45,3 +45,18 @@ def test_default_lstm_state_fits_in_two_kilobytes():
 def test_corrupt_bytes_are_refused(mutate, message):
     with pytest.raises(StateDecodeError, match=message):
         decode_state(mutate(encode_state(sample_state())))
+
+
+def test_the_model_key_round_trips_and_format_1_states_still_decode():
+    import struct
+
+    state = sample_state().with_source(3, 98765, model_key=0xDEADBEEF12345678)
+    assert decode_state(encode_state(state)).model_key == 0xDEADBEEF12345678
+    # A state written before the key existed (format 1: the same header without it).
+    old = sample_state()
+    header = struct.Struct("<4sHqddddHHIqq").pack(
+        b"RNCS", 1, old.readings_seen, old.last_timestamp, old.value_mean, old.value_scale, old.one_step_forecast,
+        old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset,
+    )
+    back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
+    assert back == old and back.model_key == 0

@@ -1,0 +1,59 @@
+"""The job's online accuracy signal without the job: tracker -> histogram and skill gauges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from models.online_accuracy import AccuracyTracker, horizon_band_labels
+from pipeline.accuracy_monitor import AccuracyMonitor
+from pipeline.metrics import ABS_ERROR_BUCKETS, JobMetrics
+
+
+def _sample(metrics: JobMetrics, suffix: str, band: str, forecaster: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(
+        f"rnncast_forecast_abs_error_{suffix}", {"horizon": band, "model": forecaster, **labels}
+    )
+    return 0.0 if value is None else value
+
+
+def test_scored_points_reach_the_histogram_and_the_skill_gauges() -> None:
+    rng = np.random.default_rng(3)
+    horizon, step = 8, 60.0
+    metrics = JobMetrics(CollectorRegistry())
+    monitor = AccuracyMonitor(metrics, horizon, step, flush_seconds=3600.0)  # flushed by hand below
+    reference = AccuracyTracker(horizon, step)
+    points: list = []
+    for i in range(2000):
+        sid = f"s{i % 3}"
+        t = (i // 3) * step
+        args = (sid, t, float(rng.normal()), 0.5, 2.0, rng.normal(size=horizon) * (0.1 if i % 5 else 10))
+        monitor.observe(*args)
+        points += reference.observe(*args)
+        if i == 1000:
+            monitor.flush()
+    assert _sample(metrics, "count", "1", "model") > 0  # flushed at i == 1000
+    monitor.flush()
+    labels = horizon_band_labels(horizon)
+    for band in set(labels):
+        mine = [p for p in points if p.band == band]
+        for forecaster, errors in (("model", [p.model_error for p in mine]), ("persistence", [p.persistence_error for p in mine])):
+            assert _sample(metrics, "count", band, forecaster) == len(errors)
+            assert _sample(metrics, "sum", band, forecaster) == pytest.approx(sum(errors), rel=1e-12)
+            for bound in ABS_ERROR_BUCKETS:
+                le = str(float(bound))
+                assert _sample(metrics, "bucket", band, forecaster, le=le) == sum(e <= bound for e in errors)
+        assert metrics.model_skill.labels(horizon=band)._value.get() == pytest.approx(reference.skill()[band], rel=1e-12)
+
+
+def test_a_non_finite_forecast_is_no_forecast_and_a_new_horizon_starts_over() -> None:
+    metrics = JobMetrics(CollectorRegistry())
+    monitor = AccuracyMonitor(metrics, 2, 1.0, flush_seconds=0.0)
+    monitor.observe("s", 0.0, 1.0, 0.0, 1.0, np.array([np.nan, 1.0]))
+    monitor.observe("s", 1.0, 1.0, 0.0, 1.0, np.array([1.0, 1.0]))
+    assert _sample(metrics, "count", "1", "model") == 0
+    monitor.observe("s", 2.0, 1.0, 0.0, 1.0, None)
+    assert _sample(metrics, "count", "1", "model") == 1
+    monitor.reconfigure(3, 1.0)
+    assert monitor.tracker.horizon == 3 and monitor.tracker.tracked_streams == 0
