@@ -221,7 +221,7 @@ class CommitOffsets(beam.DoFn):
             consumer.close()
 
     def start_bundle(self) -> None:
-        self._to_commit: dict[int, int] = {}
+        self._to_commit: dict[int, int] = dict(getattr(self, "_pending_retry", {}))
 
     def process(self, element: tuple[int, tuple[Interval, ...]], ledger: Any = beam.DoFn.StateParam(LEDGER)) -> None:
         partition, intervals = element
@@ -229,17 +229,26 @@ class CommitOffsets(beam.DoFn):
         current = OffsetLedger(*stored) if stored is not None else OffsetLedger(self._start_offsets[partition])
         updated = current.add(intervals)
         ledger.write((updated.committed, updated.pending))
-        if updated.committed != current.committed or stored is None:
+        if updated.committed != current.committed or stored is None or partition in self._to_commit:
             self._to_commit[partition] = updated.committed
 
     def finish_bundle(self) -> None:
         if not self._to_commit:
             return
         from kafka import TopicPartition
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
         offsets = {
             TopicPartition(self._topic, p): OffsetAndMetadata(offset, "", -1) for p, offset in self._to_commit.items()
         }
-        self._consumer.commit(offsets)
-        log.debug("committed %s", {p: o for p, o in self._to_commit.items()})
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as err:
+            # Not fatal: outputs and state are safe; a restart would only replay more. The ledger keeps
+            # the position, and the next bundle that advances the partition commits it again.
+            log.warning("committing offsets %s failed (%s); will retry with the next bundle", dict(self._to_commit), err)
+            self._pending_retry = dict(self._to_commit)
+            return
+        self._pending_retry = {}
+        log.debug("committed %s", dict(self._to_commit))
