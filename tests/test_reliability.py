@@ -1,8 +1,9 @@
 """Delivery and state continuity of ``rnncast serve`` under crashes, hostile input and graceful stops.
 
 * crash: 20,000 readings of 50 streams published live while the job is SIGKILLed at random moments
-  (and restarted) 6 times; in the end no forecast is missing and every forecast, duplicates included,
-  equals the uninterrupted offline run (<= 1e-9). Duplicates (at-least-once) are counted and reported.
+  (and restarted) 6 times, one of them during start-up; in the end no forecast is missing and every
+  forecast, duplicates included, equals the uninterrupted offline run (<= 1e-9). Duplicates
+  (at-least-once) are counted and reported (``pytest -s`` prints them; also in junit properties).
 * poison: every kind of bad record interleaved with good readings; one dead letter per bad record with
   the right reason, the good forecasts equal a clean run, and the job never exits.
 * graceful stop: SIGTERM in mid-stream, twice, with restarts: no duplicate and no missing forecast.
@@ -105,7 +106,6 @@ def _report(record_property, name: str, **values: object) -> None:
     print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(broker, artifact: Path, tmp_path: Path, record_property) -> None:
     bootstrap = broker.bootstrap
     topics = Topics()
@@ -117,7 +117,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(broker, art
     kills = []
 
     job = topics.job(artifact, bootstrap, tmp_path / "serve-0.log")
-    producer = h.PacedProducer(bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in readings], rate=1500)
+    # Paced so that readings keep arriving during all six crashes (about 35 s).
+    producer = h.PacedProducer(bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in readings], rate=600)
     try:
         job.metrics_url()
         producer.start()
@@ -131,8 +132,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(broker, art
             assert job.alive(), job.log[-3000:]
             published = producer.sent
             job.kill()
-            done = len(h.read_records(bootstrap, topics.forecasts))
-            kills.append((published, done))
+            committed_then = sum(v or 0 for v in h.committed(bootstrap, topics.group, topics.readings, range(4)).values())
+            kills.append((published, committed_then))
             job = topics.job(artifact, bootstrap, tmp_path / f"serve-{attempt + 1}.log")
         producer.finish()
         served_docs = h.forecast_docs(
@@ -144,14 +145,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(broker, art
         _report(
             record_property, "crash", seed=seed, readings=len(readings), expected_forecasts=len(reference),
             published_forecasts=len(served_docs), duplicates=result["duplicates"], missing=len(result["missing"]),
-            differing=result["differing"], max_diff=result["max_diff"], kills=kills,
+            differing=result["differing"], max_diff=result["max_diff"], kills_published_committed=kills,
             restored_streams_last_run=h.metric(samples, "rnncast_restored_streams_total"),
             skipped_replayed_last_run=h.metric(samples, "rnncast_skipped_replayed_total"),
         )
         assert result["missing"] == [] and result["unexpected"] == [], result
         assert result["differing"] == 0 and result["max_diff"] <= 1e-9, result
-        # The kills must have hit work in flight, or this test proves little.
-        assert sum(1 for published, done in kills if done < published - served.season * 50) >= 3, kills
+        # Every kill but perhaps one must have left published readings uncommitted (work in flight),
+        # or this test proves little.
+        assert sum(1 for published, committed_then in kills if committed_then < published) >= 5, kills
         assert job.stop() == 0, job.log[-3000:]
         ends = h.end_offsets(bootstrap, topics.readings)
         assert h.committed(bootstrap, topics.group, topics.readings, ends) == ends
