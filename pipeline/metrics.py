@@ -72,7 +72,7 @@ DEAD_LETTER_MEANINGS: dict[str, str] = {
     "too_large": "the message exceeds the size limit",
     "bad_stream_id": "stream_id is empty, too long or contains disallowed characters",
     "bad_timestamp": "timestamp is neither RFC 3339 nor epoch seconds",
-    "future_timestamp": "timestamp lies too far ahead of the job's clock",
+    "future_timestamp": "timestamp is more than --max-future seconds after the stream's last reading (event time; the job never reads the clock)",
     "key_mismatch": "the Kafka message key differs from the payload's stream_id",
     "out_of_order": "timestamp is older than the stream's last accepted reading",
     "duplicate": "timestamp equals the stream's last accepted reading",
