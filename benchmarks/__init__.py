@@ -1,0 +1,1 @@
+"""Throughput, latency and memory benchmarks of rnncast (``make bench`` runs :mod:`benchmarks.run`)."""
