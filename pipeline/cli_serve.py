@@ -56,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.allow_abbrev = False  # "--part" must not silently mean --partitions; Beam options pass through
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--artifact", required=True, type=Path, metavar="DIR", help="model artifact directory (from rnncast train)")
+    parser.add_argument(
+        "--artifact", required=True, type=Path, metavar="PATH",
+        help="the model: an artifact directory (from rnncast train), a symbolic link to one (e.g. current), or a "
+        "directory of versioned artifact directories (the newest valid one by manifest 'created', then name); "
+        "watched while the job runs: a new model there is loaded and swapped in without a restart",
+    )
     add_kafka_arguments(parser)
     topics = parser.add_argument_group("topics")
     topics.add_argument("--input-topic", default="readings", help="readings topic (default: %(default)s)")
@@ -89,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=_number(int, 1), default=1000, metavar="N",
         help="records read from a partition at a time: a bundle's outputs are flushed and its offsets committed "
         "together, so smaller batches mean fewer duplicates after a crash, larger ones more throughput (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--artifact-poll-seconds", type=_number(float, 0), default=10.0, metavar="SECONDS",
+        help="how often --artifact is checked for a new model; an invalid one is refused and the current model "
+        "keeps serving; 0: never (default: %(default)g)",
     )
     monitoring = parser.add_argument_group("monitoring")
     monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
@@ -142,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
-            max_records=args.batch_size,
+            max_records=args.batch_size, artifact_poll_seconds=args.artifact_poll_seconds,
         )
         from pipeline.topics import validate_topic_name
 
@@ -151,8 +161,10 @@ def run(args: argparse.Namespace) -> int:
         pipeline_options = beam_options(getattr(args, "extra_args", []))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    from pipeline.model_watch import resolve_artifact
+
     try:
-        artifact = load_artifact(args.artifact)
+        artifact = load_artifact(resolve_artifact(args.artifact))
         artifact.engine(args.min_history, args.max_gap)  # validates --min-history/--max-gap against the model
     except ArtifactError as err:
         raise UsageError(str(err)) from None

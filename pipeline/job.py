@@ -82,7 +82,10 @@ def prepare(options: ServeOptions, covariate_names: tuple[str, ...]) -> JobLayou
 
 def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> None:
     """Adds the job's transforms to ``pipeline``."""
-    model = ServedModel(options.artifact, options.min_history, options.max_gap)
+    model = ServedModel(
+        options.artifact, options.min_history, options.max_gap, options.artifact_poll_seconds or None,
+        layout.covariate_names,
+    )
     restore = ChangelogRestore(
         options.kafka, options.changelog_topic, layout.partitions, dict(layout.start_offsets), options.state_ttl, layout.run_id
     )

@@ -38,7 +38,8 @@ class ServeOptions:
     """Everything ``rnncast serve`` needs, validated.
 
     Attributes:
-        artifact: Model artifact directory.
+        artifact: Model artifact directory, a link to one, or a directory of versioned artifact
+            directories (see :mod:`pipeline.model_watch`).
         kafka: Kafka connection (the password stays inside a ``Secret``).
         input_topic: Readings topic.
         output_topic: Forecasts topic.
@@ -53,6 +54,7 @@ class ServeOptions:
         state_ttl: Seconds of event time after which a silent stream's state expires (None: never).
         max_future: Seconds a reading may lie after its stream's last reading.
         max_records: Records one source call reads at most (the bundle size per partition).
+        artifact_poll_seconds: How often ``artifact`` is checked for a new model (0: never).
     """
 
     artifact: str
@@ -70,6 +72,7 @@ class ServeOptions:
     state_ttl: float | None = None
     max_future: float = 86_400.0
     max_records: int = 1000
+    artifact_poll_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         names = {"--input-topic": self.input_topic, "--output-topic": self.output_topic, "--dlq-topic": self.dlq_topic}
@@ -81,6 +84,8 @@ class ServeOptions:
             raise ValueError("--topic-partitions must be at least 1")
         if self.state_ttl is not None and not self.state_ttl > 0:
             raise ValueError("--state-ttl must be positive")
+        if not self.artifact_poll_seconds >= 0:
+            raise ValueError("--artifact-poll-seconds must be >= 0")
         if not self.max_future > 0:
             raise ValueError("--max-future must be positive")
         if self.partitions is not None and (not self.partitions or min(self.partitions) < 0):
