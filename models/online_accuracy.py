@@ -8,8 +8,9 @@ magnitude share one histogram; ``skill`` is the rolling model MAE ÷ persistence
 
 On the same readings this is exactly the offline scoring of :func:`models.metrics.score_series`
 divided by the stream's scale: a forecast issued at ``t`` is scored at the reading of ``t + h·step``
-(``h = 1..H``); targets that never arrive (gaps) are not scored; a forecast row with a non-finite value
-is no forecast.
+(``h = 1..H``); targets that never arrive (gaps) are not scored. (One difference: a non-finite
+forecast value, a numerical failure, is left out here point by point, where the offline scoring
+leaves out the forecast's whole row.)
 
 A reading whose timestamp is not newer than the last one the tracker saw for its stream is ignored:
 re-applying a reading (a retried bundle) never scores anything twice.
@@ -225,9 +226,9 @@ class AccuracyTracker:
         if n == 0:
             return None
         self._buffered = 0
-        valid = self._buffer_valid[:n].copy()
         model = np.abs(self._buffer_model[:n])
         persistence = np.abs(self._buffer_persistence[:n])
+        valid = self._buffer_valid[:n] & np.isfinite(model)  # a non-finite forecast value is no forecast
         model[~valid] = 0.0
         persistence[~valid] = 0.0
         self._abs_error_sums += model.sum(axis=0)

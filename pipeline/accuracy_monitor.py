@@ -70,8 +70,6 @@ class AccuracyMonitor:
     def observe(self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
                 forecast_scaled: np.ndarray | None) -> None:
         """One applied reading of a running stream, and the forecast it produced (None: none)."""
-        if forecast_scaled is not None and not np.isfinite(forecast_scaled).all():
-            forecast_scaled = None  # a numerical failure is no forecast (as in the offline scoring)
         self._tracker.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled)
         if time.monotonic() >= self._next_flush:
             self.flush()

@@ -47,7 +47,7 @@ def test_scored_points_reach_the_histogram_and_the_skill_gauges() -> None:
         assert metrics.model_skill.labels(horizon=band)._value.get() == pytest.approx(reference.skill()[band], rel=1e-12)
 
 
-def test_a_non_finite_forecast_is_no_forecast_and_a_new_horizon_starts_over() -> None:
+def test_non_finite_forecast_values_are_not_scored_and_a_new_horizon_starts_over() -> None:
     metrics = JobMetrics(CollectorRegistry())
     monitor = AccuracyMonitor(metrics, 2, 1.0, flush_seconds=0.0)
     monitor.observe("s", 0.0, 1.0, 0.0, 1.0, np.array([np.nan, 1.0]))
