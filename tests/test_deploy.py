@@ -45,6 +45,7 @@ ALERTS = (
     "RnncastLatencyP99High",
     "RnncastConsumerLagGrowing",
     "RnncastModelLosesToPersistence",
+    "RnncastModelSwapRefused",
 )
 
 
