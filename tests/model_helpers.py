@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from models.cells import NetworkWeights, RecurrentLayer
 from models.engine import Engine, EngineConfig
 from models.features import FeatureSpec
+from models.reading import Reading
 from models.scaling import ScalerParams
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -124,3 +127,18 @@ def small_variant_engine(variant: str, season: int = 4, horizon: int = 3, max_ga
     spec = FeatureSpec(covariate_names=("c0",), covariate_scaler=ScalerParams(mean=(0.0,), scale=(1.0,)), calendar=True)
     network = random_variant(variant, spec.size, horizon, seed=seed, **kwargs)
     return Engine(network, spec, EngineConfig(season=season, step_seconds=60.0, min_history=season + 1, max_gap=max_gap))
+
+
+def readings(n, start=0.0, step=60.0, sid="s"):
+    """A smooth test stream with one covariate, ``step`` seconds apart."""
+    return [Reading(sid, start + i * step, 10.0 + math.sin(i / 3.0) + 0.1 * i, (float(i % 5),)) for i in range(n)]
+
+
+def run(engine, items, state=None):
+    """Steps ``engine`` over ``items``; returns the last state and every StepResult."""
+    results = []
+    for r in items:
+        res = engine.step(state, r)
+        state = res.state
+        results.append(res)
+    return state, results

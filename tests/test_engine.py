@@ -8,22 +8,10 @@ import pytest
 from models.engine import APPLIED, DUPLICATE, OUT_OF_ORDER
 from models.reading import Reading
 from models.state import decode_state, encode_state
-from tests.model_helpers import small_engine
+from tests.model_helpers import readings, run, small_engine
 
 CELLS = ["rnn", "lstm", "gru"]
 
-
-def readings(n, start=0.0, step=60.0, sid="s"):
-    return [Reading(sid, start + i * step, 10.0 + math.sin(i / 3.0) + 0.1 * i, (float(i % 5),)) for i in range(n)]
-
-
-def run(engine, items, state=None):
-    results = []
-    for r in items:
-        res = engine.step(state, r)
-        state = res.state
-        results.append(res)
-    return state, results
 
 
 @pytest.mark.parametrize("cell", CELLS)

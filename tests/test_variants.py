@@ -20,7 +20,7 @@ from models.features import calendar_features
 from models.networks import NETWORK_TYPES, VARIANT_TYPES, network_from_arrays, network_hyperparameters
 from models.reading import Reading
 from models.state import decode_state, encode_state
-from tests.model_helpers import VARIANTS, random_variant, small_variant_engine
+from tests.model_helpers import VARIANTS, random_variant, readings, run, small_variant_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 520  # as tests/test_parity.py
@@ -184,18 +184,6 @@ def test_birnn_state_holds_the_last_l_inputs_and_the_backward_pass_reads_them_ne
     # Reversing the window changes the backward summary: direction matters.
     assert not np.allclose(network.backward_summary(window[None]), network.backward_summary(window[::-1][None]))
 
-
-def readings(n, start=0.0, step=60.0, sid="s"):
-    return [Reading(sid, start + i * step, 10.0 + np.sin(i / 3.0) + 0.1 * i, (float(i % 5),)) for i in range(n)]
-
-
-def run(engine, items, state=None):
-    results = []
-    for r in items:
-        res = engine.step(state, r)
-        state = res.state
-        results.append(res)
-    return state, results
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
