@@ -1,6 +1,5 @@
 """The step engine's stream semantics, for every cell type (one contract, every implementation)."""
 
-
 import numpy as np
 import pytest
 
