@@ -198,6 +198,11 @@ def encode_window(readings_seen: int, window: np.ndarray) -> bytes:
     return _WINDOW_HEADER.pack(_WINDOW_MAGIC, readings_seen, rows, cols) + np.ascontiguousarray(window, "<f8").tobytes()
 
 
+def encode_window_snapshot(snapshot: tuple[int, np.ndarray]) -> bytes:
+    """The sink's encoder of the ``(readings_seen, window)`` snapshots the naive step holds."""
+    return encode_window(*snapshot)
+
+
 def decode_window(data: bytes) -> tuple[int, np.ndarray]:
     magic, seen, rows, cols = _WINDOW_HEADER.unpack_from(data)
     if magic != _WINDOW_MAGIC:
@@ -235,7 +240,7 @@ class Due(NamedTuple):
     stream_id: str
     window: np.ndarray
     readings_seen: int
-    snapshot: bytes
+    snapshot: tuple[int, np.ndarray]
 
 
 class NaiveWindowDoFn(beam.DoFn):
@@ -266,6 +271,9 @@ class NaiveWindowDoFn(beam.DoFn):
         if inbound.dead_letter is not None:
             yield Outcome(*meta, key=inbound.key, dead_letter=inbound.dead_letter, reason=inbound.reason)
             return
+        if inbound.commit:
+            yield Outcome(*meta, commit=True)
+            return
         if inbound.reading is None:  # sweep requests: not used by the bench
             return
         stored = window_state.read()
@@ -276,7 +284,7 @@ class NaiveWindowDoFn(beam.DoFn):
             return
         seen += 1
         window_state.write((seen, window))
-        snapshot = encode_window(seen, window)
+        snapshot = (seen, window)  # encoded by the sink when it writes the changelog, as rnncast's states
         if not forecast_due(seen, self._season, self._min_history, self._min_window):
             yield Outcome(*meta, key=inbound.key, stream_id=stream_id, snapshot=snapshot)
         elif self._model is not None:
@@ -334,36 +342,18 @@ class BatchForecasts(beam.DoFn):
 
 def build_pipeline(pipeline, options, layout, mode: str, metrics=None, window: int = DEFAULT_WINDOW, min_window: int | None = None) -> None:
     """The job's graph (``pipeline.job.build_pipeline``) with the stateful step swapped for a naive one."""
-    from pipeline.forecast_dofn import DecodeRecords
-    from pipeline.kafka_sink import CommitOffsets, PublishOutcomes
-    from pipeline.kafka_source import ReadPartitions
+    from pipeline.job import publish_and_commit, read_and_decode
     from pipeline.metrics import default_metrics
 
     metrics = metrics or default_metrics
     # Referenced through the importable module (not __main__), so Beam pickles the DoFns by reference.
-    from benchmarks.naive_job import BatchForecasts, NaiveWindowDoFn
-    elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
-    stepped = (
-        pipeline
-        | "Partitions" >> beam.Create(elements)
-        | "ReadKafka" >> beam.ParDo(ReadPartitions(options.kafka, max_records=options.max_records, metrics=metrics))
-        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Any])
-        | "NaiveForecast" >> beam.ParDo(NaiveWindowDoFn(options.artifact, mode, options.min_history, window, min_window))
+    from benchmarks.naive_job import BatchForecasts, NaiveWindowDoFn, encode_window_snapshot
+    stepped = read_and_decode(pipeline, options, layout, metrics) | "NaiveForecast" >> beam.ParDo(
+        NaiveWindowDoFn(options.artifact, mode, options.min_history, window, min_window)
     )
     if mode == "batched":
         stepped = stepped | "Batch" >> beam.ParDo(BatchForecasts(options.artifact))
-    (
-        stepped
-        | "Publish" >> beam.ParDo(
-            PublishOutcomes(
-                options.kafka, output_topic=options.output_topic, dlq_topic=options.dlq_topic,
-                changelog_topic=options.changelog_topic, metrics=metrics,
-            )
-        ).with_output_types(beam.typehints.Tuple[int, Any])
-        | "CommitOffsets" >> beam.ParDo(
-            CommitOffsets(options.kafka, group=options.group, topic=options.input_topic, start_offsets=layout.start_offsets)
-        )
-    )
+    publish_and_commit(stepped, options, layout, metrics, encode_snapshot=encode_window_snapshot)
 
 
 def main(argv: list[str] | None = None) -> int:

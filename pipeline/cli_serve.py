@@ -92,8 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     serving.add_argument(
         "--batch-size", type=_number(int, 1), default=1000, metavar="N",
-        help="records read from a partition at a time: a bundle's outputs are flushed and its offsets committed "
-        "together, so smaller batches mean fewer duplicates after a crash, larger ones more throughput (default: %(default)s)",
+        help="records read from a partition at a time: a bundle's forecasts and dead letters are flushed together "
+        "(default: %(default)s)",
+    )
+    serving.add_argument(
+        "--commit-interval", type=_number(float, 0, strictly=True), default=5.0, metavar="SECONDS",
+        help="while a partition is busy, state snapshots are written and offsets committed this often (and "
+        "whenever it goes idle, and at stop): longer means less changelog traffic, more readings replayed "
+        "(never applied twice) after a crash (default: %(default)g)",
     )
     serving.add_argument(
         "--artifact-poll-seconds", type=_number(float, 0), default=10.0, metavar="SECONDS",
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
-            max_records=args.batch_size, artifact_poll_seconds=args.artifact_poll_seconds,
+            max_records=args.batch_size, commit_interval=args.commit_interval, artifact_poll_seconds=args.artifact_poll_seconds,
         )
         from pipeline.topics import validate_topic_name
 

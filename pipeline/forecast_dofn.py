@@ -40,11 +40,12 @@ import apache_beam as beam
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from models.engine import APPLIED, Engine
-from models.state import StreamState, encode_state
+from models.state import StreamState
 from pipeline import model_watch
 from pipeline.accuracy_monitor import AccuracyMonitor
 from pipeline.coders import StreamStateCoder
 from pipeline.messages import (
+    CommitRequest,
     Inbound,
     KafkaRecord,
     Outcome,
@@ -93,12 +94,18 @@ class ServedModel:
 
 
 class DecodeRecords(beam.DoFn):
-    """:class:`KafkaRecord` / :class:`SweepRequest` -> ``(key, Inbound)`` (stateless, never raises on data)."""
+    """:class:`KafkaRecord` / :class:`SweepRequest` / :class:`CommitRequest` -> ``(key, Inbound)``.
+
+    Stateless; never raises on data.
+    """
 
     def __init__(self, covariate_names: Sequence[str]) -> None:
         self._covariates = tuple(covariate_names)
 
-    def process(self, record: KafkaRecord | SweepRequest) -> Iterator[tuple[str, Inbound]]:
+    def process(self, record: KafkaRecord | SweepRequest | CommitRequest) -> Iterator[tuple[str, Inbound]]:
+        if isinstance(record, CommitRequest):
+            yield rejected_key(record.partition), Inbound(record.partition, -1, -1, 0, commit=True)
+            return
         if isinstance(record, SweepRequest):
             yield record.stream_id, Inbound(record.partition, -1, -1, 0, idle_before=record.idle_before)
             return
@@ -195,7 +202,9 @@ class ForecastDoFn(beam.DoFn):
         if served is not self._served:  # a hot swap: from this element on
             self._accuracy.reconfigure(served.horizon, served.step_seconds)
             self._served = served
-        if inbound.dead_letter is not None:  # rejected while decoding: the state is not involved
+        if inbound.commit:
+            yield Outcome(inbound.partition, -1, -1, 0, commit=True)
+        elif inbound.dead_letter is not None:  # rejected while decoding: the state is not involved
             yield Outcome(
                 inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
                 key=inbound.key, dead_letter=inbound.dead_letter, reason=inbound.reason,
@@ -288,7 +297,7 @@ class ForecastDoFn(beam.DoFn):
             forecast = encode_forecast(result.forecast, served.name, served.version)
         return Outcome(
             inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
-            key=inbound.key, stream_id=stream_id, forecast=forecast, snapshot=encode_state(state),
+            key=inbound.key, stream_id=stream_id, forecast=forecast, snapshot=state,
         )
 
     def _dead_letter(self, inbound: Inbound, reason: str, detail: str) -> Outcome:
@@ -309,7 +318,7 @@ class ForecastDoFn(beam.DoFn):
         self._accuracy.reset_stream(stream_id)
         self._metrics.state_expired.inc()
         self._metrics.active_streams.dec()
-        return Outcome(inbound.partition, -1, -1, 0, stream_id=stream_id, snapshot=encode_state(marker_for(current)))
+        return Outcome(inbound.partition, -1, -1, 0, stream_id=stream_id, snapshot=marker_for(current))
 
     def _expire_restored(self) -> Iterator[Outcome]:
         """Restored states whose streams have not shown up and are now idle become markers."""
@@ -317,4 +326,4 @@ class ForecastDoFn(beam.DoFn):
             return
         for stream_id, marker in self._restored.expire(self._index.newest(), self._state_ttl):
             self._metrics.state_expired.inc()
-            yield Outcome(marker.source_partition, -1, -1, 0, stream_id=stream_id, snapshot=encode_state(marker))
+            yield Outcome(marker.source_partition, -1, -1, 0, stream_id=stream_id, snapshot=marker)

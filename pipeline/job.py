@@ -6,7 +6,7 @@
       -> ReadPartitions      splittable DoFn, one restriction per partition (pipeline/kafka_source.py)
       -> DecodeRecords       pure decoding/validation, key by stream id (pipeline/forecast_dofn.py)
       -> ForecastDoFn        stateful: Engine.step per reading, one Outcome per record
-      -> PublishOutcomes     forecasts + dead letters, then snapshots; emits completed offsets
+      -> PublishOutcomes     forecasts + dead letters per bundle; per commit request snapshots, then offsets
       -> CommitOffsets       stateful per partition: commits the contiguous completed prefix
 
 :func:`prepare` does what must happen before the graph exists (topics, partitions, committed
@@ -32,7 +32,7 @@ from pipeline.metrics import JobMetrics, default_metrics
 from pipeline.options import ServeOptions, is_local_runner
 from pipeline.state_store import ChangelogRestore, ensure_changelog
 
-__all__ = ["JobLayout", "build_pipeline", "prepare", "run"]
+__all__ = ["JobLayout", "build_pipeline", "prepare", "publish_and_commit", "read_and_decode", "run"]
 
 log = logging.getLogger("rnncast.serve")
 
@@ -89,27 +89,46 @@ def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLa
     restore = ChangelogRestore(
         options.kafka, options.changelog_topic, layout.partitions, dict(layout.start_offsets), options.state_ttl, layout.run_id
     )
+    outcomes = read_and_decode(pipeline, options, layout, metrics) | "Forecast" >> beam.ParDo(
+        ForecastDoFn(
+            model, input_topic=options.input_topic, max_future=options.max_future, state_ttl=options.state_ttl,
+            restore=restore, run_id=layout.run_id, metrics=metrics,
+        )
+    )
+    publish_and_commit(outcomes, options, layout, metrics)
+
+
+def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> Any:
+    """The source and the decoder: a PCollection of ``(key, Inbound)`` for the stateful step."""
     elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
-    (
+    return (
         pipeline
         | "Partitions" >> beam.Create(elements)
         | "ReadKafka" >> beam.ParDo(
             ReadPartitions(
                 options.kafka, max_records=options.max_records, state_ttl=options.state_ttl,
-                run_id=layout.run_id, metrics=metrics,
+                run_id=layout.run_id, commit_interval=options.commit_interval, metrics=metrics,
             )
         )
         | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Any])
-        | "Forecast" >> beam.ParDo(
-            ForecastDoFn(
-                model, input_topic=options.input_topic, max_future=options.max_future, state_ttl=options.state_ttl,
-                restore=restore, run_id=layout.run_id, metrics=metrics,
-            )
-        )
+    )
+
+
+def publish_and_commit(
+    outcomes: Any, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics, encode_snapshot: Any = None
+) -> None:
+    """The sink and the offset committer after the stateful step's :class:`~pipeline.messages.Outcome` s.
+
+    ``encode_snapshot``: how held snapshots become changelog values (None: :func:`models.state.encode_state`).
+    """
+    encoding = {} if encode_snapshot is None else {"encode_snapshot": encode_snapshot}
+    (
+        outcomes
         | "Publish" >> beam.ParDo(
             PublishOutcomes(
                 options.kafka, output_topic=options.output_topic, dlq_topic=options.dlq_topic,
-                changelog_topic=options.changelog_topic, metrics=metrics,
+                changelog_topic=options.changelog_topic, commit_interval=options.commit_interval, metrics=metrics,
+                **encoding,
             )
         ).with_output_types(beam.typehints.Tuple[int, Any])
         | "CommitOffsets" >> beam.ParDo(

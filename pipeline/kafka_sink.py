@@ -1,18 +1,30 @@
 """The Kafka sink and the offset committer: outputs first, then state, then offsets.
 
-Per bundle, :class:`PublishOutcomes`
+:class:`PublishOutcomes`
 
-1. produces every forecast and dead letter of the bundle (kafka-python, ``acks=all``, idempotent),
-   flushes and checks every acknowledgement;
-2. produces the latest state snapshot of every stream the bundle touched to the changelog, flushes
-   and checks again;
-3. only then emits, per input partition, the offset intervals the bundle completed.
+1. produces every forecast and dead letter of a bundle (kafka-python, ``acks=all``, idempotent),
+   flushes at the bundle's end and checks every acknowledgement;
+2. holds the latest state of every stream touched since the last snapshot write, with the offset
+   intervals of the records done since then;
+3. when a :class:`~pipeline.messages.CommitRequest` arrives in a bundle (the source sends one when a
+   partition goes idle, every ``--commit-interval`` while it is busy, and at stop), or the interval has
+   passed since the last write, at the end of that bundle it produces the held states to the
+   changelog, flushes and checks again, and only then emits, per input partition, the offset
+   intervals completed since the last write.
 
 :class:`CommitOffsets` (stateful, keyed by partition) keeps an :class:`OffsetLedger` per partition and
 commits the group's offset as far as the completed intervals reach without a hole. So an offset is
-committed only after the forecast or dead letter of its record — and the snapshot that contains its
+committed only after the forecast or dead letter of its record — and a snapshot that contains its
 reading — were acknowledged by the broker; a crash anywhere replays from the committed offset and the
 snapshots' source positions make the replay skip what the state already holds.
+
+Writing snapshots per commit interval rather than per bundle is Kafka Streams' ``commit.interval.ms``:
+a stream that got many readings in the interval costs one changelog record, and states are encoded
+only when written. The price is a longer replay after a crash (up to an interval of readings, each
+re-emitting a byte-identical forecast); a graceful stop writes everything (its commit requests).
+The held states live in the DoFn instance between bundles: losing them (a crash) loses only
+uncommitted progress. On a distributed runner the commit requests of one partition may reach another
+worker; there the interval alone paces the writes.
 
 Each record's interval is ``[position, offset + 1)`` where ``position`` is the consumer position before
 it (see :class:`~pipeline.messages.KafkaRecord`), so holes in the log (compaction, transaction markers)
@@ -23,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +45,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
 from pipeline.kafka_config import KafkaSettings, client_kwargs
 from pipeline.messages import Outcome
@@ -93,16 +106,19 @@ class OffsetLedger:
 
 
 class PublishOutcomes(beam.DoFn):
-    """Produces a bundle's outputs, then its state snapshots; emits ``(partition, intervals)`` after both.
+    """Produces a bundle's outputs; on a commit request, its held snapshots, then ``(partition, intervals)``.
 
     Args:
         settings: Kafka connection (with its security settings).
         output_topic: Forecasts topic.
         dlq_topic: Dead-letter topic.
         changelog_topic: State changelog topic.
+        commit_interval: Seconds after which held snapshots are written at a bundle's end even without
+            a commit request.
+        encode_snapshot: Turns a held snapshot into the changelog record's value (bytes pass as they are).
         flush_timeout: Seconds to wait for acknowledgements before failing the bundle.
         metrics: Factory of the job's metrics.
-        clock: Wall clock in epoch seconds (latency metric).
+        clock: Wall clock in epoch seconds (latency metric, commit interval).
     """
 
     def __init__(
@@ -112,6 +128,8 @@ class PublishOutcomes(beam.DoFn):
         output_topic: str,
         dlq_topic: str,
         changelog_topic: str,
+        commit_interval: float = 5.0,
+        encode_snapshot: Callable[[Any], bytes] = encode_state,
         flush_timeout: float = 60.0,
         metrics: Any = default_metrics,
         clock: Any = time.time,
@@ -120,6 +138,8 @@ class PublishOutcomes(beam.DoFn):
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
         self._changelog_topic = changelog_topic
+        self._commit_interval = commit_interval
+        self._encode_snapshot = encode_snapshot
         self._flush_timeout = flush_timeout
         self._metrics_factory = metrics
         self._clock = clock
@@ -129,6 +149,12 @@ class PublishOutcomes(beam.DoFn):
 
         self._producer = KafkaProducer(**SINK_PRODUCER_CONFIG, **client_kwargs(self._settings))
         self._metrics: JobMetrics = self._metrics_factory()
+        # Forecasts go to the input record's partition (co-partitioned with the readings, and no
+        # pure-Python murmur2 per record) when the forecasts topic has that partition.
+        self._output_partitions = len(self._producer.partitions_for(self._output_topic) or ())
+        self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
+        self._done: dict[int, list[Interval]] = {}  # partition -> intervals done since the last write
+        self._last_write = self._clock()
 
     def teardown(self) -> None:
         producer = getattr(self, "_producer", None)
@@ -139,13 +165,13 @@ class PublishOutcomes(beam.DoFn):
         self._futures: list[Any] = []
         self._forecast_times_ms: list[int] = []
         self._reasons: dict[str, int] = {}
-        self._snapshots: dict[str, bytes] = {}
-        self._done: dict[int, list[Interval]] = {}
+        self._commit_requested = False
 
     def process(self, outcome: Outcome) -> None:
         send = self._producer.send
         if outcome.forecast is not None:
-            self._futures.append(send(self._output_topic, key=outcome.key, value=outcome.forecast))
+            partition = outcome.partition if outcome.partition < self._output_partitions else None
+            self._futures.append(send(self._output_topic, key=outcome.key, value=outcome.forecast, partition=partition))
             self._forecast_times_ms.append(outcome.timestamp_ms)
         if outcome.dead_letter is not None:
             self._futures.append(send(self._dlq_topic, key=outcome.key, value=outcome.dead_letter))
@@ -155,6 +181,8 @@ class PublishOutcomes(beam.DoFn):
             self._snapshots[outcome.stream_id] = outcome.snapshot
         if outcome.offset >= 0:
             self._done.setdefault(outcome.partition, []).append((outcome.position, outcome.offset + 1))
+        elif outcome.commit:
+            self._commit_requested = True
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._futures:
@@ -167,12 +195,18 @@ class PublishOutcomes(beam.DoFn):
                     metrics.forecast_latency.observe(max(acked - sent_ms / 1000.0, 0.0))
             for reason, count in self._reasons.items():
                 metrics.dead_letter(reason, count)
+        if not (self._commit_requested or self._clock() - self._last_write >= self._commit_interval):
+            return
+        self._last_write = self._clock()
         if self._snapshots:
             send = self._producer.send
-            for stream_id, snapshot in self._snapshots.items():
-                self._futures.append(send(self._changelog_topic, key=stream_id.encode("utf-8"), value=snapshot))
+            for stream_id, state in self._snapshots.items():
+                value = state if isinstance(state, bytes) else self._encode_snapshot(state)
+                self._futures.append(send(self._changelog_topic, key=stream_id.encode("utf-8"), value=value))
+            self._snapshots = {}
             self._flush("state snapshots")
-        for partition, intervals in self._done.items():
+        done, self._done = self._done, {}
+        for partition, intervals in done.items():
             yield WindowedValue((partition, tuple(merge_intervals(intervals))), MIN_TIMESTAMP, [GlobalWindow()])
 
     def _flush(self, what: str) -> None:

@@ -8,6 +8,11 @@ The start offset is the group's committed offset, read once when the job starts
 (:func:`start_offsets`); this source commits nothing itself (:mod:`pipeline.kafka_sink` does, after
 the outputs are acknowledged).
 
+Commit requests: a partition's reader also emits a :class:`~pipeline.messages.CommitRequest` when
+the partition goes idle after records, every ``commit_interval`` seconds while it stays busy, and at
+stop; the sink writes its held state snapshots and releases offsets for commit when one reaches it
+(:mod:`pipeline.kafka_sink`).
+
 Stopping: :func:`request_stop` (the job's SIGTERM/SIGINT handler) makes every partition's next call
 claim the unread remainder of its range and return, so the restriction is done, the pipeline drains
 what is in flight and finishes. This works wherever the DoFn runs in the process that got the signal
@@ -27,7 +32,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
 from pipeline.kafka_config import KafkaSettings, client_kwargs
-from pipeline.messages import KafkaRecord, SweepRequest
+from pipeline.messages import CommitRequest, KafkaRecord, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
 __all__ = ["MAX_OFFSET", "ReadPartitions", "request_stop", "reset_stop", "start_offsets", "stop_requested"]
@@ -106,6 +111,7 @@ class ReadPartitions(beam.DoFn):
         state_ttl: --state-ttl; with ``run_id``, idle streams are swept (see :mod:`pipeline.state_store`).
         run_id: The run whose :class:`~pipeline.state_store.IdleIndex` to ask.
         sweep_every: Seconds between sweeps of one partition.
+        commit_interval: Seconds between commit requests of a partition that stays busy.
         metrics: Factory of the job's metrics.
     """
 
@@ -119,6 +125,7 @@ class ReadPartitions(beam.DoFn):
         state_ttl: float | None = None,
         run_id: str | None = None,
         sweep_every: float = 5.0,
+        commit_interval: float = 5.0,
         metrics: Any = default_metrics,
     ) -> None:
         self._settings = settings
@@ -128,12 +135,14 @@ class ReadPartitions(beam.DoFn):
         self._state_ttl = state_ttl
         self._run_id = run_id
         self._sweep_every = sweep_every
+        self._commit_interval = commit_interval
         self._metrics_factory = metrics
 
     def setup(self) -> None:
         self._consumers: dict[tuple[str, int], Any] = {}
         self._positions: dict[tuple[str, int], int] = {}
         self._next_sweep: dict[int, float] = {}
+        self._commit_due: dict[int, float] = {}  # partitions with records not yet followed by a commit request
         self._metrics: JobMetrics = self._metrics_factory()
 
     def teardown(self) -> None:
@@ -173,13 +182,15 @@ class ReadPartitions(beam.DoFn):
         self,
         element: tuple[str, int, int],
         tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_PartitionRange()),
-    ) -> Iterator[KafkaRecord | SweepRequest]:
+    ) -> Iterator[KafkaRecord | SweepRequest | CommitRequest]:
         topic, partition, _ = element
         restriction = tracker.current_restriction()
         if _STOP.is_set():
             # Claiming the last offset of the range completes the restriction without reading it:
             # the runner then treats this partition as finished and the pipeline can drain.
             tracker.try_claim(restriction.stop - 1)
+            self._commit_due.pop(partition, None)
+            yield CommitRequest(partition)
             return
         from kafka import TopicPartition
 
@@ -200,7 +211,18 @@ class ReadPartitions(beam.DoFn):
         if highwater is not None:
             self._metrics.set_partition(partition, position, highwater - position)
         yield from self._sweeps(partition)
+        yield from self._commit_request(partition, bool(batch))
         tracker.defer_remainder(None if batch else Duration.of(self._idle_delay))
+
+    def _commit_request(self, partition: int, busy: bool) -> Iterator[CommitRequest]:
+        now = time.monotonic()
+        due = self._commit_due.get(partition)
+        if due is None:
+            if busy:
+                self._commit_due[partition] = now + self._commit_interval
+        elif not busy or now >= due:
+            del self._commit_due[partition]
+            yield CommitRequest(partition)
 
     def _sweeps(self, partition: int) -> Iterator[SweepRequest]:
         if self._state_ttl is None or self._run_id is None:

@@ -38,7 +38,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from models.reading import Forecast, Reading
 from models.timeutil import format_timestamp, parse_timestamp
@@ -47,6 +47,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_STREAM_ID_CHARS",
     "MAX_TIMESTAMP",
+    "CommitRequest",
     "Inbound",
     "KafkaRecord",
     "Outcome",
@@ -112,11 +113,22 @@ class SweepRequest(NamedTuple):
     idle_before: float
 
 
+class CommitRequest(NamedTuple):
+    """The source asks the sink to write the held state snapshots and release offsets for commit now.
+
+    Sent by a partition's reader when the partition goes idle, every ``--commit-interval`` while it
+    is busy, and when the job stops (see :mod:`pipeline.kafka_sink`).
+    """
+
+    partition: int
+
+
 class Inbound(NamedTuple):
     """The value the stateful step receives (keyed by stream id, or by :func:`rejected_key`).
 
-    Exactly one of ``reading``, ``dead_letter`` and ``idle_before`` is set: a valid reading, a record
-    rejected by decoding (its encoded dead letter and reason), or a sweep request (offset -1).
+    Exactly one of ``reading``, ``dead_letter``, ``idle_before`` and ``commit`` is set: a valid reading,
+    a record rejected by decoding (its encoded dead letter and reason), a sweep request (offset -1) or
+    a :class:`CommitRequest` (offset -1).
     """
 
     partition: int
@@ -129,10 +141,11 @@ class Inbound(NamedTuple):
     dead_letter: bytes | None = None
     reason: str | None = None
     idle_before: float | None = None
+    commit: bool = False
 
 
 class Outcome(NamedTuple):
-    """What the stateful step made of one input record (offset >= 0) or one sweep (offset -1).
+    """What the stateful step made of one input record (offset >= 0), a sweep or a commit request (offset -1).
 
     Attributes:
         partition, offset, position, timestamp_ms: From the :class:`KafkaRecord`.
@@ -141,7 +154,10 @@ class Outcome(NamedTuple):
         forecast: Encoded forecast to publish, if any.
         dead_letter: Encoded dead letter to publish, if any.
         reason: The dead letter's reason code.
-        snapshot: The stream's encoded state after this record, when it changed (for the changelog).
+        snapshot: The stream's state after this record, when it changed (for the changelog): a
+            :class:`~models.state.StreamState`, encoded by the sink only if it is still the stream's
+            latest when the snapshots are written, or bytes already encoded.
+        commit: A :class:`CommitRequest` passed on to the sink.
     """
 
     partition: int
@@ -153,7 +169,8 @@ class Outcome(NamedTuple):
     forecast: bytes | None = None
     dead_letter: bytes | None = None
     reason: str | None = None
-    snapshot: bytes | None = None
+    snapshot: Any = None
+    commit: bool = False
 
 
 def rejected_key(partition: int) -> str:

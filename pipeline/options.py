@@ -54,6 +54,7 @@ class ServeOptions:
         state_ttl: Seconds of event time after which a silent stream's state expires (None: never).
         max_future: Seconds a reading may lie after its stream's last reading.
         max_records: Records one source call reads at most (the bundle size per partition).
+        commit_interval: Seconds between state snapshots + offset commits of a busy partition.
         artifact_poll_seconds: How often ``artifact`` is checked for a new model (0: never).
     """
 
@@ -72,6 +73,7 @@ class ServeOptions:
     state_ttl: float | None = None
     max_future: float = 86_400.0
     max_records: int = 1000
+    commit_interval: float = 5.0
     artifact_poll_seconds: float = 10.0
 
     def __post_init__(self) -> None:
@@ -86,6 +88,8 @@ class ServeOptions:
             raise ValueError("--state-ttl must be positive")
         if not self.artifact_poll_seconds >= 0:
             raise ValueError("--artifact-poll-seconds must be >= 0")
+        if not self.commit_interval > 0:
+            raise ValueError("--commit-interval must be positive")
         if not self.max_future > 0:
             raise ValueError("--max-future must be positive")
         if self.partitions is not None and (not self.partitions or min(self.partitions) < 0):

@@ -93,7 +93,7 @@ def _digest(forecast: bytes | None) -> str | None:
 
 def _summary(outcome: Any) -> tuple:
     """(offset, digest of the forecast bytes, dead-letter reason, marker snapshot?) of an Outcome."""
-    marker = outcome.snapshot is not None and is_marker(decode_state(outcome.snapshot))
+    marker = outcome.snapshot is not None and is_marker(outcome.snapshot)
     return (outcome.offset, _digest(outcome.forecast), outcome.reason, marker)
 
 

@@ -1,0 +1,77 @@
+"""PublishOutcomes against the real broker: forecasts per bundle; snapshots and offsets per commit request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.state import StreamState, decode_state
+from pipeline.kafka_sink import PublishOutcomes
+from pipeline.messages import Outcome
+from pipeline.topics import ensure_topics
+
+
+def _state(offset: int, value: float) -> StreamState:
+    return StreamState(
+        readings_seen=offset + 1, last_timestamp=1800.0 * offset, value_mean=1.0, value_scale=2.0,
+        ring=np.full(4, value), ring_fill=4, cell_state=np.full(3, value), source_partition=0, source_offset=offset,
+    )
+
+
+def _reading(offset: int, state: StreamState) -> Outcome:
+    return Outcome(0, offset, offset, 1_000, key=b"a", stream_id="a", forecast=b'{"n":%d}' % offset, snapshot=state)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sink(kafka_settings, unique_topic):
+    topics = {name: unique_topic(name) for name in ("forecasts", "dlq", "changelog")}
+    ensure_topics(kafka_settings, {topic: 1 for topic in topics.values()})
+    clock = _Clock()
+    publisher = PublishOutcomes(
+        kafka_settings, output_topic=topics["forecasts"], dlq_topic=topics["dlq"], changelog_topic=topics["changelog"],
+        commit_interval=60.0, clock=clock,
+    )
+    publisher.setup()
+    yield publisher, topics, clock
+    publisher.teardown()
+
+
+def _bundle(publisher: PublishOutcomes, outcomes: list[Outcome]) -> list[tuple[int, tuple]]:
+    publisher.start_bundle()
+    for outcome in outcomes:
+        publisher.process(outcome)
+    return [value.value for value in publisher.finish_bundle()]
+
+
+def test_snapshots_and_offsets_wait_for_a_commit_request(sink, kafka_settings, read_topic) -> None:
+    publisher, topics, _ = sink
+    first, second = _state(0, 1.0), _state(1, 2.0)
+    assert _bundle(publisher, [_reading(0, first)]) == []
+    assert _bundle(publisher, [_reading(1, second)]) == []
+    assert [r.value for r in read_topic(kafka_settings.bootstrap, topics["forecasts"], expected=2)] == [b'{"n":0}', b'{"n":1}']
+    assert read_topic(kafka_settings.bootstrap, topics["changelog"]) == []
+
+    released = _bundle(publisher, [Outcome(0, -1, -1, 0, commit=True)])
+
+    assert released == [(0, ((0, 2),))]
+    changelog = read_topic(kafka_settings.bootstrap, topics["changelog"], expected=1)
+    assert [r.key for r in changelog] == [b"a"]  # one record: the stream's latest state only
+    assert decode_state(changelog[0].value) == second
+    assert _bundle(publisher, [Outcome(0, -1, -1, 0, commit=True)]) == []  # nothing held any more
+
+
+def test_the_interval_writes_without_a_request(sink, kafka_settings, read_topic) -> None:
+    publisher, topics, clock = sink
+    assert _bundle(publisher, [_reading(0, _state(0, 1.0))]) == []
+    clock.now += 61.0
+    released = _bundle(publisher, [_reading(1, _state(1, 2.0))])
+    assert released == [(0, ((0, 2),))]
+    assert decode_state(read_topic(kafka_settings.bootstrap, topics["changelog"], expected=1)[0].value).source_offset == 1
