@@ -75,6 +75,89 @@ def _gru_step(layer: RecurrentLayer, x: np.ndarray, states: tuple[np.ndarray, ..
     return h, (h,)
 
 
+class _OneStreamLayer:
+    """One layer's weights unpacked for the single-stream step (no properties or bias rows per reading).
+
+    ``step(x [F], state [k·U], out [k·U]) -> output`` runs the same floating-point operations in the
+    same order as :meth:`RecurrentLayer.step` on a batch of one (bit-identical), with in-place
+    arithmetic on fresh temporaries instead of the [1, ·] round trips; the constant 1.0 of the
+    sigmoid and of the GRU's ``1 - update`` is a ones array (a Python scalar costs a conversion per call).
+    """
+
+    __slots__ = ("kernel", "recurrent_kernel", "bias", "recurrent_bias", "units", "ones", "step")
+
+    def __init__(self, layer: RecurrentLayer):
+        self.kernel = layer.kernel
+        self.recurrent_kernel = layer.recurrent_kernel
+        self.units = layer.units
+        self.ones = np.ones(self.kernel.shape[1])
+        self.ones.flags.writeable = False
+        self.recurrent_bias = None
+        self.bias = layer.bias
+        if layer.cell == "gru":
+            self.bias, self.recurrent_bias = layer.bias[0], layer.bias[1]
+        steps = {"rnn": self._rnn, "lstm": self._lstm, "gru": self._gru}
+        if layer.cell not in steps:
+            raise ValueError(f"unknown cell type {layer.cell!r}")
+        self.step = steps[layer.cell]
+
+    def _sigmoid_inplace(self, z: np.ndarray) -> np.ndarray:
+        """``z = 1 / (1 + exp(-z))`` in place: the operations of :func:`sigmoid`."""
+        ones = self.ones[: z.shape[0]]
+        np.negative(z, out=z)
+        np.exp(z, out=z)
+        np.add(ones, z, out=z)
+        return np.divide(ones, z, out=z)
+
+    def _rnn(self, x: np.ndarray, state: np.ndarray, out: np.ndarray) -> np.ndarray:
+        z = np.dot(x, self.kernel)
+        z += np.dot(state, self.recurrent_kernel)
+        z += self.bias
+        return np.tanh(z, out=out)
+
+    def _lstm(self, x: np.ndarray, state: np.ndarray, out: np.ndarray) -> np.ndarray:
+        u = self.units
+        z = np.dot(x, self.kernel)
+        z += np.dot(state[:u], self.recurrent_kernel)
+        z += self.bias
+        candidate = np.tanh(z[2 * u : 3 * u])
+        gates = self._sigmoid_inplace(z)  # i, f, (candidate slot, unused), o: one pass instead of three
+        h, c = out[:u], out[u:]
+        np.multiply(gates[u : 2 * u], state[u:], out=c)
+        candidate *= gates[:u]
+        c += candidate
+        np.tanh(c, out=h)
+        h *= gates[3 * u :]
+        return h
+
+    def _gru(self, x: np.ndarray, state: np.ndarray, out: np.ndarray) -> np.ndarray:
+        u = self.units
+        xz = np.dot(x, self.kernel)
+        xz += self.bias
+        hz = np.dot(state, self.recurrent_kernel)
+        hz += self.recurrent_bias
+        gates = self._sigmoid_inplace(np.add(xz[: 2 * u], hz[: 2 * u]))  # update, reset
+        update = gates[:u]
+        candidate = gates[u:] * hz[2 * u :]
+        candidate += xz[2 * u :]
+        np.tanh(candidate, out=candidate)
+        candidate *= np.subtract(self.ones[:u], update)
+        np.multiply(update, state, out=out)
+        out += candidate
+        return out
+
+
+def _one_stream_plan(layers: tuple[RecurrentLayer, ...]) -> tuple[tuple[_OneStreamLayer, int, int], ...]:
+    """Each layer's single-stream step with its slice ``[start, end)`` of the flat state."""
+    plan = []
+    offset = 0
+    for layer in layers:
+        end = offset + layer.units * layer.state_count
+        plan.append((_OneStreamLayer(layer), offset, end))
+        offset = end
+    return tuple(plan)
+
+
 def stack_state_size(layers: tuple[RecurrentLayer, ...]) -> int:
     """Floats of recurrent state per stream for a stack of layers."""
     return sum(layer.units * layer.state_count for layer in layers)
@@ -104,6 +187,27 @@ def linear_skip(x: np.ndarray, base: np.ndarray, kernel: np.ndarray, bias: np.nd
     """``[x, base] @ kernel + bias`` without building the concatenation."""
     n_features = x.shape[1]
     return x @ kernel[:n_features] + base @ kernel[n_features:] + bias
+
+
+def step_stack_one(
+    layers: tuple[RecurrentLayer, ...], x: np.ndarray, flat_state: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`step_stack` for one stream: ``x`` [F], ``flat_state`` [stack_state_size] -> (top output, new state).
+
+    Bit-identical to ``step_stack(layers, x[None], flat_state[None])`` with the batch axis dropped.
+    (:meth:`NetworkWeights.step_one` keeps the unpacked layers between readings; this builds them per call.)
+    """
+    return _step_plan(_one_stream_plan(layers), x, flat_state)
+
+
+def _step_plan(
+    plan: tuple[tuple[_OneStreamLayer, int, int], ...], x: np.ndarray, flat_state: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    new_state = np.empty_like(flat_state)  # one fresh array that every layer writes its part of
+    out = x
+    for layer, start, end in plan:
+        out = layer.step(out, flat_state[start:end], new_state[start:end])
+    return out, new_state
 
 
 def layers_to_arrays(prefix: str, layers: tuple[RecurrentLayer, ...]) -> dict[str, np.ndarray]:
@@ -152,6 +256,13 @@ class NetworkWeights:
     skip_kernel: np.ndarray  # [F + H, H]
     skip_bias: np.ndarray  # [H]
 
+    def __post_init__(self) -> None:
+        # The skip kernel's two blocks, split once for the per-reading path (contiguous copies: same values).
+        n_features = self.skip_kernel.shape[0] - self.head_bias.shape[0]
+        object.__setattr__(self, "_skip_x_kernel", np.ascontiguousarray(self.skip_kernel[:n_features]))
+        object.__setattr__(self, "_skip_base_kernel", np.ascontiguousarray(self.skip_kernel[n_features:]))
+        object.__setattr__(self, "_one_stream_plan", None)  # built on the first step_one
+
     @property
     def horizon(self) -> int:
         return int(self.head_bias.shape[0])
@@ -172,6 +283,27 @@ class NetworkWeights:
     def skip(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
         """The linear skip term for inputs ``x`` [N, F] and seasonal base ``base`` [N, H]."""
         return linear_skip(x, base, self.skip_kernel, self.skip_bias)
+
+    def step_one(self, x: np.ndarray, flat_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` for one stream: ``x`` [F], ``flat_state`` [state_size] -> (head output [H], new state).
+
+        Bit-identical to ``step(x[None], flat_state[None])`` with the batch axis dropped.
+        """
+        plan = self._one_stream_plan  # type: ignore[has-type]
+        if plan is None:
+            plan = _one_stream_plan(self.layers)
+            object.__setattr__(self, "_one_stream_plan", plan)
+        out, new_state = _step_plan(plan, x, flat_state)
+        head = np.dot(out, self.head_kernel)
+        head += self.head_bias
+        return head, new_state
+
+    def skip_one(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """:meth:`skip` for one stream: ``x`` [F], ``base`` [H] -> [H] (bit-identical)."""
+        skip = np.dot(x, self._skip_x_kernel)  # type: ignore[attr-defined]
+        skip += np.dot(base, self._skip_base_kernel)  # type: ignore[attr-defined]
+        skip += self.skip_bias
+        return skip
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {

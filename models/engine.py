@@ -7,15 +7,16 @@ evaluation and the streaming job call exactly this, so they produce the same num
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.cells import NetworkWeights
-from models.features import FeatureSpec, input_vector
+from models.features import FeatureSpec, InputRowBuilder
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
-from models.state import StreamState
+from models.state import StreamState, serving_state
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"
@@ -58,6 +59,25 @@ class StepResult:
     reset: bool = False
 
 
+_new_instance = object.__new__
+
+
+def _applied(state: StreamState, forecast: Forecast | None, imputed_steps: int) -> StepResult:
+    """``StepResult(state, forecast, APPLIED, imputed_steps=imputed_steps)`` for the per-reading path.
+
+    Fills the frozen instance's ``__dict__`` directly (as :func:`models.state.serving_state` does):
+    the generated ``__init__`` pays one ``object.__setattr__`` per field.
+    """
+    result = _new_instance(StepResult)
+    fields = result.__dict__
+    fields["state"] = state
+    fields["forecast"] = forecast
+    fields["outcome"] = APPLIED
+    fields["imputed_steps"] = imputed_steps
+    fields["reset"] = False
+    return result
+
+
 class Engine:
     """Serves one artifact: weights, features and serving semantics."""
 
@@ -68,6 +88,20 @@ class Engine:
         self.horizon = weights.horizon
         # base[h-1] = value at t+h−S·ceil(h/S) = ring[(h−1) mod S]  (ring holds t−S+1 .. t, oldest first)
         self._base_index = np.arange(self.horizon) % config.season
+        # H <= S (the usual case): the base is the first H ring entries, a view instead of a gather.
+        self._base_slice = slice(0, self.horizon) if self.horizon <= config.season else None
+        self._input_row = InputRowBuilder(features)
+        # The per-reading path works on one stream's 1-D arrays; networks without the single-stream
+        # methods (the variants) go through their batch methods with a batch of one.
+        self._step_one = getattr(weights, "step_one", None) or self._batch_step_one
+        self._skip_one = getattr(weights, "skip_one", None) or self._batch_skip_one
+
+    def _batch_step_one(self, x: np.ndarray, flat_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        head, new_state = self.weights.step(x[np.newaxis, :], flat_state[np.newaxis, :])
+        return head[0], new_state[0]
+
+    def _batch_skip_one(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return self.weights.skip(x[np.newaxis, :], base[np.newaxis, :])[0]
 
     def init_state(self) -> StreamState:
         season = self.config.season
@@ -90,16 +124,17 @@ class Engine:
             return StepResult(state, None, DUPLICATE)
         if reading.timestamp < state.last_timestamp:
             return StepResult(state, None, OUT_OF_ORDER)
-        missing = self.missing_steps(state.last_timestamp, reading.timestamp)
+        missing = int(round((reading.timestamp - state.last_timestamp) / self.config.step_seconds)) - 1
+        if missing < 0:  # = missing_steps(), inlined
+            missing = 0
         if missing > self.config.max_gap:
             return StepResult(self._warm_up(self.init_state(), reading, missing=0), None, APPLIED, reset=True)
         if state.warming_up:
             return StepResult(self._warm_up(state, reading, missing), None, APPLIED, imputed_steps=missing)
-        covariates = np.asarray(reading.covariates, dtype=np.float64)
+        covariates = reading.covariates
         for k in range(missing, 0, -1):
             state = self._impute(state, covariates, reading.timestamp - k * self.config.step_seconds)
-        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp)
-        state = replace(state, readings_seen=state.readings_seen + 1)
+        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1)
         forecast = None
         if state.readings_seen >= self.config.min_history:
             forecast = Forecast(
@@ -110,7 +145,7 @@ class Engine:
                 step_seconds=self.config.step_seconds,
                 readings_seen=state.readings_seen,
             )
-        return StepResult(state, forecast, APPLIED, imputed_steps=missing)
+        return _applied(state, forecast, missing)
 
     def missing_steps(self, last_timestamp: float, timestamp: float) -> int:
         return max(int(round((timestamp - last_timestamp) / self.config.step_seconds)) - 1, 0)
@@ -139,30 +174,37 @@ class Engine:
         )
 
     def _advance(
-        self, state: StreamState, value: float, covariates: np.ndarray, timestamp: float
+        self, state: StreamState, value: float, covariates: Sequence[float], timestamp: float, readings_seen: int
     ) -> tuple[StreamState, np.ndarray]:
-        """One recurrent step on ``value`` at ``timestamp``; returns the state and the scaled forecast."""
-        value_scaled = (value - state.value_mean) / state.value_scale
-        x = input_vector(self.features, value_scaled, covariates, timestamp)
-        head, cell_state = self.weights.step(x[np.newaxis, :], state.cell_state[np.newaxis, :])
-        ring = np.empty_like(state.ring)
-        ring[:-1] = state.ring[1:]
+        """One recurrent step on ``value`` at ``timestamp``; returns the state and the scaled forecast.
+
+        ``readings_seen`` is the new state's count (imputed steps do not count as readings).
+        """
+        mean, scale = state.value_mean, state.value_scale
+        x = self._input_row((value - mean) / scale, covariates, timestamp)
+        head, cell_state = self._step_one(x, state.cell_state)
+        old_ring = state.ring
+        ring = np.empty_like(old_ring)
+        ring[:-1] = old_ring[1:]
         ring[-1] = value
-        base = (ring[self._base_index] - state.value_mean) / state.value_scale
-        forecast = base + head[0] + self.weights.skip(x[np.newaxis, :], base[np.newaxis, :])[0]
-        new_state = StreamState(
-            readings_seen=state.readings_seen,
+        base = ring[self._base_slice] if self._base_slice is not None else ring[self._base_index]
+        base = base - mean
+        base /= scale
+        forecast = base + head
+        forecast += self._skip_one(x, base)
+        new_state = serving_state(
+            readings_seen=readings_seen,
             last_timestamp=timestamp,
-            value_mean=state.value_mean,
-            value_scale=state.value_scale,
+            value_mean=mean,
+            value_scale=scale,
             ring=ring,
             ring_fill=state.ring_fill,
-            cell_state=cell_state[0],
-            one_step_forecast=float(forecast[0] * state.value_scale + state.value_mean),
+            cell_state=cell_state,
+            one_step_forecast=float(forecast[0]) * scale + mean,
         )
         return new_state, forecast
 
-    def _impute(self, state: StreamState, covariates: np.ndarray, timestamp: float) -> StreamState:
+    def _impute(self, state: StreamState, covariates: Sequence[float], timestamp: float) -> StreamState:
         """Feed the model its own one-step forecast for a missing step."""
-        new_state, _ = self._advance(state, state.one_step_forecast, covariates, timestamp)
+        new_state, _ = self._advance(state, state.one_step_forecast, covariates, timestamp, state.readings_seen)
         return new_state

@@ -8,6 +8,7 @@ timestamp (never from the clock).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,3 +87,36 @@ def input_vector(
         np.asarray(covariates, dtype=np.float64).reshape(1, -1),
         np.array([timestamp], dtype=np.float64),
     )[0]
+
+
+class InputRowBuilder:
+    """:func:`input_vector` for the per-reading path, with the spec's constants unpacked once.
+
+    The covariate scaling and the calendar angles are computed on Python floats with the same
+    IEEE operations as :func:`input_matrix` (so the row is bit-identical to it); only sin and cos go
+    through numpy, on both angles at once, so they are numpy's own sin and cos as in training.
+    """
+
+    def __init__(self, spec: FeatureSpec):
+        self.size = spec.size
+        self._calendar = spec.calendar
+        self._covariate_scaler = tuple(zip(spec.covariate_scaler.mean, spec.covariate_scaler.scale))
+
+    def __call__(self, value_scaled: float, covariates: Sequence[float], timestamp: float) -> np.ndarray:
+        """Feature row [spec.size] for one reading."""
+        scaler = self._covariate_scaler
+        if len(covariates) != len(scaler):
+            raise ValueError(f"reading has {len(covariates)} covariates, the model expects {len(scaler)}")
+        row = [float(value_scaled)]
+        row += [(float(c) - mean) / scale for c, (mean, scale) in zip(covariates, scaler)]
+        if self._calendar:
+            timestamp = float(timestamp)
+            angles = np.array(
+                (
+                    (timestamp % SECONDS_PER_DAY) / SECONDS_PER_DAY * _TWO_PI,
+                    ((timestamp + _WEEK_ORIGIN_SHIFT) % SECONDS_PER_WEEK) / SECONDS_PER_WEEK * _TWO_PI,
+                )
+            )
+            (day_sin, week_sin), (day_cos, week_cos) = np.sin(angles).tolist(), np.cos(angles).tolist()
+            row += (day_sin, day_cos, week_sin, week_cos)
+        return np.array(row)

@@ -60,22 +60,6 @@ class ScoredBatch:
 _NO_ORIGIN = np.iinfo(np.int64).min // 2
 
 
-class _Stream:
-    """One stream's last ``capacity`` forecasts, by origin slot (grid position mod capacity).
-
-    Grid positions count steps from ``anchor`` (the first reading the tracker saw of the stream).
-    """
-
-    __slots__ = ("anchor", "forecasts", "origin_values", "origin_pos", "last_pos")
-
-    def __init__(self, anchor: float, capacity: int, horizon: int) -> None:
-        self.anchor = anchor
-        self.forecasts = np.zeros((capacity, horizon))
-        self.origin_values = np.zeros(capacity)
-        self.origin_pos = np.full(capacity, _NO_ORIGIN, dtype=np.int64)
-        self.last_pos = _NO_ORIGIN
-
-
 class _Window:
     """The last ``size`` (model error, persistence error) pairs of one band."""
 
@@ -117,9 +101,20 @@ class _Window:
 class AccuracyTracker:
     """Scores each stream's forecasts against the readings that arrive later.
 
-    :meth:`record` is the job's per-reading call (a few vector operations); the per-horizon sums, the
-    rolling windows and ``on_batch`` are updated from a buffer of scored rows, ``buffer_rows`` readings
-    at a time or on :meth:`flush` (every reader of the aggregates flushes first).
+    :meth:`record` is the job's per-reading call: it places the reading on its stream's grid and appends
+    it to a buffer (a few Python operations, no numpy call but the copy of the forecast). :meth:`flush`
+    scores the buffered readings all at once, exactly as if they had been scored one by one, and folds
+    them into the per-horizon sums, the rolling windows and ``on_batch``. It runs when the buffer is full,
+    when the caller asks, and before every read of the aggregates.
+
+    How the flush can score a batch at once: every tracked stream holds a slot of ``max_streams`` in
+    the pending-forecast arrays, and its readings get *positions* on its grid that only grow within a
+    slot. A restart (an off-grid reading, :meth:`reset_stream`, a new stream in a freed slot) moves the
+    position more than H steps past the slot's last one, so nothing pending before can ever match again:
+    no array is cleared and nothing has to be flushed first. A reading at position p is scored by the
+    forecasts with origin p - h (h = 1..H) of its slot: those issued before the batch are in the slot's
+    ring (position mod H + 1, always the newest there); those issued earlier in the same batch are among
+    the H rows of the slot before it in the batch.
 
     Args:
         horizon: H of the served model.
@@ -127,12 +122,12 @@ class AccuracyTracker:
         window: Scored points per band behind :meth:`skill`.
         max_streams: Streams tracked at most (the first ones to issue a forecast).
         on_batch: Called with every :class:`ScoredBatch` when it is flushed (e.g. to feed a histogram).
-        buffer_rows: Scored readings buffered before a flush.
+        buffer_rows: Readings buffered before a flush.
     """
 
     def __init__(
         self, horizon: int, step_seconds: float, window: int = 1000, max_streams: int = 1000,
-        on_batch=None, buffer_rows: int = 1024,
+        on_batch=None, buffer_rows: int = 4096,
     ):
         self.horizon = horizon
         self.step_seconds = step_seconds
@@ -145,90 +140,176 @@ class AccuracyTracker:
         self.band_columns = [
             (b, band_index.index(b), len(band_index) - band_index[::-1].index(b)) for b in dict.fromkeys(band_index)
         ]
-        self._capacity = horizon + 1  # origins g-H..g are all a reading at g can need
-        steps = np.arange(1, horizon + 1, dtype=np.int64)
-        self._steps = steps
-        slots = np.arange(self._capacity, dtype=np.int64)[:, None]
-        # For a reading in slot r: the slot of the origin h steps back, and that origin's forecast for h.
-        self._origin_slot = (slots - steps[None, :]) % self._capacity  # [C, H]
-        self._forecast_index = self._origin_slot * horizon + (steps[None, :] - 1)  # [C, H], into forecasts.ravel()
-        self._streams: dict[str, _Stream] = {}
+        self._capacity = horizon + 1  # origins p-H..p are all a reading at p can need
+        steps = self._steps = np.arange(1, horizon + 1, dtype=np.int64)
+        # For a reading in ring cell r: the cell of the origin h steps back, and that origin's forecast for h.
+        self._origin_cell = (np.arange(self._capacity, dtype=np.int64)[:, None] - steps) % self._capacity  # [C, H]
+        self._forecast_cell = self._origin_cell * horizon + (steps - 1)  # [C, H], into one slot's forecasts
+        # Pending forecasts by (slot, origin position mod capacity); allocated on first use.
+        self._forecasts = np.zeros((0, self._capacity, horizon))
+        self._origin_values = np.zeros((0, self._capacity))
+        self._origin_pos = np.zeros((0, self._capacity), dtype=np.int64)
+        # Per tracked stream: [slot, anchor timestamp, position of the anchor, last position seen].
+        self._streams: dict[str, list] = {}
+        self._slot_last: list[int] = []  # per slot: the last position it was given (its next user starts past it)
+        self._free_slots: list[int] = []
         self._windows = {b: _Window(window) for b, _, _ in self.band_columns}
         self._abs_error_sums = np.zeros(horizon)
         self._persistence_error_sums = np.zeros(horizon)
         self._counts = np.zeros(horizon)
-        self._buffer_model = np.zeros((buffer_rows, horizon))
-        self._buffer_persistence = np.zeros((buffer_rows, horizon))
-        self._buffer_valid = np.zeros((buffer_rows, horizon), dtype=bool)
-        self._buffered = 0
+        self._buffer_rows = buffer_rows
+        self._buffer_forecasts = np.zeros((buffer_rows, horizon))
+        self._buffer_slots: list[int] = []
+        self._buffer_positions: list[int] = []
+        self._buffer_actuals: list[float] = []
+        self._buffer_with_forecast: list[bool] = []
 
     def observe(
         self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
         forecast_scaled: np.ndarray | None,
     ) -> list[ScoredPoint]:
-        """Score what this reading settles, then remember the forecast it produced (if any)."""
-        if not self.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled):
+        """Score what this reading settles, then remember the forecast it produced (if any).
+
+        Flushes: the points returned are the ones counted (a non-finite forecast value scores nothing).
+        """
+        self.flush()
+        self.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled)
+        batch = self.flush()
+        if batch is None:
             return []
-        row = self._buffered - 1
+        model, persistence = batch.model_errors[-1], batch.persistence_errors[-1]
         return [
-            ScoredPoint(
-                h, self._bands[h - 1], abs(float(self._buffer_model[row, h - 1])),
-                abs(float(self._buffer_persistence[row, h - 1])),
-            )
-            for h in (np.flatnonzero(self._buffer_valid[row]) + 1).tolist()
+            ScoredPoint(h + 1, self._bands[h], float(model[h]), float(persistence[h]))
+            for h in np.flatnonzero(batch.valid[-1]).tolist()
         ]
 
     def record(
         self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
         forecast_scaled: np.ndarray | None,
-    ) -> bool:
-        """:meth:`observe` without building one object per point (the job's hot path).
-
-        Returns:
-            True if the reading scored at least one forecast.
-        """
+    ) -> None:
+        """:meth:`observe` without scoring now (the job's hot path): the reading waits in the buffer."""
         stream = self._streams.get(stream_id)
         if stream is None:
-            if len(self._streams) >= self.max_streams or forecast_scaled is None:
-                return False
-            stream = self._streams[stream_id] = _Stream(timestamp, self._capacity, self.horizon)
-        offset = (timestamp - stream.anchor) / self.step_seconds
-        position = round(offset)
-        if abs(offset - position) >= 1e-6:
-            # Off the stream's grid: no pending forecast targets this time; start a grid here.
-            stream = self._streams[stream_id] = _Stream(timestamp, self._capacity, self.horizon)
-            position = 0
-        elif position <= stream.last_pos:
-            return False  # seen already: a re-applied reading scores nothing twice
-        stream.last_pos = position
-        actual = (value - value_mean) / value_scale
-        slot = position % self._capacity
-        origin_slot = self._origin_slot[slot]
-        valid = stream.origin_pos.take(origin_slot) == position - self._steps
-        scored = bool(valid.any())
-        if scored:
-            if self._buffered == self._buffer_valid.shape[0]:
-                self.flush()
-            row = self._buffered
-            self._buffered = row + 1
-            np.subtract(stream.forecasts.take(self._forecast_index[slot]), actual, out=self._buffer_model[row])
-            np.subtract(stream.origin_values.take(origin_slot), actual, out=self._buffer_persistence[row])
-            self._buffer_valid[row] = valid
+            if forecast_scaled is None or len(self._streams) >= self.max_streams:
+                return
+            slot = self._take_slot()
+            position = self._slot_last[slot] + self._capacity
+            stream = self._streams[stream_id] = [slot, timestamp, position, position]
+        else:
+            offset = (timestamp - stream[1]) / self.step_seconds
+            steps = round(offset)
+            if abs(offset - steps) >= 1e-6:
+                # Off the stream's grid: no pending forecast targets this time; start a grid here.
+                position = stream[3] + self._capacity
+                stream[1] = timestamp
+                stream[2] = position
+            else:
+                position = stream[2] + steps
+                if position <= stream[3]:
+                    return  # seen already: a re-applied reading scores nothing twice
+            stream[3] = position
+        row = len(self._buffer_slots)
+        if row == self._buffer_rows:
+            self.flush()
+            row = 0
         if forecast_scaled is not None:
-            stream.forecasts[slot] = forecast_scaled
-            stream.origin_values[slot] = actual
-            stream.origin_pos[slot] = position
-        return scored
+            self._buffer_forecasts[row] = forecast_scaled
+        self._buffer_with_forecast.append(forecast_scaled is not None)
+        self._buffer_slots.append(stream[0])
+        self._buffer_positions.append(position)
+        self._buffer_actuals.append((value - value_mean) / value_scale)
+
+    def _take_slot(self) -> int:
+        if self._free_slots:
+            return self._free_slots.pop()
+        slot = len(self._slot_last)
+        if slot == self._origin_pos.shape[0]:  # grow the arrays (doubling, up to max_streams)
+            size = min(max(2 * slot, 16), self.max_streams)
+            grown = np.zeros((size, self._capacity, self.horizon))
+            grown[:slot] = self._forecasts
+            self._forecasts = grown
+            self._origin_values = np.concatenate([self._origin_values, np.zeros((size - slot, self._capacity))])
+            self._origin_pos = np.concatenate(
+                [self._origin_pos, np.full((size - slot, self._capacity), _NO_ORIGIN, dtype=np.int64)]
+            )
+        self._slot_last.append(-self._capacity)
+        return slot
+
+    def reset_stream(self, stream_id: str) -> None:
+        """Forget a stream's pending forecasts (its scaler changed: after a reset or a model swap)."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            slot = stream[0]
+            self._slot_last[slot] = stream[3]
+            self._free_slots.append(slot)
 
     def flush(self) -> ScoredBatch | None:
-        """Folds the buffered rows into the sums and windows and hands them to ``on_batch``."""
-        n = self._buffered
+        """Scores the buffered readings, folds them into the sums and windows and hands them to ``on_batch``.
+
+        Returns:
+            The buffered readings that scored at least one forecast, in arrival order (None: no such reading).
+        """
+        n = len(self._buffer_slots)
         if n == 0:
             return None
-        self._buffered = 0
-        model = np.abs(self._buffer_model[:n])
-        persistence = np.abs(self._buffer_persistence[:n])
-        valid = self._buffer_valid[:n] & np.isfinite(model)  # a non-finite forecast value is no forecast
+        horizon, capacity, steps = self.horizon, self._capacity, self._steps
+        slot = np.array(self._buffer_slots, dtype=np.int64)
+        position = np.array(self._buffer_positions, dtype=np.int64)
+        actual = np.array(self._buffer_actuals)
+        with_forecast = np.array(self._buffer_with_forecast, dtype=bool)
+        forecasts = self._buffer_forecasts[:n]
+        self._buffer_slots, self._buffer_positions, self._buffer_actuals, self._buffer_with_forecast = [], [], [], []
+
+        # Forecasts issued before this batch: in the slot's ring, if still the newest of their residue.
+        ring = position % capacity
+        origin = position[:, None] - steps  # [n, H]: the origin h = column + 1 steps back
+        cell = self._origin_cell[ring] + (slot * capacity)[:, None]  # [n, H] into the [slots * capacity] arrays
+        valid = self._origin_pos.reshape(-1).take(cell) == origin
+        model = self._forecasts.reshape(-1).take(self._forecast_cell[ring] + (slot * (capacity * horizon))[:, None])
+        model -= actual[:, None]
+        persistence = self._origin_values.reshape(-1).take(cell)
+        persistence -= actual[:, None]
+
+        # Forecasts issued earlier in this batch. Sorted by slot (stably), a slot's rows are contiguous
+        # and in arrival order, so their positions increase: the origins a row can need are among the H
+        # rows before it in its slot's run.
+        order = np.argsort(slot, kind="stable")
+        sorted_slot = slot[order]
+        starts_run = np.r_[True, sorted_slot[1:] != sorted_slot[:-1]]
+        run_starts = np.flatnonzero(starts_run)
+        run = np.cumsum(starts_run) - 1  # run of each sorted row
+        depth = np.arange(n) - run_starts[run]  # rows before it in its run, per sorted row
+        back = min(int(depth.max()), horizon)
+        if back:
+            rank = np.empty(n, dtype=np.int64)
+            rank[order] = np.arange(n)
+            earlier = rank[:, None] - steps[:back]  # [n, back]: the sorted rows 1..back before each row
+            in_run = steps[:back] <= depth[rank][:, None]
+            earlier_row = order[np.maximum(earlier, 0)]  # as arrival rows
+            step = position[:, None] - position[earlier_row]  # h from that origin
+            in_run &= (step <= horizon) & with_forecast[earlier_row]
+            rows, back_index = np.nonzero(in_run)
+            origins, columns = earlier_row[rows, back_index], step[rows, back_index] - 1
+            model[rows, columns] = forecasts[origins, columns] - actual[rows]
+            persistence[rows, columns] = actual[origins] - actual[rows]
+            valid[rows, columns] = True
+
+        # The batch's forecasts enter the rings: per slot, those within H steps of its newest (distinct
+        # residues; older ones can never be needed again).
+        sorted_forecast_pos = np.where(with_forecast[order], position[order], _NO_ORIGIN)
+        newest = np.maximum.reduceat(sorted_forecast_pos, run_starts)[run]
+        keep = order[with_forecast[order] & (position[order] > newest - capacity)]
+        cells = slot[keep] * capacity + position[keep] % capacity
+        self._forecasts.reshape(-1, horizon)[cells] = forecasts[keep]
+        self._origin_values.reshape(-1)[cells] = actual[keep]
+        self._origin_pos.reshape(-1)[cells] = position[keep]
+
+        scored = valid.any(axis=1)
+        if not scored.any():
+            return None
+        model = np.abs(model[scored])
+        persistence = np.abs(persistence[scored])
+        valid = valid[scored] & np.isfinite(model)  # a non-finite forecast value is no forecast
         model[~valid] = 0.0
         persistence[~valid] = 0.0
         self._abs_error_sums += model.sum(axis=0)
@@ -241,10 +322,6 @@ class AccuracyTracker:
         if self.on_batch is not None:
             self.on_batch(batch)
         return batch
-
-    def reset_stream(self, stream_id: str) -> None:
-        """Forget a stream's pending forecasts (its scaler changed: after a reset or a model swap)."""
-        self._streams.pop(stream_id, None)
 
     def skill(self) -> dict[str, float]:
         """Rolling model MAE ÷ persistence MAE per band (bands with no points are left out)."""

@@ -74,6 +74,41 @@ class StreamState:
     __hash__ = None  # type: ignore[assignment]
 
 
+_new_instance = object.__new__
+
+
+def serving_state(
+    readings_seen: int,
+    last_timestamp: float,
+    value_mean: float,
+    value_scale: float,
+    ring: np.ndarray,
+    ring_fill: int,
+    cell_state: np.ndarray,
+    one_step_forecast: float,
+) -> StreamState:
+    """``StreamState(...)`` as the engine builds it once per reading (source and model key at their defaults).
+
+    Equal to the keyword constructor, field for field; it fills the instance's ``__dict__`` directly
+    instead of going through the frozen dataclass's ``object.__setattr__`` once per field, which costs
+    about 1 µs per reading. The instance is as immutable as any other afterwards.
+    """
+    state = _new_instance(StreamState)
+    fields = state.__dict__
+    fields["readings_seen"] = readings_seen
+    fields["last_timestamp"] = last_timestamp
+    fields["value_mean"] = value_mean
+    fields["value_scale"] = value_scale
+    fields["ring"] = ring
+    fields["ring_fill"] = ring_fill
+    fields["cell_state"] = cell_state
+    fields["one_step_forecast"] = one_step_forecast
+    fields["source_partition"] = -1
+    fields["source_offset"] = -1
+    fields["model_key"] = UNKNOWN_MODEL
+    return state
+
+
 def encode_state(state: StreamState) -> bytes:
     ring = np.ascontiguousarray(state.ring, dtype="<f8")
     cell = np.ascontiguousarray(state.cell_state, dtype="<f8")

@@ -4,9 +4,10 @@ step, exported as ``rnncast_forecast_abs_error{horizon,model}`` and ``rnncast_mo
 After every applied reading of a running stream (not warming up) the stateful step calls
 :meth:`AccuracyMonitor.observe` with the stream's frozen scaler and the forecast's scaled vector. The
 tracker scores the forecasts issued 1..H steps earlier against this reading, in the stream's scaled
-units, next to persistence (the value at the forecast's origin). Per reading that is a handful of
-vector operations; the scored rows are buffered and folded into the histogram and the skill gauges
-in batches: when the buffer is full, at most every ``flush_seconds`` and at the end of every bundle.
+units, next to persistence (the value at the forecast's origin). Per reading that is a few Python
+operations and the copy of the forecast into a buffer; the buffered readings are scored all at once,
+vectorised, and folded into the histogram and the skill gauges in batches: when the buffer is full,
+at most every ``flush_seconds`` and at the end of every bundle.
 
 What is kept where (monitoring, not serving state):
 
