@@ -21,6 +21,7 @@ what is in flight and finishes. This works wherever the DoFn runs in the process
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
 
 _STOP = threading.Event()
+_MAX_BUFFERED_BATCHES = 8  # fetched-but-unread records held at most, in units of max_records
 
 
 def request_stop() -> None:
@@ -139,44 +141,64 @@ class ReadPartitions(beam.DoFn):
         self._metrics_factory = metrics
 
     def setup(self) -> None:
-        self._consumers: dict[tuple[str, int], Any] = {}
-        self._positions: dict[tuple[str, int], int] = {}
+        self._consumer: Any = None  # one consumer for every partition this instance reads
+        self._assigned: list[Any] = []
+        self._buffers: dict[Any, collections.deque] = {}  # fetched, not yet emitted, per partition
+        self._positions: dict[Any, int] = {}  # where each partition's restriction will continue
         self._next_sweep: dict[int, float] = {}
         self._commit_due: dict[int, float] = {}  # partitions with records not yet followed by a commit request
         self._metrics: JobMetrics = self._metrics_factory()
 
     def teardown(self) -> None:
-        for consumer in getattr(self, "_consumers", {}).values():
+        consumer = getattr(self, "_consumer", None)
+        if consumer is not None:
+            self._consumer = None
             try:
                 consumer.close()
             except Exception:  # noqa: BLE001 - closing is best effort
-                log.debug("closing a consumer failed", exc_info=True)
+                log.debug("closing the consumer failed", exc_info=True)
 
-    def _consumer(self, topic: str, partition: int, start: int) -> Any:
-        from kafka import KafkaConsumer, TopicPartition
+    def _records(self, tp: Any, start: int) -> list[Any]:
+        """Up to ``max_records`` records of ``tp`` from ``start`` on (fewer, or none, if none arrived in time).
 
-        key = (topic, partition)
-        consumer = self._consumers.get(key)
-        tp = TopicPartition(topic, partition)
-        if consumer is None:
-            consumer = KafkaConsumer(
-                client_id=f"rnncast-source-{partition}",
+        One consumer serves all partitions of this instance (each kafka-python client runs its own I/O
+        thread, which competes for the GIL with the bundles): a poll's records of other partitions wait
+        in their buffers for those partitions' next call.
+        """
+        from kafka import KafkaConsumer
+
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                client_id="rnncast-source",
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=self._max_records,
-                # Bounded prefetch per partition reader: with a backlog the default (50 MiB a fetch)
-                # made the job hold hundreds of MB of fetched-but-unread records.
+                # Bounded prefetch: with a backlog the default (50 MiB a fetch) made the job hold
+                # hundreds of MB of fetched-but-unread records.
                 fetch_max_bytes=4 * 1024 * 1024,
                 max_partition_fetch_bytes=1024 * 1024,
                 **client_kwargs(self._settings),
             )
-            consumer.assign([tp])
-            self._consumers[key] = consumer
-        if self._positions.get(key) != start:
+        consumer = self._consumer
+        if tp not in self._buffers:
+            self._assigned.append(tp)
+            consumer.assign(list(self._assigned))
+            self._buffers[tp] = collections.deque()
+            for other, position in self._positions.items():  # assign() forgot where the others were
+                consumer.seek(other, position)
+                self._buffers[other].clear()
+        buffer = self._buffers[tp]
+        if self._positions.get(tp) != start:
             consumer.seek(tp, start)
-            self._positions[key] = start
-        return consumer
+            buffer.clear()
+            self._positions[tp] = start
+        if not buffer and sum(map(len, self._buffers.values())) < _MAX_BUFFERED_BATCHES * self._max_records:
+            for polled, records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records).items():
+                if polled in self._positions:
+                    self._buffers[polled].extend(records)
+        count = min(len(buffer), self._max_records)
+        return [buffer.popleft() for _ in range(count)]
 
     def process(
         self,
@@ -194,20 +216,19 @@ class ReadPartitions(beam.DoFn):
             return
         from kafka import TopicPartition
 
-        consumer = self._consumer(topic, partition, restriction.start)
         tp = TopicPartition(topic, partition)
-        batch = consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records).get(tp, [])
+        batch = self._records(tp, restriction.start)
         position = restriction.start
         for record in batch:
             if record.offset < position:
                 continue  # already claimed (cannot happen after a seek; defensive)
             if not tracker.try_claim(record.offset):
-                self._positions.pop((topic, partition), None)  # the runner split the range: seek next time
+                self._positions.pop(tp, None)  # the runner split the range: seek next time
                 return
             yield KafkaRecord(topic, partition, record.offset, position, int(record.timestamp), record.key, record.value)
             position = record.offset + 1
-        self._positions[(topic, partition)] = position
-        highwater = consumer.highwater(tp)
+        self._positions[tp] = position
+        highwater = self._consumer.highwater(tp)
         if highwater is not None:
             self._metrics.set_partition(partition, position, highwater - position)
         yield from self._sweeps(partition)
