@@ -29,3 +29,25 @@ def test_cached_stream_states_are_sized_like_objsize_would() -> None:
         assert abs(estimate - walked) <= 0.1 * walked, (season, cells, estimate, walked)
     assert statecache.get_deep_size([]) == _walked([])
     assert statecache.get_deep_size(b"x" * 1000) == _walked(b"x" * 1000)  # anything else: objsize, as Beam does
+
+
+def test_bundles_start_no_state_sampler_thread() -> None:
+    import threading
+
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from pipeline.job import _no_state_sampler_thread
+
+    _no_state_sampler_thread()
+    sampler = statesampler.StateSampler("stage", CounterFactory())
+    threads = threading.active_count()
+    for _ in range(3):  # what the bundle processor does per bundle
+        sampler.reset()
+        sampler.start()
+        assert statesampler.get_current_tracker() is sampler and threading.active_count() == threads
+        with sampler.scoped_state("step", "process"):
+            pass
+        sampler.stop_if_still_running()
+        assert statesampler.get_current_tracker() is None and sampler.finished
+    assert sampler.get_info().transition_count > 0
