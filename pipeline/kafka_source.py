@@ -1,4 +1,4 @@
-"""The Kafka source: a splittable DoFn over topic partitions (kafka-python, manual ``assign()``).
+"""The Kafka source: a splittable DoFn over topic partitions (confluent-kafka, manual assignment).
 
 Input elements are ``(topic, partition, start_offset)``; each becomes the restriction
 ``OffsetRange(start_offset, 2**63 - 1)``. Every call of :meth:`ReadPartitions.process` polls one batch,
@@ -32,7 +32,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
-from pipeline.kafka_config import KafkaSettings, client_kwargs
+from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
 from pipeline.messages import CommitRequest, KafkaRecord, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -133,7 +133,7 @@ class ReadPartitions(beam.DoFn):
     ) -> None:
         self._settings = settings
         self._max_records = max_records
-        self._poll_timeout_ms = int(poll_timeout * 1000)
+        self._poll_timeout = poll_timeout
         self._idle_delay = idle_delay
         self._state_ttl = state_ttl
         self._run_id = run_id
@@ -143,9 +143,8 @@ class ReadPartitions(beam.DoFn):
 
     def setup(self) -> None:
         self._consumer: Any = None  # one consumer for every partition this instance reads
-        self._assigned: list[Any] = []
-        self._buffers: dict[Any, collections.deque] = {}  # fetched, not yet emitted, per partition
-        self._positions: dict[Any, int] = {}  # where each partition's restriction will continue
+        self._buffers: dict[tuple[str, int], collections.deque] = {}  # fetched, not yet emitted
+        self._positions: dict[tuple[str, int], int] = {}  # where each partition's restriction will continue
         self._next_sweep: dict[int, float] = {}
         self._commit_due: dict[int, float] = {}  # partitions with records not yet followed by a commit request
         self._metrics: JobMetrics = self._metrics_factory()
@@ -159,50 +158,58 @@ class ReadPartitions(beam.DoFn):
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.debug("closing the consumer failed", exc_info=True)
 
-    def _records(self, tp: Any, start: int) -> list[Any]:
-        """Up to ``max_records`` records of ``tp`` from ``start`` on (fewer, or none, if none arrived in time).
+    def _records(self, topic: str, partition: int, start: int) -> list[Any]:
+        """Up to ``max_records`` records of the partition from ``start`` on (fewer, or none, if none came in time).
 
-        One consumer serves all partitions of this instance (each kafka-python client runs its own I/O
-        thread, which competes for the GIL with the bundles): a poll's records of other partitions wait
-        in their buffers for those partitions' next call.
+        One librdkafka consumer serves all partitions of this instance; its fetching runs in C threads,
+        outside Python's GIL. A poll's records of other partitions wait in their buffers for those
+        partitions' next call.
         """
-        from kafka import KafkaConsumer
+        from confluent_kafka import Consumer, TopicPartition
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                client_id="rnncast-source",
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=self._max_records,
-                # Bounded prefetch: with a backlog the default (50 MiB a fetch) made the job hold
-                # hundreds of MB of fetched-but-unread records.
-                fetch_max_bytes=4 * 1024 * 1024,
-                max_partition_fetch_bytes=1024 * 1024,
-                # How long the broker may hold a fetch when no data is there. Kafka answers a held fetch
-                # as soon as data arrives; Tansu 0.6 does not, so new readings waited for the rest of
-                # kafka-python's default 500 ms (measured: 50-240 ms from produce to poll, 3-8 ms with
-                # 10 ms). Idle partitions cost a fetch per 20 ms.
-                fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
-                **client_kwargs(self._settings),
+            self._consumer = Consumer(
+                {
+                    **librdkafka_config(self._settings),
+                    "client.id": "rnncast-source",
+                    "group.id": "rnncast-source",  # required by librdkafka; never joined or committed to
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    # Bounded prefetch per partition (librdkafka's default queue is 64 MB each).
+                    "queued.max.messages.kbytes": 8 * 1024,
+                    "fetch.max.bytes": 4 * 1024 * 1024,
+                    "max.partition.fetch.bytes": 1024 * 1024,
+                    # How long the broker may hold a fetch when no data is there. Kafka answers a held
+                    # fetch as soon as data arrives; Tansu 0.6 does not, so new readings waited for the
+                    # rest of the client's default 500 ms (measured: 50-240 ms from produce to poll,
+                    # 3-8 ms with 10 ms). Idle partitions cost a fetch per 20 ms.
+                    "fetch.wait.max.ms": _FETCH_MAX_WAIT_MS,
+                },
+                logger=logging.getLogger("rnncast.kafka"),
             )
         consumer = self._consumer
-        if tp not in self._buffers:
-            self._assigned.append(tp)
-            consumer.assign(list(self._assigned))
-            self._buffers[tp] = collections.deque()
-            for other, position in self._positions.items():  # assign() forgot where the others were
-                consumer.seek(other, position)
-                self._buffers[other].clear()
-        buffer = self._buffers[tp]
-        if self._positions.get(tp) != start:
-            consumer.seek(tp, start)
+        key = (topic, partition)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = collections.deque()
+            consumer.incremental_assign([TopicPartition(topic, partition, start)])
+            self._positions[key] = start
+        elif self._positions.get(key) != start:
+            consumer.seek(TopicPartition(topic, partition, start))
             buffer.clear()
-            self._positions[tp] = start
+            self._positions[key] = start
         if not buffer and sum(map(len, self._buffers.values())) < _MAX_BUFFERED_BATCHES * self._max_records:
-            for polled, records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records).items():
+            # consume(n, timeout) waits for n messages or the timeout: take what is there, and wait
+            # only while there is nothing at all.
+            messages = consumer.consume(self._max_records, 0) or consumer.consume(1, self._poll_timeout)
+            for message in messages:
+                if message.error() is not None:
+                    log.warning("reading %s[%s]: %s", message.topic(), message.partition(), message.error())
+                    continue
+                polled = (message.topic(), message.partition())
                 if polled in self._positions:
-                    self._buffers[polled].extend(records)
+                    self._buffers[polled].append(message)
         count = min(len(buffer), self._max_records)
         return [buffer.popleft() for _ in range(count)]
 
@@ -220,23 +227,24 @@ class ReadPartitions(beam.DoFn):
             self._commit_due.pop(partition, None)
             yield CommitRequest(partition)
             return
-        from kafka import TopicPartition
+        from confluent_kafka import TopicPartition
 
-        tp = TopicPartition(topic, partition)
-        batch = self._records(tp, restriction.start)
+        key = (topic, partition)
+        batch = self._records(topic, partition, restriction.start)
         position = restriction.start
         for record in batch:
-            if record.offset < position:
+            offset = record.offset()
+            if offset < position:
                 continue  # already claimed (cannot happen after a seek; defensive)
-            if not tracker.try_claim(record.offset):
-                self._positions.pop(tp, None)  # the runner split the range: seek next time
+            if not tracker.try_claim(offset):
+                self._positions.pop(key, None)  # the runner split the range: seek next time
                 return
-            yield KafkaRecord(topic, partition, record.offset, position, int(record.timestamp), record.key, record.value)
-            position = record.offset + 1
-        self._positions[tp] = position
-        highwater = self._consumer.highwater(tp)
-        if highwater is not None:
-            self._metrics.set_partition(partition, position, highwater - position)
+            yield KafkaRecord(topic, partition, offset, position, record.timestamp()[1], record.key(), record.value())
+            position = offset + 1
+        self._positions[key] = position
+        _, highwater = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        if highwater >= 0:
+            self._metrics.set_partition(partition, position, max(highwater - position, 0))
         yield from self._sweeps(partition)
         yield from self._commit_request(partition, bool(batch))
         tracker.defer_remainder(None if batch else Duration.of(self._idle_delay))

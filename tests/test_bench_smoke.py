@@ -126,7 +126,7 @@ def test_quick_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     table = (out / "latest.md").read_text()
     assert "| rnncast |" in table and "| target |" in table and "| rnncast |" in run.stdout
 
-    assert _positive(report["pipe"]["readings_per_s"])
+    assert _positive(report["pipe"]["readings_per_s"]) and _positive(report["pipe_kafka_python"]["readings_per_s"])
     rnncast = report["rnncast"]
     for key in ("readings_per_s", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "state_bytes_per_stream", "rss_mb_at_100k_streams"):
         assert _positive(rnncast[key]), (key, rnncast.get(key))
@@ -136,7 +136,7 @@ def test_quick_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["packages"]["apache-beam"] and machine["date"]
     assert set(report["targets"]) == {
-        "rnncast_vs_pipe", "rnncast_vs_naive_per_reading", "rnncast_vs_naive_batched", "p99_below_naive",
+        "rnncast_vs_pipe", "rnncast_vs_pipe_kafka_python", "rnncast_vs_naive_per_reading", "rnncast_vs_naive_batched", "p99_below_naive",
         "p99_at_half_load", "state_bytes", "rss_at_100k_streams", "two_instances_scaling",
     }
     for name, target in report["targets"].items():

@@ -20,6 +20,7 @@ from pipeline.kafka_config import (
     Secret,
     add_kafka_arguments,
     client_kwargs,
+    librdkafka_config,
     settings_from_args,
 )
 from pipeline.replay import (
@@ -356,6 +357,20 @@ def test_settings_repr_and_logs_hide_the_password(caplog: pytest.LogCaptureFixtu
     assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
 
 
+def test_librdkafka_clients_get_the_same_connection_and_security(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    settings = KafkaSettings("broker-1:9093,broker-2:9093", "SASL_SSL", "SCRAM-SHA-512", "svc", PASSWORD,
+                             ssl_cafile=str(ca), ssl_certfile=str(cert), ssl_keyfile=str(key))
+    assert librdkafka_config(settings) == {
+        "bootstrap.servers": "broker-1:9093,broker-2:9093", "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "svc", "sasl.password": PASSWORD,
+        "ssl.ca.location": str(ca), "ssl.certificate.location": str(cert), "ssl.key.location": str(key),
+    }
+    assert librdkafka_config(KafkaSettings("127.0.0.1:9092")) == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "PLAINTEXT",
+    }
+
+
 def test_password_comes_from_env_or_file(tmp_path: Path) -> None:
     base = ["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"]
     from_env = settings_from_args(_parse(base), environ={PASSWORD_ENV: PASSWORD})
@@ -409,3 +424,30 @@ def test_settings_are_frozen() -> None:
     settings = KafkaSettings("127.0.0.1:9092")
     with pytest.raises(AttributeError):
         settings.bootstrap = "elsewhere:1"  # type: ignore[misc]
+
+
+def test_every_kafka_client_of_the_pipeline_gets_the_security_settings() -> None:
+    """Each client constructed in pipeline/ is given client_kwargs(...) or librdkafka_config(...) in its call."""
+    import re
+
+    constructors = re.compile(r"\b(KafkaConsumer|KafkaProducer|KafkaAdminClient|Consumer|Producer)\(")
+    calls = 0
+    missing = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "pipeline").glob("*.py")):
+        if path.name == "broker.py":  # the embedded broker's own loopback readiness check
+            continue
+        text = path.read_text()
+        for match in constructors.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            if text[text.rfind("\n", 0, match.start()) + 1 : match.start()].lstrip().startswith(("#", "def ", "class ")):
+                continue
+            depth, end = 0, match.end() - 1
+            for end in range(match.end() - 1, len(text)):
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            calls += 1
+            call = text[match.start() : end + 1]
+            if "client_kwargs(" not in call and "librdkafka_config(" not in call:
+                missing.append(f"{path.name}:{line}")
+    assert calls >= 8 and not missing, (calls, missing)
