@@ -260,6 +260,22 @@ def decode_reading(value: bytes | None, key: bytes | None, covariate_names: Sequ
         text = value.decode("utf-8")
     except UnicodeDecodeError as err:
         return Rejection("not_utf8", f"invalid UTF-8 at byte {err.start}")
+    # Fast path: orjson (~5x faster than json). Whatever it rejects, and every record that turns out
+    # not to be a valid reading, goes through Python's json parser, whose reasons and details are
+    # the reference; where both parse, a valid reading comes out the same (orjson differs only on
+    # integers beyond 64 bits, which it reads as the same float that float() gives).
+    try:
+        fast = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return decode_reading_with_json(text, key, covariate_names)
+    result = _validate(fast, key, covariate_names) if isinstance(fast, dict) else None
+    if isinstance(result, Reading):
+        return result
+    return decode_reading_with_json(text, key, covariate_names)
+
+
+def decode_reading_with_json(text: str, key: bytes | None, covariate_names: Sequence[str] = ()) -> Reading | Rejection:
+    """:func:`decode_reading` of a UTF-8-decoded value with Python's json parser only (the reference)."""
     try:
         doc = _DECODER.decode(text)
     except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
@@ -268,7 +284,10 @@ def decode_reading(value: bytes | None, key: bytes | None, covariate_names: Sequ
         return Rejection("not_json", "NaN and Infinity are not JSON")
     if not isinstance(doc, dict):
         return Rejection("not_object", f"expected a JSON object, got {_type_name(doc)}")
+    return _validate(doc, key, covariate_names)
 
+
+def _validate(doc: dict, key: bytes | None, covariate_names: Sequence[str]) -> Reading | Rejection:
     if "stream_id" not in doc:
         return Rejection("missing_field", "field 'stream_id' is missing")
     stream_id = doc["stream_id"]

@@ -21,6 +21,7 @@ from pipeline.messages import (
     MAX_TIMESTAMP,
     Rejection,
     decode_reading,
+    decode_reading_with_json,
     encode_dead_letter,
     encode_forecast,
     rejected_key,
@@ -225,3 +226,30 @@ def test_forecasts_are_deterministic_json_with_exact_numbers(values: list[float]
 def test_non_finite_forecast_values_become_null() -> None:
     doc = json.loads(encode_forecast(_forecast([1.0, math.nan, math.inf]), "lstm", "v1"))
     assert doc["forecast"] == [1.0, None, None]
+
+
+_JSON_NUMBERS = st.one_of(
+    st.integers(), st.integers(min_value=-(10**40), max_value=10**40), st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=0, max_value=10**9).map(lambda n: n * 10**300 if n % 7 == 0 else n),
+)
+
+
+@PROPERTY
+@given(
+    stream_id=st.text(min_size=0, max_size=8),
+    timestamp=st.one_of(_JSON_NUMBERS, st.sampled_from(["2014-01-02T00:30:00Z", "2014-01-02 00:30", "yesterday"])),
+    value=st.one_of(_JSON_NUMBERS, st.none(), st.booleans(), st.text(max_size=3)),
+    temperature=_JSON_NUMBERS,
+    extra=st.dictionaries(st.text(max_size=4), st.one_of(_JSON_NUMBERS, st.text(max_size=4)), max_size=3),
+    key_matches=st.booleans(),
+)
+def test_the_fast_parser_decodes_exactly_like_the_json_reference(
+    stream_id: str, timestamp: object, value: object, temperature: object, extra: dict, key_matches: bool
+) -> None:
+    doc = {**extra, "stream_id": stream_id, "timestamp": timestamp, "value": value, "temperature": temperature, "workday": 1}
+    try:
+        raw = json.dumps(doc).encode("utf-8")
+    except (ValueError, OverflowError):
+        return
+    key = stream_id.encode("utf-8", "surrogatepass") if key_matches else b"other"
+    assert decode_reading(raw, key, COVARIATES) == decode_reading_with_json(raw.decode("utf-8"), key, COVARIATES)
