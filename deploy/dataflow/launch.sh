@@ -13,7 +13,7 @@
 #   with rnncast and its pinned requirements installed and the model artifact copied in at
 #   ARTIFACT (default /artifacts/current); see deploy/flink/README.md, "SDK container". The launcher
 #   (this machine) needs the same Python, Beam version and artifact path.
-# - Kafka is read and written by rnncast's own Python DoFns (kafka-python), so the workers' VPC
+# - Kafka is read and written by rnncast's own Python DoFns (confluent-kafka), so the workers' VPC
 #   (NETWORK/SUBNETWORK) must reach the brokers. Beam's KafkaIO (ReadFromKafka/WriteToKafka, a Java
 #   cross-language transform) is an alternative on Dataflow, where the expansion service can be
 #   fetched; rnncast does not use it.
