@@ -25,9 +25,11 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipeline.coders import InboundCoder
 from pipeline.forecast_dofn import DecodeRecords, ForecastDoFn, ServedModel
 from pipeline.kafka_sink import CommitOffsets, PublishOutcomes
 from pipeline.kafka_source import ReadPartitions, request_stop, reset_stop, start_offsets
+from pipeline.messages import Inbound
 from pipeline.metrics import JobMetrics, default_metrics
 from pipeline.options import ServeOptions, is_local_runner
 from pipeline.state_store import ChangelogRestore, ensure_changelog
@@ -100,6 +102,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLa
 
 def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> Any:
     """The source and the decoder: a PCollection of ``(key, Inbound)`` for the stateful step."""
+    beam.coders.registry.register_coder(Inbound, InboundCoder)
     elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
     return (
         pipeline
@@ -110,7 +113,7 @@ def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobL
                 run_id=layout.run_id, commit_interval=options.commit_interval, metrics=metrics,
             )
         )
-        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Any])
+        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Inbound])
     )
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import apache_beam as beam
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
@@ -26,7 +28,7 @@ import serve_harness as h
 from models.artifact import load_artifact
 from models.reading import Reading
 from models.state import decode_state, encode_state
-from pipeline.coders import OffsetLedgerCoder, StreamStateCoder
+from pipeline.coders import InboundCoder, OffsetLedgerCoder, StreamStateCoder
 from pipeline.forecast_dofn import DecodeRecords, ForecastDoFn, ServedModel
 from pipeline.messages import Inbound, KafkaRecord, SweepRequest, encode_forecast, rejected_key
 from pipeline.metrics import JobMetrics
@@ -243,6 +245,39 @@ def test_coders_round_trip_without_pickle(artifact, streams) -> None:
     ledger = OffsetLedgerCoder()
     assert ledger.decode(ledger.encode((42, ((50, 60), (70, 71))))) == (42, ((50, 60), (70, 71)))
     assert ledger.decode(ledger.encode((0, ()))) == (0, ())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    partition=st.integers(0, 2**31 - 1), offset=st.integers(-1, 2**62), timestamp_ms=st.integers(-1, 2**62),
+    stream_id=st.text(max_size=12), timestamp=st.floats(allow_nan=False), value=st.floats(allow_nan=False),
+    covariates=st.lists(st.floats(allow_nan=False), max_size=4).map(tuple),
+    raw=st.none() | st.binary(max_size=40), key=st.none() | st.binary(max_size=12),
+    dead_letter=st.none() | st.binary(max_size=30), reason=st.none() | st.text(max_size=12),
+    idle_before=st.none() | st.floats(allow_nan=False), with_reading=st.booleans(), commit=st.booleans(),
+)
+def test_the_shuffle_coder_round_trips_every_inbound(
+    partition, offset, timestamp_ms, stream_id, timestamp, value, covariates, raw, key, dead_letter, reason,
+    idle_before, with_reading, commit,
+) -> None:
+    reading = Reading(stream_id, timestamp, value, covariates) if with_reading else None
+    inbound = Inbound(partition, offset, offset, timestamp_ms, reading, raw, key, dead_letter, reason, idle_before, commit)
+    coder = InboundCoder()
+    assert coder.decode(coder.encode(inbound)) == inbound
+    assert coder.is_deterministic() and coder.encode(inbound) == coder.encode(inbound)
+
+
+def test_the_job_shuffles_inbound_records_with_the_explicit_coder(artifact: Path) -> None:
+    from pipeline.job import JobLayout, read_and_decode
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.options import ServeOptions
+
+    options = ServeOptions(artifact=str(artifact), kafka=KafkaSettings(bootstrap="127.0.0.1:1"))
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    decoded = read_and_decode(pipeline, options, JobLayout((0,), {0: 0}, (), "x"))
+    assert decoded.element_type == beam.typehints.Tuple[str, Inbound]
+    assert beam.coders.registry.get_coder(decoded.element_type).key_coder() == beam.coders.StrUtf8Coder()
+    assert beam.coders.registry.get_coder(decoded.element_type).value_coder() == InboundCoder()
 
 
 def test_the_job_graph_never_imports_tensorflow(artifact: Path) -> None:
