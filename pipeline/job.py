@@ -110,7 +110,7 @@ def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobL
         | "ReadKafka" >> beam.ParDo(
             ReadPartitions(
                 options.kafka, max_records=options.max_records, state_ttl=options.state_ttl,
-                run_id=layout.run_id, commit_interval=options.commit_interval, metrics=metrics,
+                run_id=layout.run_id, commit_interval=options.commit_interval, group=options.group, metrics=metrics,
             )
         )
         | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Inbound])

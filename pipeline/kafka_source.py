@@ -115,6 +115,8 @@ class ReadPartitions(beam.DoFn):
         run_id: The run whose :class:`~pipeline.state_store.IdleIndex` to ask.
         sweep_every: Seconds between sweeps of one partition.
         commit_interval: Seconds between commit requests of a partition that stays busy.
+        group: The job's consumer group, given to librdkafka (which requires one; with Kafka ACLs the
+            job is then allowed one group): this consumer never joins it and never commits to it.
         metrics: Factory of the job's metrics.
     """
 
@@ -129,9 +131,11 @@ class ReadPartitions(beam.DoFn):
         run_id: str | None = None,
         sweep_every: float = 5.0,
         commit_interval: float = 5.0,
+        group: str = "rnncast",
         metrics: Any = default_metrics,
     ) -> None:
         self._settings = settings
+        self._group = group
         self._max_records = max_records
         self._poll_timeout = poll_timeout
         self._idle_delay = idle_delay
@@ -172,7 +176,7 @@ class ReadPartitions(beam.DoFn):
                 {
                     **librdkafka_config(self._settings),
                     "client.id": "rnncast-source",
-                    "group.id": "rnncast-source",  # required by librdkafka; never joined or committed to
+                    "group.id": self._group,  # required by librdkafka; never joined or committed to
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
