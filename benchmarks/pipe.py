@@ -30,7 +30,7 @@ __all__ = ["main", "run_pipe"]
 
 # The sink's producer settings (pipeline.kafka_sink.SINK_PRODUCER_CONFIG) in kafka-python's terms.
 KAFKA_PYTHON_PRODUCER_CONFIG = {
-    "acks": "all", "enable_idempotence": True, "linger_ms": 5, "batch_size": 256 * 1024, "client_id": "rnncast-bench-pipe",
+    "acks": "all", "enable_idempotence": True, "linger_ms": 20, "batch_size": 256 * 1024, "client_id": "rnncast-bench-pipe",
 }
 
 
