@@ -75,3 +75,27 @@ def test_the_interval_writes_without_a_request(sink, kafka_settings, read_topic)
     released = _bundle(publisher, [_reading(1, _state(1, 2.0))])
     assert released == [(0, ((0, 2),))]
     assert decode_state(read_topic(kafka_settings.bootstrap, topics["changelog"], expected=1)[0].value).source_offset == 1
+
+
+def test_changelog_keys_land_where_kafka_python_puts_them(kafka_settings, unique_topic, read_topic) -> None:
+    """The changelog is compacted per key: the snapshots (librdkafka) and the tombstones written at restore
+    (kafka-python) of a stream must share a partition, so both clients must hash keys alike (murmur2)."""
+    from kafka.partitioner.default import murmur2
+
+    topics = {name: unique_topic(name) for name in ("forecasts", "dlq", "changelog")}
+    ensure_topics(kafka_settings, {topics["forecasts"]: 1, topics["dlq"]: 1, topics["changelog"]: 4})
+    publisher = PublishOutcomes(
+        kafka_settings, output_topic=topics["forecasts"], dlq_topic=topics["dlq"], changelog_topic=topics["changelog"],
+    )
+    publisher.setup()
+    try:
+        streams = [f"vic_demand#{i}" for i in range(40)]
+        commit = Outcome(0, -1, -1, 0, commit=True)
+        _bundle(publisher, [*(Outcome(0, i, i, 1, stream_id=s, snapshot=_state(i, 1.0)) for i, s in enumerate(streams)), commit])
+    finally:
+        publisher.teardown()
+    records = read_topic(kafka_settings.bootstrap, topics["changelog"], expected=len(streams))
+    assert sorted(r.key.decode() for r in records) == sorted(streams)
+    for record in records:
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 4, record.key
+    assert len({r.partition for r in records}) > 1
