@@ -124,7 +124,7 @@ class ReadPartitions(beam.DoFn):
         self,
         settings: KafkaSettings,
         *,
-        max_records: int = 1000,
+        max_records: int = 2000,
         poll_timeout: float = 0.05,
         idle_delay: float = 0.02,
         state_ttl: float | None = None,

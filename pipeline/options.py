@@ -72,7 +72,7 @@ class ServeOptions:
     max_gap: int | None = None
     state_ttl: float | None = None
     max_future: float = 86_400.0
-    max_records: int = 1000
+    max_records: int = 2000
     commit_interval: float = 5.0
     artifact_poll_seconds: float = 10.0
 
