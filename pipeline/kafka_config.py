@@ -267,28 +267,29 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
+# client_kwargs' keys in librdkafka's terms: a setting added there without a name here fails loudly.
+_LIBRDKAFKA_NAMES = {
+    "bootstrap_servers": "bootstrap.servers",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanisms",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+}
+
+
 def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
-    """Configuration for confluent-kafka's (librdkafka) ``Producer`` and ``Consumer``: connection and
-    security only, the same settings :func:`client_kwargs` gives kafka-python.
+    """Configuration for confluent-kafka's (librdkafka) ``Producer`` and ``Consumer``: :func:`client_kwargs`
+    under librdkafka's names, so both client libraries get the same connection and security settings.
 
     The job's hot path (the source's consumer, the sink's producer) uses librdkafka: its I/O threads
     run in C without Python's GIL (see benchmarks/README.md). The result holds the plain password
     when SASL is used: pass it straight to the client and do not log it.
     """
-    config: dict[str, Any] = {
-        "bootstrap.servers": ",".join(settings.servers),
-        "security.protocol": settings.security_protocol,
-    }
-    if settings.security_protocol.startswith("SASL_"):
-        config["sasl.mechanisms"] = settings.sasl_mechanism
-        config["sasl.username"] = settings.sasl_username
-        assert settings.sasl_password is not None
-        config["sasl.password"] = settings.sasl_password.get_secret_value()
-    for option, key in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
-                        ("ssl_keyfile", "ssl.key.location")):
-        value = getattr(settings, option)
-        if value is not None:
-            config[key] = value
+    config = {_LIBRDKAFKA_NAMES[name]: value for name, value in client_kwargs(settings).items()}
+    config["bootstrap.servers"] = ",".join(config["bootstrap.servers"])
     return config
 
 

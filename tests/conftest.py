@@ -6,6 +6,7 @@ Fixtures:
     unique_topic: factory ``unique_topic(prefix="t") -> str`` (uuid suffix, so tests
         sharing the broker never collide).
     read_topic: the :func:`read_topic` helper below.
+    elec_30_days_csv: the bundled demand data cut to its first 30 days (a small training set).
 
 Tests that use ``broker`` are marked ``integration`` automatically.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +125,12 @@ def unique_topic() -> Callable[..., str]:
 def read_topic_fixture() -> Callable[..., list[Any]]:
     """The :func:`read_topic` helper, as a fixture."""
     return read_topic
+
+
+@pytest.fixture(scope="session")
+def elec_30_days_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``data/elecdemand.csv`` cut to its first 30 days (1,440 rows), for fast training tests."""
+    lines = (Path(__file__).resolve().parent.parent / "data" / "elecdemand.csv").read_text().splitlines()
+    path = tmp_path_factory.mktemp("data") / "elec_small.csv"
+    path.write_text("\n".join(lines[:1441]) + "\n")
+    return path

@@ -14,26 +14,17 @@ from models.evaluation import run_engine
 from models.sequences import contiguous_segments, segment_arrays
 from pipeline.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--units", "8", "--epochs", "2", "--seed", "3"]
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> Path:
-    lines = (ROOT / "data" / "elecdemand.csv").read_text().splitlines()
-    path = tmp_path_factory.mktemp("data") / "elec_small.csv"
-    path.write_text("\n".join(lines[:1441]) + "\n")  # 30 days
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifact_dir(small_csv, tmp_path_factory) -> Path:
+def artifact_dir(elec_30_days_csv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("art") / "lstm"
-    assert main(["train", "--data", str(small_csv), "--out", str(out), *FAST]) == 0
+    assert main(["train", "--data", str(elec_30_days_csv), "--out", str(out), *FAST]) == 0
     return out
 
 
-def test_artifact_manifest_is_complete(artifact_dir, small_csv):
+def test_artifact_manifest_is_complete(artifact_dir, elec_30_days_csv):
     manifest = json.loads((artifact_dir / "manifest.json").read_text())
     for key in ("cell", "layers", "units", "horizon", "season", "step_seconds", "features", "version",
                 "model_sha256", "weights_sha256", "validation", "training", "serving"):
@@ -41,23 +32,23 @@ def test_artifact_manifest_is_complete(artifact_dir, small_csv):
     assert manifest["cell"] == "lstm" and manifest["horizon"] == 48 and manifest["season"] == 48
     assert manifest["step_seconds"] == 1800
     assert manifest["features"]["names"][:3] == ["value", "temperature", "workday"]
-    assert manifest["training"]["data_sha256"] == load_csv(small_csv).sha256
+    assert manifest["training"]["data_sha256"] == load_csv(elec_30_days_csv).sha256
     assert manifest["parity"]["max_abs_diff"] <= 1e-5
     assert not list(artifact_dir.glob("*.pkl")) and not list(artifact_dir.glob("*.h5"))
 
 
-def test_same_seed_same_model(artifact_dir, small_csv, tmp_path):
+def test_same_seed_same_model(artifact_dir, elec_30_days_csv, tmp_path):
     again = tmp_path / "again"
-    assert main(["train", "--data", str(small_csv), "--out", str(again), *FAST]) == 0
+    assert main(["train", "--data", str(elec_30_days_csv), "--out", str(again), *FAST]) == 0
     a = json.loads((artifact_dir / "manifest.json").read_text())
     b = json.loads((again / "manifest.json").read_text())
     assert a["weights_sha256"] == b["weights_sha256"]
 
 
-def test_engine_equals_keras_on_the_stream(artifact_dir, small_csv):
+def test_engine_equals_keras_on_the_stream(artifact_dir, elec_30_days_csv):
     """Serving (numpy, one step per reading) equals the trained Keras model over the same readings."""
     artifact = load_artifact(artifact_dir)
-    dataset = load_csv(small_csv)
+    dataset = load_csv(elec_30_days_csv)
     series = dataset.series["vic_demand"]
     engine = artifact.engine()
     forecasts = run_engine(engine, "vic_demand", series, [0, 1])
@@ -72,11 +63,11 @@ def test_engine_equals_keras_on_the_stream(artifact_dir, small_csv):
     assert np.max(np.abs(served_scaled - predicted)) <= 1e-5
 
 
-def test_reference_engine_agrees_with_numpy_engine(artifact_dir, small_csv):
+def test_reference_engine_agrees_with_numpy_engine(artifact_dir, elec_30_days_csv):
     from models.reference_engine import reference_engine
 
     artifact = load_artifact(artifact_dir)
-    series = load_csv(small_csv).series["vic_demand"]
+    series = load_csv(elec_30_days_csv).series["vic_demand"]
     short = type(series)(
         series.stream_id, series.timestamps[:300], series.values[:300], series.covariates[:300], series.step_seconds, ()
     )
@@ -88,8 +79,8 @@ def test_reference_engine_agrees_with_numpy_engine(artifact_dir, small_csv):
     assert np.max(np.abs(numpy_out[rows] - keras_out[rows])) / scale <= 1e-5
 
 
-def test_evaluate_json_shape(artifact_dir, small_csv, capsys):
-    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(small_csv), "--json"]) == 0
+def test_evaluate_json_shape(artifact_dir, elec_30_days_csv, capsys):
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["horizon"] == 48 and report["season"] == 48 and report["test_points"] > 0
     for part, keys in (("model", ("mae", "rmse", "mase")), ("persistence", ("mae", "rmse")), ("seasonal_naive", ("mae", "rmse"))):
@@ -101,9 +92,9 @@ def test_evaluate_json_shape(artifact_dir, small_csv, capsys):
     assert abs(ratios["mae_ratio_vs_persistence"] - expected) < 1e-12
 
 
-def test_evaluate_plot(artifact_dir, small_csv, tmp_path):
+def test_evaluate_plot(artifact_dir, elec_30_days_csv, tmp_path):
     out = tmp_path / "eval.png"
-    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(small_csv), "--plot", str(out)]) == 0
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -167,6 +158,6 @@ def test_cli_reports_data_errors_with_location(tmp_path, capsys):
     assert f"{bad}:3: column 'value'" in err and "Traceback" not in err
 
 
-def test_cli_reports_missing_artifact(tmp_path, small_csv, capsys):
-    assert main(["evaluate", "--artifact", str(tmp_path / "nope"), "--data", str(small_csv)]) == 2
+def test_cli_reports_missing_artifact(tmp_path, elec_30_days_csv, capsys):
+    assert main(["evaluate", "--artifact", str(tmp_path / "nope"), "--data", str(elec_30_days_csv)]) == 2
     assert "not an artifact directory" in capsys.readouterr().err

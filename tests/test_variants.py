@@ -270,21 +270,13 @@ def test_variant_numerics_are_pure(module):
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> Path:
-    lines = (ROOT / "data" / "elecdemand.csv").read_text().splitlines()
-    path = tmp_path_factory.mktemp("data") / "elec_small.csv"
-    path.write_text("\n".join(lines[:1441]) + "\n")  # 30 days
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(small_csv, tmp_path_factory):
+def trained(elec_30_days_csv, tmp_path_factory):
     from pipeline.cli import main
 
     out = {}
     for variant in VARIANTS:
         target = tmp_path_factory.mktemp("art") / variant
-        assert main(["train", "--data", str(small_csv), "--out", str(target), "--cell", variant, *FAST]) == 0
+        assert main(["train", "--data", str(elec_30_days_csv), "--out", str(target), "--cell", variant, *FAST]) == 0
         out[variant] = target
     return out
 
@@ -308,7 +300,7 @@ def test_manifest_records_the_variant(trained, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_engine_equals_keras_on_the_stream(trained, small_csv, variant):
+def test_engine_equals_keras_on_the_stream(trained, elec_30_days_csv, variant):
     """Serving (numpy, one step per reading, all memory in the state) equals the trained Keras model."""
     from models.artifact import load_artifact, load_keras_model
     from models.data import load_csv
@@ -317,7 +309,7 @@ def test_engine_equals_keras_on_the_stream(trained, small_csv, variant):
 
     artifact = load_artifact(trained[variant])
     assert type(artifact.weights).__name__ == {"seq2seq": "Seq2SeqNetwork", "attention": "AttentionNetwork", "birnn": "BiRNNNetwork"}[variant]
-    series = load_csv(small_csv).series["vic_demand"]
+    series = load_csv(elec_30_days_csv).series["vic_demand"]
     forecasts = run_engine(artifact.engine(), "vic_demand", series, [0, 1])
     model = load_keras_model(artifact)  # safe_mode=True, Lambda refused
     segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
@@ -342,19 +334,19 @@ def artifact_scaler(first_season):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_evaluate_json_for_variants(trained, small_csv, variant, capsys):
+def test_evaluate_json_for_variants(trained, elec_30_days_csv, variant, capsys):
     from pipeline.cli import main
 
-    assert main(["evaluate", "--artifact", str(trained[variant]), "--data", str(small_csv), "--json"]) == 0
+    assert main(["evaluate", "--artifact", str(trained[variant]), "--data", str(elec_30_days_csv), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["horizon"] == 48 and len(report["model"]["mae"]) == 48
     assert set(report["summary"]) >= {"mae_ratio_vs_persistence", "mae_ratio_vs_seasonal_naive"}
 
 
-def test_keras_reference_engine_says_it_does_not_step_variants(trained, small_csv, capsys):
+def test_keras_reference_engine_says_it_does_not_step_variants(trained, elec_30_days_csv, capsys):
     from pipeline.cli import main
 
-    assert main(["evaluate", "--artifact", str(trained["attention"]), "--data", str(small_csv), "--engine", "keras"]) == 2
+    assert main(["evaluate", "--artifact", str(trained["attention"]), "--data", str(elec_30_days_csv), "--engine", "keras"]) == 2
     assert "plain rnn/lstm/gru" in capsys.readouterr().err
 
 
@@ -376,9 +368,9 @@ def test_serving_a_variant_never_imports_tensorflow(trained):
         (["--cell", "gru", "--encoder-cell", "rnn"], "--encoder-cell applies to"),
     ],
 )
-def test_variant_flags_given_to_the_wrong_cell_are_usage_errors(small_csv, tmp_path, capsys, flags, message):
+def test_variant_flags_given_to_the_wrong_cell_are_usage_errors(elec_30_days_csv, tmp_path, capsys, flags, message):
     from pipeline.cli import main
 
-    assert main(["train", "--data", str(small_csv), "--out", str(tmp_path / "x"), *flags]) == 2
+    assert main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "x"), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
