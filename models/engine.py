@@ -2,6 +2,7 @@
 
 ``Engine.step(state | None, reading) -> StepResult`` is the whole serving logic: the offline
 evaluation and the streaming job call exactly this, so they produce the same numbers.
+``Engine.step_many`` is the same transition for readings of many distinct streams at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.cells import NetworkWeights
-from models.features import FeatureSpec, InputRowBuilder
+from models.features import FeatureSpec, InputRowBuilder, input_matrix
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
 from models.state import StreamState, serving_state
@@ -21,6 +22,10 @@ from models.state import StreamState, serving_state
 APPLIED = "applied"
 DUPLICATE = "duplicate"
 OUT_OF_ORDER = "out_of_order"
+# Fewer steady readings than this in a step_many call go through Engine.step one by one: below it
+# the batch's fixed cost (stacking, one numpy call per operation) is more than the per-call overhead
+# it saves (benchmarks/step_many_micro.py).
+MIN_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,21 @@ def _applied(state: StreamState, forecast: Forecast | None, imputed_steps: int) 
     return result
 
 
+def _forecast(
+    stream_id: str, timestamp: float, values: np.ndarray, scaled: np.ndarray, step_seconds: float, readings_seen: int
+) -> Forecast:
+    """``Forecast(...)`` for the batched path, filled as :func:`_applied` fills a result (same fields, same values)."""
+    forecast = _new_instance(Forecast)
+    fields = forecast.__dict__
+    fields["stream_id"] = stream_id
+    fields["timestamp"] = timestamp
+    fields["values"] = values
+    fields["scaled"] = scaled
+    fields["step_seconds"] = step_seconds
+    fields["readings_seen"] = readings_seen
+    return forecast
+
+
 class Engine:
     """Serves one artifact: weights, features and serving semantics."""
 
@@ -91,6 +111,7 @@ class Engine:
         # H <= S (the usual case): the base is the first H ring entries, a view instead of a gather.
         self._base_slice = slice(0, self.horizon) if self.horizon <= config.season else None
         self._input_row = InputRowBuilder(features)
+        self._covariate_count = len(features.covariate_names)
         # The per-reading path works on one stream's 1-D arrays; networks without the single-stream
         # methods (the variants) go through their batch methods with a batch of one.
         self._step_one = getattr(weights, "step_one", None) or self._batch_step_one
@@ -146,6 +167,138 @@ class Engine:
                 readings_seen=state.readings_seen,
             )
         return _applied(state, forecast, missing)
+
+    def step_many(
+        self, states: Sequence[StreamState | None], readings: Sequence[Reading]
+    ) -> list[StepResult | Exception]:
+        """:meth:`step` for readings of distinct streams at once: entry i is ``step(states[i], readings[i])``.
+
+        The readings that continue a warmed-up stream by exactly one step (the steady state of a
+        live job) share one batched recurrent step, which amortises numpy's per-call overhead; every
+        other reading (new stream, warm-up, gap, duplicate, out of order, non-finite) goes through
+        :meth:`step`. The results equal :meth:`step`'s field for field, float arrays within 1e-12
+        (batched matrix products may round the last bits differently), and each owns its arrays.
+
+        Precondition: the readings belong to distinct streams (a stream's next state depends on its
+        previous one, so two readings of one stream cannot be stepped together).
+
+        Returns:
+            One entry per reading, in order: its :class:`StepResult`, or the exception :meth:`step`
+            raised for it (e.g. ``ValueError`` for a non-finite value), so that one bad reading does
+            not fail the others; the caller dead-letters it as it would a failed :meth:`step`.
+
+        Raises:
+            ValueError: the sequences differ in length or a stream id repeats.
+        """
+        if len(states) != len(readings):
+            raise ValueError(f"step_many got {len(states)} states for {len(readings)} readings")
+        if len({reading.stream_id for reading in readings}) != len(readings):
+            raise ValueError("step_many needs readings of distinct streams; a stream id repeats")
+        results: list[StepResult | Exception | None] = [None] * len(readings)
+        if len(readings) >= MIN_BATCH:
+            steady = [i for i, (state, reading) in enumerate(zip(states, readings)) if self._is_steady(state, reading)]
+            if len(steady) >= MIN_BATCH:
+                batch = self._advance_many([states[i] for i in steady], [readings[i] for i in steady])
+                for i, result in zip(steady, batch or ()):
+                    results[i] = result
+        return [
+            self._step_or_error(state, reading) if result is None else result
+            for state, reading, result in zip(states, readings, results)
+        ]
+
+    def _step_or_error(self, state: StreamState | None, reading: Reading) -> StepResult | Exception:
+        try:
+            return self.step(state, reading)
+        except Exception as err:  # noqa: BLE001 - the caller dead-letters it; the other readings go on
+            return err
+
+    def _is_steady(self, state: StreamState | None, reading: Reading) -> bool:
+        """Whether :meth:`step` would do exactly one plain :meth:`_advance` (no warm-up, gap or rejection).
+
+        ``q < 1.5`` is ``round(q) - 1 <= 0`` (no missing step; round(1.5) is 2), without ``round``'s
+        OverflowError on an infinite ``q``: that reading is left to :meth:`step`, which raises it. A
+        zero scale (only a corrupt decoded state has one) is left to it too: its Python-float
+        division raises ZeroDivisionError where numpy's would return inf.
+        """
+        if state is None or state.readings_seen == 0 or state.ring_fill < len(state.ring):
+            return False
+        timestamp, last = reading.timestamp, state.last_timestamp
+        return (
+            math.isfinite(reading.value)
+            and math.isfinite(timestamp)
+            and timestamp > last
+            and (timestamp - last) / self.config.step_seconds < 1.5
+            and len(reading.covariates) == self._covariate_count
+            and state.value_scale != 0
+        )
+
+    def _advance_many(self, states: list[StreamState], readings: list[Reading]) -> list[StepResult] | None:
+        """:meth:`_advance` and :meth:`step`'s forecast for steady readings of distinct streams, batched.
+
+        The same floating-point operations as the per-reading path, on [n, ·] arrays. Returns None
+        when the batch cannot be built or stepped (e.g. a state of a model of another shape, a
+        covariate that is not a number): :meth:`step` then redoes these readings one by one, so
+        each error lands on its own reading.
+        """
+        try:
+            mean = np.array([state.value_mean for state in states])
+            scale = np.array([state.value_scale for state in states])
+            values = np.array([reading.value for reading in readings], dtype=np.float64)
+            covariates = np.array([reading.covariates for reading in readings], dtype=np.float64)
+            timestamps = np.array([reading.timestamp for reading in readings], dtype=np.float64)
+            x = input_matrix(self.features, (values - mean) / scale, covariates, timestamps)
+            head, cell_states = self.weights.step(x, np.array([state.cell_state for state in states]))
+            old_rings = np.array([state.ring for state in states])
+            rings = np.empty_like(old_rings)
+            rings[:, :-1] = old_rings[:, 1:]
+            rings[:, -1] = values
+            base = rings[:, self._base_slice] if self._base_slice is not None else rings[:, self._base_index]
+            base = base - mean[:, np.newaxis]
+            base /= scale[:, np.newaxis]
+            scaled = base + head
+            scaled += self.weights.skip(x, base)
+        except Exception:  # noqa: BLE001 - step() redoes these readings and reports each one's error
+            return None
+        original = scaled * scale[:, np.newaxis] + mean[:, np.newaxis]
+        one_step = (scaled[:, 0] * scale + mean).tolist()
+        return self._steady_results(states, readings, rings, cell_states, one_step, original, scaled)
+
+    def _steady_results(
+        self,
+        states: list[StreamState],
+        readings: list[Reading],
+        rings: np.ndarray,
+        cell_states: np.ndarray,
+        one_step: list[float],
+        original: np.ndarray,
+        scaled: np.ndarray,
+    ) -> list[StepResult]:
+        """Each stream's result from its rows of the batch, as :meth:`step` builds it.
+
+        Every array is a copy of its row: a view would keep the whole batch alive for as long as any
+        one stream of it keeps its state (an idle stream, for hours).
+        """
+        min_history, step_seconds = self.config.min_history, self.config.step_seconds
+        results = []
+        for i, (state, reading) in enumerate(zip(states, readings)):
+            readings_seen = state.readings_seen + 1
+            new_state = serving_state(
+                readings_seen,
+                reading.timestamp,
+                state.value_mean,
+                state.value_scale,
+                rings[i].copy(),
+                state.ring_fill,
+                cell_states[i].copy(),
+                one_step[i],
+            )
+            forecast = None
+            if readings_seen >= min_history:
+                forecast = _forecast(
+                    reading.stream_id, reading.timestamp, original[i].copy(), scaled[i].copy(), step_seconds, readings_seen
+                )
+            results.append(_applied(new_state, forecast, 0))
+        return results
 
     def missing_steps(self, last_timestamp: float, timestamp: float) -> int:
         return max(int(round((timestamp - last_timestamp) / self.config.step_seconds)) - 1, 0)
