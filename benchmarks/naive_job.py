@@ -1,6 +1,7 @@
 """The naive peers of ``rnncast serve``: what a Beam user without a carried recurrent state writes.
 
-Each stream keeps its last L = 96 readings in Beam state; every reading recomputes the forecast from
+Each stream keeps its last L = 96 readings in Beam state (the job's own shard state,
+:mod:`pipeline.shard_state`, keyed by state shard like the job); every reading recomputes the forecast from
 that window with the artifact's Keras model. The window is turned into model inputs exactly like
 training does (:func:`models.sequences.segment_arrays`): its first S readings fit the window's value
 scaler and feed the seasonal base, the remaining ``n - S`` readings are recurrent steps, and the
@@ -19,8 +20,8 @@ Two strategies, the rest of the graph being the job's own (``pipeline.kafka_sour
   offsets are committed when it finishes) and makes one call of a ``tf.function`` with a fixed input
   signature per batch (windows of equal length share a call).
 
-Like the job, each touched stream's state (here: its window) goes to the changelog at the end of the
-bundle, so the sink does the same work. Same command line as ``rnncast serve`` plus ``--mode``::
+Like the job, each touched stream's state (here: its encoded window) goes to the changelog at the
+sink's commit requests, so the sink does the same work. Same command line as ``rnncast serve`` plus ``--mode``::
 
     python -m benchmarks.naive_job --mode batched --artifact DIR --bootstrap HOST:PORT \
         --input-topic readings --output-topic forecasts --dlq-topic readings-dlq --group G --metrics-port P
@@ -38,8 +39,6 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.coders import Coder
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
@@ -47,7 +46,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.features import FeatureSpec, input_matrix
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
-from pipeline.messages import Inbound, Outcome, encode_forecast
+from pipeline.messages import Inbound, Outcome, OutcomeBatch, encode_forecast, is_rejected_key, passed_through
+from pipeline.shard_state import ShardStore, entries_spec, version_spec
 
 __all__ = ["DEFAULT_WINDOW", "MAX_BATCH", "MAX_BATCH_SECONDS", "WindowModel", "append_reading", "main", "window_inputs"]
 
@@ -199,7 +199,7 @@ def encode_window(readings_seen: int, window: np.ndarray) -> bytes:
 
 
 def encode_window_snapshot(snapshot: tuple[int, np.ndarray]) -> bytes:
-    """The sink's encoder of the ``(readings_seen, window)`` snapshots the naive step holds."""
+    """:func:`encode_window` of a ``(readings_seen, window)`` pair, as the shard state holds it."""
     return encode_window(*snapshot)
 
 
@@ -214,25 +214,6 @@ def decode_window(data: bytes) -> tuple[int, np.ndarray]:
 # --- the Beam job -----------------------------------------------------------------------------------
 
 
-class WindowCoder(Coder):
-    """Beam coder of a window state (:func:`encode_window`), never pickle."""
-
-    def encode(self, value):
-        return encode_window(*value)
-
-    def decode(self, encoded):
-        return decode_window(encoded)
-
-    def is_deterministic(self):
-        return True
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
-
-
 class Due(NamedTuple):
     """A reading whose forecast is due, waiting for its (batched) model call."""
 
@@ -240,13 +221,22 @@ class Due(NamedTuple):
     stream_id: str
     window: np.ndarray
     readings_seen: int
-    snapshot: tuple[int, np.ndarray]
+
+
+class DueBatch(NamedTuple):
+    """An element's outcomes that need no model call, and the due readings that wait for one."""
+
+    outcomes: list[Outcome]
+    snapshots: dict[str, bytes]
+    due: list[Due]
 
 
 class NaiveWindowDoFn(beam.DoFn):
-    """Stateful per stream: append the reading to the window; forecast from the whole window."""
+    """Stateful per state shard, like the job: append each reading to its stream's window; forecast from
+    the whole window. The windows live in the job's own shard state (:mod:`pipeline.shard_state`)."""
 
-    WINDOW = ReadModifyWriteStateSpec("naive_window", WindowCoder())
+    ENTRIES = entries_spec("windows")
+    VERSION = version_spec("windows")
 
     def __init__(
         self, artifact: str, mode: str, min_history: int | None, window: int = DEFAULT_WINDOW, min_window: int | None = None
@@ -264,35 +254,38 @@ class NaiveWindowDoFn(beam.DoFn):
         self._model = WindowModel.from_artifact(artifact) if self._mode == "per_reading" else None
         self._season = artifact.season
         self._name, self._version = artifact.cell, artifact.version
+        self._store = ShardStore(encode_window_snapshot, decode_window)
 
-    def process(self, element, window_state=beam.DoFn.StateParam(WINDOW)):
-        stream_id, inbound = element
-        meta = (inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms)
-        if inbound.dead_letter is not None:
-            yield Outcome(*meta, key=inbound.key, dead_letter=inbound.dead_letter, reason=inbound.reason)
+    def process(self, element, entries=beam.DoFn.StateParam(ENTRIES), version=beam.DoFn.StateParam(VERSION)):
+        key, inbounds = element
+        if is_rejected_key(key):
+            yield OutcomeBatch([passed_through(inbound) for inbound in inbounds], {})
             return
-        if inbound.commit:
-            yield Outcome(*meta, commit=True)
-            return
-        if inbound.reading is None:  # sweep requests: not used by the bench
-            return
-        stored = window_state.read()
-        seen, window = stored if stored is not None else (0, None)
-        window, applied = append_reading(window, inbound.reading, self._length)
-        if not applied:  # duplicate / out of order: no forecast, state untouched
-            yield Outcome(*meta, key=inbound.key)
-            return
-        seen += 1
-        window_state.write((seen, window))
-        snapshot = (seen, window)  # encoded by the sink when it writes the changelog, as rnncast's states
-        if not forecast_due(seen, self._season, self._min_history, self._min_window):
-            yield Outcome(*meta, key=inbound.key, stream_id=stream_id, snapshot=snapshot)
-        elif self._model is not None:
-            forecast = self._model.forecast_one(stream_id, window, seen)
-            yield Outcome(*meta, key=inbound.key, stream_id=stream_id,
-                          forecast=encode_forecast(forecast, self._name, self._version), snapshot=snapshot)
-        else:
-            yield Due(inbound, stream_id, window, seen, snapshot)
+        view = self._store.open(key, entries, version)
+        outcomes, due, stepped = [], [], set()
+        for inbound in inbounds:
+            if inbound.reading is None:  # sweep requests: not used by the bench
+                continue
+            stream_id = inbound.reading.stream_id
+            meta = (inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms)
+            seen, window = view.get(stream_id) or (0, None)
+            window, applied = append_reading(window, inbound.reading, self._length)
+            if not applied:  # duplicate / out of order: no forecast, state untouched
+                outcomes.append(Outcome(*meta, key=inbound.key))
+                continue
+            seen += 1
+            view.put(stream_id, (seen, window))
+            stepped.add(stream_id)
+            if not forecast_due(seen, self._season, self._min_history, self._min_window):
+                outcomes.append(Outcome(*meta, key=inbound.key))
+            elif self._model is not None:
+                forecast = self._model.forecast_one(stream_id, window, seen)
+                outcomes.append(Outcome(*meta, key=inbound.key, forecast=encode_forecast(forecast, self._name, self._version)))
+            else:
+                due.append(Due(inbound, stream_id, window, seen))
+        encoded = self._store.close(key, view, entries, version)
+        snapshots = {stream_id: encoded[stream_id] for stream_id in stepped}
+        yield DueBatch(outcomes, snapshots, due) if self._model is None else OutcomeBatch(outcomes, snapshots)
 
 
 class BatchForecasts(beam.DoFn):
@@ -311,33 +304,37 @@ class BatchForecasts(beam.DoFn):
         self._name, self._version = artifact.cell, artifact.version
 
     def start_bundle(self) -> None:
-        self._pending: list = []
+        self._pending: list[Due] = []
         self._since = 0.0
 
     def process(self, element):
-        if not isinstance(element, Due):
+        if isinstance(element, OutcomeBatch):
             yield element
             return
-        if not self._pending:
+        yield OutcomeBatch(element.outcomes, element.snapshots)
+        if element.due and not self._pending:
             self._since = time.monotonic()
-        self._pending.append(element)
-        if len(self._pending) >= self._max_batch or time.monotonic() - self._since >= self._max_seconds:
-            yield from self._flush()
+        self._pending.extend(element.due)
+        while len(self._pending) >= self._max_batch:
+            yield self._call(self._max_batch)
+        if self._pending and time.monotonic() - self._since >= self._max_seconds:
+            yield self._call(len(self._pending))
 
     def finish_bundle(self):
-        for outcome in self._flush():
-            yield WindowedValue(outcome, MIN_TIMESTAMP, [GlobalWindow()])
+        if self._pending:
+            yield WindowedValue(self._call(len(self._pending)), MIN_TIMESTAMP, [GlobalWindow()])
 
-    def _flush(self):
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        forecasts = self._model.forecast_batch([(d.stream_id, d.window, d.readings_seen) for d in pending])
-        for due, forecast in zip(pending, forecasts):
-            inbound = due.inbound
-            yield Outcome(inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
-                          key=inbound.key, stream_id=due.stream_id, snapshot=due.snapshot,
-                          forecast=encode_forecast(forecast, self._name, self._version))
+    def _call(self, count: int) -> OutcomeBatch:
+        """One model call for the first ``count`` pending windows."""
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        self._since = time.monotonic()
+        forecasts = self._model.forecast_batch([(d.stream_id, d.window, d.readings_seen) for d in batch])
+        outcomes = [
+            Outcome(d.inbound.partition, d.inbound.offset, d.inbound.position, d.inbound.timestamp_ms, key=d.inbound.key,
+                    forecast=encode_forecast(forecast, self._name, self._version))
+            for d, forecast in zip(batch, forecasts)
+        ]
+        return OutcomeBatch(outcomes, {})
 
 
 def build_pipeline(pipeline, options, layout, mode: str, metrics=None, window: int = DEFAULT_WINDOW, min_window: int | None = None) -> None:
@@ -347,13 +344,13 @@ def build_pipeline(pipeline, options, layout, mode: str, metrics=None, window: i
 
     metrics = metrics or default_metrics
     # Referenced through the importable module (not __main__), so Beam pickles the DoFns by reference.
-    from benchmarks.naive_job import BatchForecasts, NaiveWindowDoFn, encode_window_snapshot
+    from benchmarks.naive_job import BatchForecasts, NaiveWindowDoFn
     stepped = read_and_decode(pipeline, options, layout, metrics) | "NaiveForecast" >> beam.ParDo(
         NaiveWindowDoFn(options.artifact, mode, options.min_history, window, min_window)
     )
     if mode == "batched":
         stepped = stepped | "Batch" >> beam.ParDo(BatchForecasts(options.artifact))
-    publish_and_commit(stepped, options, layout, metrics, encode_snapshot=encode_window_snapshot)
+    publish_and_commit(stepped, options, layout, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,8 @@ def _number(kind: type, minimum: float, *, strictly: bool = False):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``serve`` options; unknown arguments are Beam pipeline options."""
+    from pipeline.messages import DEFAULT_STATE_SHARDS
+
     parser.allow_abbrev = False  # "--part" must not silently mean --partitions; Beam options pass through
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -94,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=_number(int, 1), default=2000, metavar="N",
         help="records read from a partition at a time: a bundle's forecasts and dead letters are flushed together; "
         "larger batches amortise Beam's per-bundle and per-stream costs under load (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--state-shards", type=_number(int, 1), default=DEFAULT_STATE_SHARDS, metavar="N",
+        help="streams are spread over N keys of the stateful step (by a hash of the stream id); each batch of "
+        "records becomes one element per shard, so Beam's per-element costs are paid per batch. More shards: "
+        "more parallelism on a distributed runner, smaller elements (default: %(default)s)",
     )
     serving.add_argument(
         "--commit-interval", type=_number(float, 0, strictly=True), default=5.0, metavar="SECONDS",
@@ -158,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
-            max_records=args.batch_size, commit_interval=args.commit_interval, artifact_poll_seconds=args.artifact_poll_seconds,
+            max_records=args.batch_size, state_shards=args.state_shards, commit_interval=args.commit_interval, artifact_poll_seconds=args.artifact_poll_seconds,
         )
         from pipeline.topics import validate_topic_name
 

@@ -1,7 +1,8 @@
-"""Beam coders for the job's state: explicit byte formats, never pickle.
+"""Beam coders for the job's state and shuffle: explicit byte formats, never pickle.
 
-* :class:`StreamStateCoder` — a stream's :class:`~models.state.StreamState`, in the engine's own
-  versioned format (:func:`models.state.encode_state`); the same bytes go to the changelog topic.
+(Stream states are bytes in Beam state already: :mod:`pipeline.shard_state` entries holding
+:func:`models.state.encode_state`, the same bytes the changelog gets.)
+
 * :class:`OffsetLedgerCoder` — the per-partition commit ledger of :mod:`pipeline.kafka_sink`.
 * :class:`InboundCoder` — the :class:`~pipeline.messages.Inbound` records that cross the shuffle into the
   stateful step (Beam's default would pickle them: slower, and not a format anyone can read).
@@ -15,32 +16,9 @@ from typing import Any
 from apache_beam.coders import Coder
 
 from models.reading import Reading
-from models.state import StreamState, decode_state, encode_state
 from pipeline.messages import Inbound
 
-__all__ = ["InboundCoder", "OffsetLedgerCoder", "StreamStateCoder"]
-
-
-class StreamStateCoder(Coder):
-    """Encodes a :class:`StreamState` with :func:`encode_state` (struct header + raw float64)."""
-
-    def encode(self, value: StreamState) -> bytes:
-        return encode_state(value)
-
-    def decode(self, encoded: bytes) -> StreamState:
-        return decode_state(encoded)
-
-    def is_deterministic(self) -> bool:
-        return True
-
-    def to_type_hint(self) -> type:
-        return StreamState
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
+__all__ = ["InboundCoder", "OffsetLedgerCoder"]
 
 
 _LEDGER_HEADER = struct.Struct("<qI")

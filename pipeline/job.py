@@ -4,8 +4,8 @@
 
     Create[(topic, partition, start offset)]
       -> ReadPartitions      splittable DoFn, one restriction per partition (pipeline/kafka_source.py)
-      -> DecodeRecords       pure decoding/validation, key by stream id (pipeline/forecast_dofn.py)
-      -> ForecastDoFn        stateful: Engine.step per reading, one Outcome per record
+      -> DecodeRecords       pure decoding/validation; one element per batch and state shard (pipeline/forecast_dofn.py)
+      -> ForecastDoFn        stateful per shard: Engine.step per reading, one Outcome per record
       -> PublishOutcomes     forecasts + dead letters per bundle; per commit request snapshots, then offsets
       -> CommitOffsets       stateful per partition: commits the contiguous completed prefix
 
@@ -101,7 +101,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLa
 
 
 def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> Any:
-    """The source and the decoder: a PCollection of ``(key, Inbound)`` for the stateful step."""
+    """The source and the decoder: a PCollection of ``(shard key, [Inbound, ...])`` for the stateful step."""
     beam.coders.registry.register_coder(Inbound, InboundCoder)
     elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
     return (
@@ -113,25 +113,20 @@ def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobL
                 run_id=layout.run_id, commit_interval=options.commit_interval, group=options.group, metrics=metrics,
             )
         )
-        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names)).with_output_types(beam.typehints.Tuple[str, Inbound])
+        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names, options.state_shards)).with_output_types(
+            beam.typehints.Tuple[str, beam.typehints.List[Inbound]]
+        )
     )
 
 
-def publish_and_commit(
-    outcomes: Any, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics, encode_snapshot: Any = None
-) -> None:
-    """The sink and the offset committer after the stateful step's :class:`~pipeline.messages.Outcome` s.
-
-    ``encode_snapshot``: how held snapshots become changelog values (None: :func:`models.state.encode_state`).
-    """
-    encoding = {} if encode_snapshot is None else {"encode_snapshot": encode_snapshot}
+def publish_and_commit(outcomes: Any, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> None:
+    """The sink and the offset committer after the stateful step's :class:`~pipeline.messages.OutcomeBatch` es."""
     (
         outcomes
         | "Publish" >> beam.ParDo(
             PublishOutcomes(
                 options.kafka, output_topic=options.output_topic, dlq_topic=options.dlq_topic,
                 changelog_topic=options.changelog_topic, commit_interval=options.commit_interval, metrics=metrics,
-                **encoding,
             )
         ).with_output_types(beam.typehints.Tuple[int, Any])
         | "CommitOffsets" >> beam.ParDo(
@@ -201,17 +196,15 @@ def _cheap_state_cache_sizing() -> None:
 
     Beam 2.77's ``statecache.get_deep_size`` calls ``objsize.get_deep_size`` with its default
     ``exclude_modules_globals``, which first walks the globals of every loaded module (~1,500 in this
-    job) to exclude them: ~0.66 ms per committed state, a third of the job's CPU at saturation
-    (py-spy, benchmarks/README.md). Our states hold no module globals, so that walk is skipped; and a
-    stream's cached value (a list of :class:`~models.state.StreamState`) is sized from its arrays'
-    ``nbytes`` plus the fixed part objsize measures once here (~1 µs instead of ~15 µs per write).
+    job) to exclude them: ~0.66 ms per committed state, a third of the job's CPU at saturation when
+    states were kept per stream (py-spy, benchmarks/README.md). Our states hold no module globals, so
+    that walk is skipped; and the job's cached values, lists of bytes (a shard's bag entries, its
+    version token), are sized from ``sys.getsizeof`` of each item, which is what objsize would find.
+    Every cached append re-sizes the whole list, so this matters more the larger a shard's bag grows.
     """
     import sys
 
-    import numpy as np
     from apache_beam.runners.worker import statecache
-
-    from models.state import StreamState
 
     original = statecache.get_deep_size
     if getattr(original, "_rnncast_cheap", False):
@@ -226,17 +219,11 @@ def _cheap_state_cache_sizing() -> None:
             exclude_modules_globals=False,
         )
 
-    sample = StreamState(1, 0.0, 0.0, 1.0, np.zeros(1), 1, np.zeros(1))
-    fixed = walked_size(sample) - sample.ring.nbytes - sample.cell_state.nbytes
-    empty_list = sys.getsizeof([])
+    getsizeof = sys.getsizeof
 
     def get_deep_size(*objs: Any) -> int:
-        if len(objs) == 1 and type(objs[0]) is list:
-            states = objs[0]
-            if all(type(state) is StreamState for state in states):
-                return empty_list + 8 * len(states) + sum(
-                    fixed + state.ring.nbytes + state.cell_state.nbytes for state in states
-                )
+        if len(objs) == 1 and type(objs[0]) is list and all(type(item) is bytes for item in objs[0]):
+            return getsizeof(objs[0]) + sum(map(getsizeof, objs[0]))
         return walked_size(*objs)
 
     get_deep_size._rnncast_cheap = True  # type: ignore[attr-defined]

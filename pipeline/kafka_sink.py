@@ -48,7 +48,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
-from pipeline.messages import Outcome
+from pipeline.messages import OutcomeBatch
 from pipeline.metrics import JobMetrics, default_metrics
 
 __all__ = ["CommitOffsets", "DeliveryError", "OffsetLedger", "PublishOutcomes", "merge_intervals"]
@@ -114,7 +114,8 @@ class OffsetLedger:
 
 
 class PublishOutcomes(beam.DoFn):
-    """Produces a bundle's outputs; on a commit request, its held snapshots, then ``(partition, intervals)``.
+    """Produces a bundle's outputs (:class:`~pipeline.messages.OutcomeBatch` es); on a commit request, its held
+    snapshots, then ``(partition, intervals)``.
 
     Args:
         settings: Kafka connection (with its security settings).
@@ -179,23 +180,24 @@ class PublishOutcomes(beam.DoFn):
         self._reasons: dict[str, int] = {}
         self._commit_requested = False
 
-    def process(self, outcome: Outcome) -> None:
-        if outcome.forecast is not None:
-            if outcome.partition < self._output_partitions:
-                self._send(self._output_topic, outcome.key, outcome.forecast, outcome.partition)
-            else:
-                self._send(self._output_topic, outcome.key, outcome.forecast)
-            self._forecast_times_ms.append(outcome.timestamp_ms)
-        if outcome.dead_letter is not None:
-            self._send(self._dlq_topic, outcome.key, outcome.dead_letter)
-            reason = outcome.reason or "bad_value"
-            self._reasons[reason] = self._reasons.get(reason, 0) + 1
-        if outcome.snapshot is not None and outcome.stream_id is not None:
-            self._snapshots[outcome.stream_id] = outcome.snapshot
-        if outcome.offset >= 0:
-            self._done.setdefault(outcome.partition, []).append((outcome.position, outcome.offset + 1))
-        elif outcome.commit:
-            self._commit_requested = True
+    def process(self, batch: OutcomeBatch) -> None:
+        for outcome in batch.outcomes:
+            if outcome.forecast is not None:
+                if outcome.partition < self._output_partitions:
+                    self._send(self._output_topic, outcome.key, outcome.forecast, outcome.partition)
+                else:
+                    self._send(self._output_topic, outcome.key, outcome.forecast)
+                self._forecast_times_ms.append(outcome.timestamp_ms)
+            if outcome.dead_letter is not None:
+                self._send(self._dlq_topic, outcome.key, outcome.dead_letter)
+                reason = outcome.reason or "bad_value"
+                self._reasons[reason] = self._reasons.get(reason, 0) + 1
+            if outcome.offset >= 0:
+                self._done.setdefault(outcome.partition, []).append((outcome.position, outcome.offset + 1))
+            elif outcome.commit:
+                self._commit_requested = True
+        if batch.snapshots:
+            self._snapshots.update(batch.snapshots)
 
     def _send(self, topic: str, key: bytes | None, value: bytes, *partition: int) -> None:
         try:

@@ -2,7 +2,7 @@
 
 Input elements are ``(topic, partition, start_offset)``; each becomes the restriction
 ``OffsetRange(start_offset, 2**63 - 1)``. Every call of :meth:`ReadPartitions.process` polls one batch,
-claims and emits each record as a :class:`~pipeline.messages.KafkaRecord`, then defers the rest of the
+claims its records and emits them as one :class:`~pipeline.messages.KafkaBatch`, then defers the rest of the
 range (with a short delay when the partition was idle), so the runner checkpoints after every batch.
 The start offset is the group's committed offset, read once when the job starts
 (:func:`start_offsets`); this source commits nothing itself (:mod:`pipeline.kafka_sink` does, after
@@ -33,7 +33,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
-from pipeline.messages import CommitRequest, KafkaRecord, SweepRequest
+from pipeline.messages import CommitRequest, KafkaBatch, KafkaRecord, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
 __all__ = ["MAX_OFFSET", "ReadPartitions", "request_stop", "reset_stop", "start_offsets", "stop_requested"]
@@ -104,7 +104,7 @@ class _PartitionRange(RestrictionProvider):
 
 
 class ReadPartitions(beam.DoFn):
-    """Splittable DoFn: ``(topic, partition, start)`` -> :class:`KafkaRecord` (and sweep requests).
+    """Splittable DoFn: ``(topic, partition, start)`` -> :class:`KafkaBatch` es (and sweep and commit requests).
 
     Args:
         settings: Kafka connection (with its security settings).
@@ -221,7 +221,7 @@ class ReadPartitions(beam.DoFn):
         self,
         element: tuple[str, int, int],
         tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_PartitionRange()),
-    ) -> Iterator[KafkaRecord | SweepRequest | CommitRequest]:
+    ) -> Iterator[KafkaBatch | SweepRequest | CommitRequest]:
         topic, partition, _ = element
         restriction = tracker.current_restriction()
         if _STOP.is_set():
@@ -236,16 +236,22 @@ class ReadPartitions(beam.DoFn):
         key = (topic, partition)
         batch = self._records(topic, partition, restriction.start)
         position = restriction.start
+        records = []
         for record in batch:
             offset = record.offset()
             if offset < position:
                 continue  # already claimed (cannot happen after a seek; defensive)
             if not tracker.try_claim(offset):
                 self._positions.pop(key, None)  # the runner split the range: seek next time
-                return
-            yield KafkaRecord(topic, partition, offset, position, record.timestamp()[1], record.key(), record.value())
+                break
+            records.append(KafkaRecord(topic, partition, offset, position, record.timestamp()[1], record.key(), record.value()))
             position = offset + 1
-        self._positions[key] = position
+        else:
+            self._positions[key] = position
+        if records:
+            yield KafkaBatch(partition, records)
+        if key not in self._positions:
+            return
         _, highwater = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
         if highwater >= 0:
             self._metrics.set_partition(partition, position, max(highwater - position, 0))

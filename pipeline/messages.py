@@ -37,6 +37,7 @@ import base64
 import json
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -47,22 +48,29 @@ from models.reading import Forecast, Reading
 from models.timeutil import format_timestamp, parse_timestamp
 
 __all__ = [
+    "DEFAULT_STATE_SHARDS",
     "MAX_MESSAGE_BYTES",
     "MAX_STREAM_ID_CHARS",
     "MAX_TIMESTAMP",
     "CommitRequest",
     "Inbound",
+    "KafkaBatch",
     "KafkaRecord",
     "Outcome",
+    "OutcomeBatch",
     "Rejection",
     "SweepRequest",
     "decode_reading",
     "encode_dead_letter",
     "encode_forecast",
+    "is_rejected_key",
+    "passed_through",
     "rejected_key",
     "reserved_covariates",
+    "state_shard",
 ]
 
+DEFAULT_STATE_SHARDS = 16  # --state-shards
 MAX_MESSAGE_BYTES = 1_000_000  # "too_large": more than 1 MB
 MAX_STREAM_ID_CHARS = 256
 MAX_TIMESTAMP = 253_370_764_800.0  # 9999-01-01T00:00:00Z: leaves a year for forecast target times
@@ -108,6 +116,13 @@ class KafkaRecord(NamedTuple):
     value: bytes | None
 
 
+class KafkaBatch(NamedTuple):
+    """The records one source call read from one partition, in offset order (one Beam element for all)."""
+
+    partition: int
+    records: list[KafkaRecord]
+
+
 class SweepRequest(NamedTuple):
     """Ask the stateful step to drop ``stream_id``'s state if its last reading is older than ``idle_before``."""
 
@@ -127,11 +142,11 @@ class CommitRequest(NamedTuple):
 
 
 class Inbound(NamedTuple):
-    """The value the stateful step receives (keyed by stream id, or by :func:`rejected_key`).
+    """One record for the stateful step, which receives them in lists keyed by :func:`state_shard` (or :func:`rejected_key`).
 
     Exactly one of ``reading``, ``dead_letter``, ``idle_before`` and ``commit`` is set: a valid reading,
-    a record rejected by decoding (its encoded dead letter and reason), a sweep request (offset -1) or
-    a :class:`CommitRequest` (offset -1).
+    a record rejected by decoding (its encoded dead letter and reason), a sweep request (offset -1,
+    ``key`` = the stream id's UTF-8) or a :class:`CommitRequest` (offset -1).
     """
 
     partition: int
@@ -148,18 +163,14 @@ class Inbound(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What the stateful step made of one input record (offset >= 0), a sweep or a commit request (offset -1).
+    """What the stateful step made of one input record (offset >= 0) or a commit request (offset -1).
 
     Attributes:
         partition, offset, position, timestamp_ms: From the :class:`KafkaRecord`.
         key: Kafka key for the forecast or dead letter (the stream id, or the input record's key).
-        stream_id: The stream whose state changed (None if none did).
         forecast: Encoded forecast to publish, if any.
         dead_letter: Encoded dead letter to publish, if any.
         reason: The dead letter's reason code.
-        snapshot: The stream's state after this record, when it changed (for the changelog): a
-            :class:`~models.state.StreamState`, encoded by the sink only if it is still the stream's
-            latest when the snapshots are written, or bytes already encoded.
         commit: A :class:`CommitRequest` passed on to the sink.
     """
 
@@ -168,21 +179,54 @@ class Outcome(NamedTuple):
     position: int
     timestamp_ms: int
     key: bytes | None = None
-    stream_id: str | None = None
     forecast: bytes | None = None
     dead_letter: bytes | None = None
     reason: str | None = None
-    snapshot: Any = None
     commit: bool = False
 
 
-def rejected_key(partition: int) -> str:
-    """The key under which a partition's undecodable records pass the stateful step.
+class OutcomeBatch(NamedTuple):
+    """What the stateful step made of one element (a list of :class:`Inbound`): one Beam element for the sink.
 
-    It starts with a control character, which no valid stream id contains, so it never meets a
-    stream's state; there is one per partition so their order is kept.
+    Attributes:
+        outcomes: One :class:`Outcome` per input record, in order.
+        snapshots: Stream id -> its state after the element, for the changelog: the encoded bytes, or a
+            value the sink's ``encode_snapshot`` encodes if it is still the stream's latest when snapshots
+            are written.
+    """
+
+    outcomes: list[Outcome]
+    snapshots: dict[str, Any]
+
+
+def passed_through(inbound: Inbound) -> Outcome:
+    """The outcome of a record rejected while decoding (its dead letter) or of a commit request."""
+    return Outcome(
+        inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
+        key=inbound.key, dead_letter=inbound.dead_letter, reason=inbound.reason, commit=inbound.commit,
+    )
+
+
+def state_shard(stream_id: str, shards: int) -> str:
+    """The key under which a stream's readings reach the stateful step: one of ``shards`` state shards.
+
+    CRC-32 of the UTF-8 id (the same in every process and on every runner, unlike ``hash``), so a
+    stream always meets its own state, whichever partition its readings come from.
+    """
+    return f"shard-{zlib.crc32(stream_id.encode('utf-8', 'surrogatepass')) % shards}"
+
+
+def rejected_key(partition: int) -> str:
+    """The key under which a partition's undecodable records and commit requests pass the stateful step.
+
+    It starts with a control character, unlike every :func:`state_shard` key, so it never meets a
+    state; there is one per partition so their order is kept.
     """
     return f"\x00rejected:{partition}"
+
+
+def is_rejected_key(key: str) -> bool:
+    return key.startswith("\x00rejected:")
 
 
 # --- decoding ---------------------------------------------------------------------------------

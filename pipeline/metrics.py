@@ -147,7 +147,8 @@ class JobMetrics:
             buckets=LATENCY_BUCKETS,
         )
         self.step_seconds = Histogram(
-            "rnncast_step_seconds", "Wall seconds of one engine step (one reading, one stream).",
+            "rnncast_step_seconds",
+            "Wall seconds of the engine per reading (readings stepped together share their batch's time equally).",
             registry=r, buckets=STEP_BUCKETS,
         )
         self.active_streams = Gauge("rnncast_active_streams", "Streams with live state in this job.", registry=r)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.kafka_config import KafkaSettings
+from pipeline.messages import DEFAULT_STATE_SHARDS
 from pipeline.state_store import changelog_topic
 
 __all__ = ["LOCAL_RUNNER", "ServeOptions", "beam_options", "is_local_runner"]
@@ -54,6 +55,7 @@ class ServeOptions:
         state_ttl: Seconds of event time after which a silent stream's state expires (None: never).
         max_future: Seconds a reading may lie after its stream's last reading.
         max_records: Records one source call reads at most (the bundle size per partition).
+        state_shards: Keys of the stateful step: streams are spread over this many state shards.
         commit_interval: Seconds between state snapshots + offset commits of a busy partition.
         artifact_poll_seconds: How often ``artifact`` is checked for a new model (0: never).
     """
@@ -73,6 +75,7 @@ class ServeOptions:
     state_ttl: float | None = None
     max_future: float = 86_400.0
     max_records: int = 2000
+    state_shards: int = DEFAULT_STATE_SHARDS
     commit_interval: float = 5.0
     artifact_poll_seconds: float = 10.0
 
@@ -88,6 +91,8 @@ class ServeOptions:
             raise ValueError("--state-ttl must be positive")
         if not self.artifact_poll_seconds >= 0:
             raise ValueError("--artifact-poll-seconds must be >= 0")
+        if self.state_shards < 1:
+            raise ValueError("--state-shards must be at least 1")
         if not self.commit_interval > 0:
             raise ValueError("--commit-interval must be positive")
         if not self.max_future > 0:

@@ -28,9 +28,21 @@ import serve_harness as h
 from models.artifact import load_artifact
 from models.reading import Reading
 from models.state import decode_state, encode_state
-from pipeline.coders import InboundCoder, OffsetLedgerCoder, StreamStateCoder
+from pipeline.coders import InboundCoder, OffsetLedgerCoder
 from pipeline.forecast_dofn import DecodeRecords, ForecastDoFn, ServedModel
-from pipeline.messages import Inbound, KafkaRecord, SweepRequest, encode_forecast, rejected_key
+from pipeline.messages import (
+    DEFAULT_STATE_SHARDS,
+    CommitRequest,
+    Inbound,
+    KafkaBatch,
+    KafkaRecord,
+    OutcomeBatch,
+    SweepRequest,
+    encode_forecast,
+    is_rejected_key,
+    rejected_key,
+    state_shard,
+)
 from pipeline.metrics import JobMetrics
 from pipeline.state_store import StaticRestore, is_marker
 
@@ -71,21 +83,35 @@ def _inbound(reading: Reading, offset: int, partition: int = 0) -> tuple[str, In
     return reading.stream_id, Inbound(partition, offset, offset, 1_700_000_000_000, reading=reading, raw=raw, key=reading.stream_id.encode())
 
 
-def _run(elements: list[tuple[str, Inbound]], expected: list[tuple], dofn: ForecastDoFn) -> None:
-    """Feeds the elements one bundle each (in order) and asserts the outcomes' summaries."""
+def _run(elements: list[tuple[str, Inbound]], expected: Any, dofn: ForecastDoFn, batch: int = 1,
+         snapshots: list[tuple] | None = None, shards: int = DEFAULT_STATE_SHARDS) -> None:
+    """Feeds the elements in order, ``batch`` records per bundle grouped by state shard as the decoder
+    groups a fetched batch, and asserts the outcomes' summaries (and the snapshots', if given).
+
+    ``expected``: the list of summaries, or a matcher called with the outcome batches.
+    """
     stream = BeamTestStream()
-    for element in elements:
-        stream = stream.add_elements([element])
+    for start in range(0, len(elements), batch):
+        groups: dict[str, list[Inbound]] = {}
+        for key, inbound in elements[start : start + batch]:
+            shard = key if is_rejected_key(key) else state_shard(key, shards)
+            groups.setdefault(shard, []).append(inbound)
+        stream = stream.add_elements(list(groups.items()))
     stream = stream.advance_watermark_to_infinity()
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
     with BeamTestPipeline(options=options) as pipeline:
-        outcomes = (
+        batches = (
             pipeline
             | stream
             | beam.Map(lambda kv: kv).with_output_types(beam.typehints.Tuple[str, Any])
             | beam.ParDo(dofn)
         )
-        assert_that(outcomes | beam.Map(_summary), equal_to(expected))
+        if callable(expected):
+            assert_that(batches, expected)
+        else:
+            assert_that(batches | beam.FlatMap(_summaries), equal_to(expected))
+        if snapshots is not None:
+            assert_that(batches | beam.FlatMap(_snapshot_summaries), equal_to(snapshots), label="snapshots")
 
 
 def _digest(forecast: bytes | None) -> str | None:
@@ -93,10 +119,16 @@ def _digest(forecast: bytes | None) -> str | None:
     return None if forecast is None else hashlib.sha256(forecast).hexdigest()[:16]
 
 
-def _summary(outcome: Any) -> tuple:
-    """(offset, digest of the forecast bytes, dead-letter reason, marker snapshot?) of an Outcome."""
-    marker = outcome.snapshot is not None and is_marker(outcome.snapshot)
-    return (outcome.offset, _digest(outcome.forecast), outcome.reason, marker)
+def _summaries(batch: OutcomeBatch) -> list[tuple]:
+    """(offset, digest of the forecast bytes, dead-letter reason, False) per outcome, and
+    (-1, None, None, True) per changelog marker of the batch."""
+    out = [(o.offset, _digest(o.forecast), o.reason, False) for o in batch.outcomes]
+    return out + [(-1, None, None, True) for s in batch.snapshots.values() if not isinstance(s, bytes) and is_marker(s)]
+
+
+def _snapshot_summaries(batch: OutcomeBatch) -> list[tuple]:
+    """(stream id, encoded state) of the batch's changelog snapshots that are states (not markers)."""
+    return [(stream_id, s) for stream_id, s in batch.snapshots.items() if isinstance(s, bytes)]
 
 
 def _offline(artifact: Path, readings: list[Reading]) -> tuple[list[tuple], list[Any]]:
@@ -129,6 +161,24 @@ def test_state_is_carried_per_stream(artifact: Path, streams: dict[str, list[Rea
     assert metrics.active_streams._value.get() == 2
 
 
+@pytest.mark.parametrize("batch", [7, 64])
+def test_batches_of_many_readings_per_stream_step_like_one_at_a_time(artifact, streams, batch: int) -> None:
+    """Elements with several readings of each stream (a backlog) give the same forecasts, and each
+    element's snapshot of a stream is its state after the element's last reading of it."""
+    a, b = streams.values()
+    readings = [r for pair in zip(a, b) for r in pair]
+    from pipeline.model_watch import compatibility_key
+
+    expected, history = _offline(artifact, readings)
+    key = compatibility_key(load_artifact(artifact))
+    last_in_batch: dict[tuple[int, str], bytes] = {}
+    for offset, reading in enumerate(readings):
+        last_in_batch[(offset // batch, reading.stream_id)] = encode_state(history[offset].with_source(0, offset, key))
+    snapshots = [(stream_id, state) for (_, stream_id), state in last_in_batch.items()]
+    _run([_inbound(r, i) for i, r in enumerate(readings)], expected, _dofn(artifact, f"batch{batch}"), batch, snapshots)
+    assert PrivateMetrics(f"batch{batch}")().readings._value.get() == len(readings)
+
+
 def test_duplicates_out_of_order_and_future_readings_are_dead_letters_and_leave_the_state(artifact, streams) -> None:
     (a, _) = streams.values()
     clean, _ = _offline(artifact, a)
@@ -151,6 +201,33 @@ def test_duplicates_out_of_order_and_future_readings_are_dead_letters_and_leave_
     _run(elements, expected, _dofn(artifact, "dead"))
     metrics = PrivateMetrics("dead")()
     assert metrics.readings._value.get() == len(a)
+
+
+def test_rounds_of_many_streams_step_together_like_the_offline_engine(artifact, streams) -> None:
+    """Six streams in one shard, 60 records per element: each round steps six streams at once
+    (Engine.step_many's batched path); forecasts equal the offline engine's within 1e-12 relative."""
+    (a, _) = streams.values()
+    readings = [
+        Reading(f"{r.stream_id}/{k}", r.timestamp, r.value * (1 + k / 10), r.covariates) for r in a for k in range(6)
+    ]
+    served = load_artifact(artifact)
+    engine, states, expected = served.engine(), {}, {}
+    for offset, reading in enumerate(readings):
+        result = engine.step(states.get(reading.stream_id), reading)
+        states[reading.stream_id] = result.state
+        expected[offset] = None if result.forecast is None else result.forecast.values
+
+    def matches(batches: list[OutcomeBatch]) -> None:
+        got = {o.offset: o.forecast for b in batches for o in b.outcomes}
+        assert sorted(got) == sorted(expected)
+        for offset, values in expected.items():
+            assert (got[offset] is None) == (values is None), offset
+            if values is not None:
+                forecast = json.loads(got[offset])["forecast"]
+                assert forecast == pytest.approx(list(values), rel=1e-12, abs=1e-12), offset
+
+    _run([_inbound(r, i) for i, r in enumerate(readings)], matches, _dofn(artifact, "rounds"), batch=60, shards=1)
+    assert PrivateMetrics("rounds")().readings._value.get() == len(readings)
 
 
 def test_rejected_records_pass_through_untouched(artifact: Path) -> None:
@@ -208,8 +285,9 @@ def test_a_sweep_clears_an_idle_stream_and_leaves_a_marker(artifact, streams) ->
     (a, _) = streams.values()
     clean, _ = _offline(artifact, a[:55])
     stream_id = a[0].stream_id
-    not_yet = (stream_id, Inbound(0, -1, -1, 0, idle_before=a[54].timestamp))  # not idle: ignored
-    sweep = (stream_id, Inbound(0, -1, -1, 0, idle_before=a[54].timestamp + 1))
+    key = stream_id.encode()
+    not_yet = (stream_id, Inbound(0, -1, -1, 0, key=key, idle_before=a[54].timestamp))  # not idle: ignored
+    sweep = (stream_id, Inbound(0, -1, -1, 0, key=key, idle_before=a[54].timestamp + 1))
     again = _inbound(a[55], 55)
     expected = clean + [(-1, None, None, True), (55, None, None, False)]
     elements = [_inbound(r, i) for i, r in enumerate(a[:55])] + [not_yet, sweep, again]
@@ -219,29 +297,48 @@ def test_a_sweep_clears_an_idle_stream_and_leaves_a_marker(artifact, streams) ->
     assert metrics.readings._value.get() == 56
 
 
-def test_decode_records_keys_readings_and_rejections(artifact: Path) -> None:
+def test_decode_records_groups_a_batch_by_shard_and_keys_rejections(artifact: Path) -> None:
     covariates = load_artifact(artifact).features.covariate_names
-    good = json.dumps({"stream_id": "s1", "timestamp": "2014-01-01T00:00:00Z", "value": 1.0, **{c: 1.0 for c in covariates}}).encode()
-    records = [
-        KafkaRecord("readings", 2, 10, 9, 5, b"s1", good),
-        KafkaRecord("readings", 2, 11, 11, 5, b"s1", b"{"),
-        SweepRequest(2, "s1", 123.0),
-    ]
-    out = [kv for record in records for kv in DecodeRecords(covariates).process(record)]
-    assert out[0][0] == "s1" and out[0][1].reading is not None and (out[0][1].offset, out[0][1].position) == (10, 9)
-    assert out[1][0] == rejected_key(2) and out[1][1].reason == "not_json"
-    assert json.loads(out[1][1].dead_letter)["offset"] == 11
-    assert out[2] == ("s1", Inbound(2, -1, -1, 0, idle_before=123.0))
+
+    def good(stream_id: str, minute: int) -> bytes:
+        doc = {"stream_id": stream_id, "timestamp": f"2014-01-01T00:{minute:02d}:00Z", "value": 1.0, **{c: 1.0 for c in covariates}}
+        return json.dumps(doc).encode()
+
+    streams = [f"s{i}" for i in range(40)]
+    records = [KafkaRecord("readings", 2, 10 + i, 9 + i, 5, s.encode(), good(s, 0)) for i, s in enumerate(streams)]
+    records.insert(3, KafkaRecord("readings", 2, 100, 100, 5, b"s1", b"{"))
+    records.append(KafkaRecord("readings", 2, 101, 101, 5, b"s0", good("s0", 30)))
+    out = dict(DecodeRecords(covariates, 4).process(KafkaBatch(2, records)))
+
+    assert set(out) == {rejected_key(2), *(state_shard(s, 4) for s in streams)} and len(out) == 5
+    assert [i.offset for i in out[rejected_key(2)]] == [100] and out[rejected_key(2)][0].reason == "not_json"
+    assert json.loads(out[rejected_key(2)][0].dead_letter)["offset"] == 100
+    for shard, inbounds in out.items():
+        if shard != rejected_key(2):
+            assert all(state_shard(i.reading.stream_id, 4) == shard for i in inbounds)
+            assert [i.offset for i in inbounds] == sorted(i.offset for i in inbounds)  # in log order
+    s0 = [i for i in out[state_shard("s0", 4)] if i.reading.stream_id == "s0"]
+    assert [(i.offset, i.position) for i in s0] == [(10, 9), (101, 101)]
+    assert sum(len(v) for v in out.values()) == len(records)  # every record exactly once
+
+    sweep = list(DecodeRecords(covariates, 4).process(SweepRequest(2, "s1", 123.0)))
+    assert sweep == [(state_shard("s1", 4), [Inbound(2, -1, -1, 0, key=b"s1", idle_before=123.0)])]
+    commit = list(DecodeRecords(covariates, 4).process(CommitRequest(2)))
+    assert commit == [(rejected_key(2), [Inbound(2, -1, -1, 0, commit=True)])]
 
 
-def test_coders_round_trip_without_pickle(artifact, streams) -> None:
-    (a, _) = streams.values()
-    _, history = _offline(artifact, a)
-    coder = StreamStateCoder()
-    for state in history[::7]:
-        assert coder.decode(coder.encode(state)) == state
-        assert coder.encode(state) == encode_state(state)
-    assert coder.is_deterministic()
+def test_state_shards_are_stable_and_spread_streams() -> None:
+    assert state_shard("vic_demand#3", 16) == state_shard("vic_demand#3", 16) == "shard-" + str(
+        __import__("zlib").crc32(b"vic_demand#3") % 16
+    )
+    counts: dict[str, int] = {}
+    for i in range(1600):
+        shard = state_shard(f"meter-{i}", 16)
+        counts[shard] = counts.get(shard, 0) + 1
+    assert len(counts) == 16 and min(counts.values()) > 60  # ~100 each
+
+
+def test_ledger_coder_round_trips() -> None:
     ledger = OffsetLedgerCoder()
     assert ledger.decode(ledger.encode((42, ((50, 60), (70, 71))))) == (42, ((50, 60), (70, 71)))
     assert ledger.decode(ledger.encode((0, ()))) == (0, ())
@@ -275,9 +372,9 @@ def test_the_job_shuffles_inbound_records_with_the_explicit_coder(artifact: Path
     options = ServeOptions(artifact=str(artifact), kafka=KafkaSettings(bootstrap="127.0.0.1:1"))
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     decoded = read_and_decode(pipeline, options, JobLayout((0,), {0: 0}, (), "x"))
-    assert decoded.element_type == beam.typehints.Tuple[str, Inbound]
+    assert decoded.element_type == beam.typehints.Tuple[str, beam.typehints.List[Inbound]]
     assert beam.coders.registry.get_coder(decoded.element_type).key_coder() == beam.coders.StrUtf8Coder()
-    assert beam.coders.registry.get_coder(decoded.element_type).value_coder() == InboundCoder()
+    assert beam.coders.registry.get_coder(decoded.element_type).value_coder() == beam.coders.ListCoder(InboundCoder())
 
 
 def test_the_job_graph_never_imports_tensorflow(artifact: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from models.state import StreamState, decode_state
 from pipeline.kafka_sink import PublishOutcomes
-from pipeline.messages import Outcome
+from pipeline.messages import Outcome, OutcomeBatch
 from pipeline.topics import ensure_topics
 
 
@@ -18,8 +18,11 @@ def _state(offset: int, value: float) -> StreamState:
     )
 
 
-def _reading(offset: int, state: StreamState) -> Outcome:
-    return Outcome(0, offset, offset, 1_000, key=b"a", stream_id="a", forecast=b'{"n":%d}' % offset, snapshot=state)
+def _reading(offset: int, state: StreamState) -> OutcomeBatch:
+    return OutcomeBatch([Outcome(0, offset, offset, 1_000, key=b"a", forecast=b'{"n":%d}' % offset)], {"a": state})
+
+
+_COMMIT = OutcomeBatch([Outcome(0, -1, -1, 0, commit=True)], {})
 
 
 class _Clock:
@@ -44,10 +47,10 @@ def sink(kafka_settings, unique_topic):
     publisher.teardown()
 
 
-def _bundle(publisher: PublishOutcomes, outcomes: list[Outcome]) -> list[tuple[int, tuple]]:
+def _bundle(publisher: PublishOutcomes, batches: list[OutcomeBatch]) -> list[tuple[int, tuple]]:
     publisher.start_bundle()
-    for outcome in outcomes:
-        publisher.process(outcome)
+    for batch in batches:
+        publisher.process(batch)
     return [value.value for value in publisher.finish_bundle()]
 
 
@@ -59,13 +62,13 @@ def test_snapshots_and_offsets_wait_for_a_commit_request(sink, kafka_settings, r
     assert [r.value for r in read_topic(kafka_settings.bootstrap, topics["forecasts"], expected=2)] == [b'{"n":0}', b'{"n":1}']
     assert read_topic(kafka_settings.bootstrap, topics["changelog"]) == []
 
-    released = _bundle(publisher, [Outcome(0, -1, -1, 0, commit=True)])
+    released = _bundle(publisher, [_COMMIT])
 
     assert released == [(0, ((0, 2),))]
     changelog = read_topic(kafka_settings.bootstrap, topics["changelog"], expected=1)
     assert [r.key for r in changelog] == [b"a"]  # one record: the stream's latest state only
     assert decode_state(changelog[0].value) == second
-    assert _bundle(publisher, [Outcome(0, -1, -1, 0, commit=True)]) == []  # nothing held any more
+    assert _bundle(publisher, [_COMMIT]) == []  # nothing held any more
 
 
 def test_the_interval_writes_without_a_request(sink, kafka_settings, read_topic) -> None:
@@ -90,8 +93,8 @@ def test_changelog_keys_land_where_kafka_python_puts_them(kafka_settings, unique
     publisher.setup()
     try:
         streams = [f"vic_demand#{i}" for i in range(40)]
-        commit = Outcome(0, -1, -1, 0, commit=True)
-        _bundle(publisher, [*(Outcome(0, i, i, 1, stream_id=s, snapshot=_state(i, 1.0)) for i, s in enumerate(streams)), commit])
+        batch = OutcomeBatch([Outcome(0, i, i, 1) for i in range(len(streams))], {s: _state(i, 1.0) for i, s in enumerate(streams)})
+        _bundle(publisher, [batch, _COMMIT])
     finally:
         publisher.teardown()
     records = read_topic(kafka_settings.bootstrap, topics["changelog"], expected=len(streams))

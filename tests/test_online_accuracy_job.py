@@ -86,7 +86,12 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
 
     suffix = uuid.uuid4().hex[:8]
     topics = dict(input_topic=f"readings-{suffix}", output_topic=f"forecasts-{suffix}", dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}")
-    job = h.ServeProcess(h.serve_args(artifact, broker.bootstrap, **topics, extra=["--topic-partitions", "1"]), tmp_path / "serve.log")
+    # One partition and one state shard: the job then scores readings in the input order, which the
+    # rolling skill window depends on (the error sums do not).
+    job = h.ServeProcess(
+        h.serve_args(artifact, broker.bootstrap, **topics, extra=["--topic-partitions", "1", "--state-shards", "1"]),
+        tmp_path / "serve.log",
+    )
     try:
         url = job.metrics_url()
         h.produce(broker.bootstrap, topics["input_topic"], [h.reading_message(r, data_covariates) for r in readings])
