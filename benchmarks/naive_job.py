@@ -11,8 +11,9 @@ as a fixed-window RunInference user would: in steady state every window is full,
 cost the bench measures.
 
 Two strategies, the rest of the graph being the job's own (``pipeline.kafka_source.ReadPartitions``,
-``pipeline.forecast_dofn.DecodeRecords``, ``pipeline.kafka_sink.PublishOutcomes`` and
-``CommitOffsets``, ``pipeline.job.prepare``), so only the serving strategy differs:
+``pipeline.forecast_dofn.RouteToShards``, ``pipeline.messages.decode_reading``,
+``pipeline.kafka_sink.PublishOutcomes`` and ``CommitOffsets``, ``pipeline.job.prepare``), so only the
+serving strategy differs:
 
 * ``--mode per_reading``: one direct Keras call ``model(inputs, training=False)`` per reading.
 * ``--mode batched``: RunInference-style: the stateful step emits the due windows, a batching DoFn
@@ -29,13 +30,12 @@ sink's commit requests, so the sink does the same work. Same command line as ``r
 
 from __future__ import annotations
 
-import math
 import struct
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -46,7 +46,16 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.features import FeatureSpec, input_matrix
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
-from pipeline.messages import Inbound, Outcome, OutcomeBatch, encode_forecast, is_rejected_key, passed_through
+from pipeline.messages import (
+    Outcome,
+    OutcomeBatch,
+    Rejection,
+    dead_letter_outcome,
+    decode_reading,
+    encode_forecast,
+    is_commit_key,
+    record_outcome,
+)
 from pipeline.shard_state import ShardStore, entries_spec, version_spec
 
 __all__ = ["DEFAULT_WINDOW", "MAX_BATCH", "MAX_BATCH_SECONDS", "WindowModel", "append_reading", "main", "window_inputs"]
@@ -217,7 +226,7 @@ def decode_window(data: bytes) -> tuple[int, np.ndarray]:
 class Due(NamedTuple):
     """A reading whose forecast is due, waiting for its (batched) model call."""
 
-    inbound: Inbound
+    pending: Outcome  # the record's outcome, without the forecast yet
     stream_id: str
     window: np.ndarray
     readings_seen: int
@@ -239,9 +248,11 @@ class NaiveWindowDoFn(beam.DoFn):
     VERSION = version_spec("windows")
 
     def __init__(
-        self, artifact: str, mode: str, min_history: int | None, window: int = DEFAULT_WINDOW, min_window: int | None = None
+        self, artifact: str, mode: str, min_history: int | None, window: int = DEFAULT_WINDOW, min_window: int | None = None,
+        covariates: tuple[str, ...] | None = None,
     ) -> None:
         self._artifact = artifact
+        self._decoded = covariates
         self._mode = mode
         self._min_history = min_history
         self._length = window
@@ -255,34 +266,36 @@ class NaiveWindowDoFn(beam.DoFn):
         self._season = artifact.season
         self._name, self._version = artifact.cell, artifact.version
         self._store = ShardStore(encode_window_snapshot, decode_window)
+        self._covariates = self._decoded if self._decoded is not None else artifact.features.covariate_names
 
     def process(self, element, entries=beam.DoFn.StateParam(ENTRIES), version=beam.DoFn.StateParam(VERSION)):
-        key, inbounds = element
-        if is_rejected_key(key):
-            yield OutcomeBatch([passed_through(inbound) for inbound in inbounds], {})
+        key, batch = element
+        if is_commit_key(key):
+            yield OutcomeBatch([Outcome(batch.partition, -1, -1, 0, commit=True)], {})
             return
         view = self._store.open(key, entries, version)
         outcomes, due, stepped = [], [], set()
-        for inbound in inbounds:
-            if inbound.reading is None:  # sweep requests: not used by the bench
+        for i, raw in enumerate(batch.values):  # sweeps: not used by the bench
+            reading = decode_reading(raw, batch.keys[i], self._covariates)
+            if isinstance(reading, Rejection):
+                outcomes.append(dead_letter_outcome(batch, i, reading.reason, reading.detail))
                 continue
-            stream_id = inbound.reading.stream_id
-            meta = (inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms)
+            stream_id = reading.stream_id
             seen, window = view.get(stream_id) or (0, None)
-            window, applied = append_reading(window, inbound.reading, self._length)
+            window, applied = append_reading(window, reading, self._length)
             if not applied:  # duplicate / out of order: no forecast, state untouched
-                outcomes.append(Outcome(*meta, key=inbound.key))
+                outcomes.append(record_outcome(batch, i))
                 continue
             seen += 1
             view.put(stream_id, (seen, window))
             stepped.add(stream_id)
             if not forecast_due(seen, self._season, self._min_history, self._min_window):
-                outcomes.append(Outcome(*meta, key=inbound.key))
+                outcomes.append(record_outcome(batch, i))
             elif self._model is not None:
                 forecast = self._model.forecast_one(stream_id, window, seen)
-                outcomes.append(Outcome(*meta, key=inbound.key, forecast=encode_forecast(forecast, self._name, self._version)))
+                outcomes.append(record_outcome(batch, i, forecast=encode_forecast(forecast, self._name, self._version)))
             else:
-                due.append(Due(inbound, stream_id, window, seen))
+                due.append(Due(record_outcome(batch, i), stream_id, window, seen))
         encoded = self._store.close(key, view, entries, version)
         snapshots = {stream_id: encoded[stream_id] for stream_id in stepped}
         yield DueBatch(outcomes, snapshots, due) if self._model is None else OutcomeBatch(outcomes, snapshots)
@@ -330,8 +343,7 @@ class BatchForecasts(beam.DoFn):
         self._since = time.monotonic()
         forecasts = self._model.forecast_batch([(d.stream_id, d.window, d.readings_seen) for d in batch])
         outcomes = [
-            Outcome(d.inbound.partition, d.inbound.offset, d.inbound.position, d.inbound.timestamp_ms, key=d.inbound.key,
-                    forecast=encode_forecast(forecast, self._name, self._version))
+            d.pending._replace(forecast=encode_forecast(forecast, self._name, self._version))
             for d, forecast in zip(batch, forecasts)
         ]
         return OutcomeBatch(outcomes, {})
@@ -339,14 +351,14 @@ class BatchForecasts(beam.DoFn):
 
 def build_pipeline(pipeline, options, layout, mode: str, metrics=None, window: int = DEFAULT_WINDOW, min_window: int | None = None) -> None:
     """The job's graph (``pipeline.job.build_pipeline``) with the stateful step swapped for a naive one."""
-    from pipeline.job import publish_and_commit, read_and_decode
+    from pipeline.job import publish_and_commit, read_and_route
     from pipeline.metrics import default_metrics
 
     metrics = metrics or default_metrics
     # Referenced through the importable module (not __main__), so Beam pickles the DoFns by reference.
     from benchmarks.naive_job import BatchForecasts, NaiveWindowDoFn
-    stepped = read_and_decode(pipeline, options, layout, metrics) | "NaiveForecast" >> beam.ParDo(
-        NaiveWindowDoFn(options.artifact, mode, options.min_history, window, min_window)
+    stepped = read_and_route(pipeline, options, layout, metrics) | "NaiveForecast" >> beam.ParDo(
+        NaiveWindowDoFn(options.artifact, mode, options.min_history, window, min_window, layout.covariate_names)
     )
     if mode == "batched":
         stepped = stepped | "Batch" >> beam.ParDo(BatchForecasts(options.artifact))

@@ -10,7 +10,7 @@ Format 2 added ``model_key``; format 1 states (no key) still decode, with ``mode
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +19,7 @@ STATE_FORMAT_VERSION = 2
 _HEADER = struct.Struct("<4sHqddddHHIqqQ")
 _HEADER_V1 = struct.Struct("<4sHqddddHHIqq")
 UNKNOWN_MODEL = 0
+_new_instance = object.__new__
 
 
 class StateDecodeError(ValueError):
@@ -63,18 +64,24 @@ class StreamState:
         return self.ring_fill < len(self.ring)
 
     def with_source(self, partition: int, offset: int, model_key: int | None = None) -> "StreamState":
-        """This state with the source position of its last reading (and the model's key, if given)."""
-        if model_key is None:
-            return replace(self, source_partition=partition, source_offset=offset)
-        return replace(self, source_partition=partition, source_offset=offset, model_key=model_key)
+        """This state with the source position of its last reading (and the model's key, if given).
+
+        Equal to ``dataclasses.replace``; copies the fields' dict instead (the job calls this once per
+        reading, and ``replace`` re-runs the generated ``__init__``: ~2 µs).
+        """
+        state = _new_instance(StreamState)
+        fields = state.__dict__
+        fields.update(self.__dict__)
+        fields["source_partition"] = partition
+        fields["source_offset"] = offset
+        if model_key is not None:
+            fields["model_key"] = model_key
+        return state
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StreamState) and encode_state(self) == encode_state(other)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-_new_instance = object.__new__
 
 
 def serving_state(

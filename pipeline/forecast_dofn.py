@@ -1,11 +1,11 @@
-"""Decode and key the records, then the stateful step: the one adapter between Beam state and the engine.
+"""Route the records to state shards, then the stateful step: the one adapter between Beam state and the engine.
 
-:class:`DecodeRecords` decodes each record of a :class:`~pipeline.messages.KafkaBatch` with the pure
-:func:`~pipeline.messages.decode_reading` and groups the batch by state shard
-(:func:`~pipeline.messages.state_shard`): one Beam element per shard and batch, so Beam's per-element
-and per-key costs are paid per batch, not per reading. :class:`ForecastDoFn` holds each shard's streams
-(:mod:`pipeline.shard_state`), steps each reading once (readings of distinct streams together, with
-:meth:`models.engine.Engine.step_many`) and emits one
+:class:`RouteToShards` splits each :class:`~pipeline.messages.KafkaBatch` by state shard (by the records'
+keys, :func:`~pipeline.messages.shard_of_key`): one Beam element per shard and batch, so Beam's
+per-element and per-key costs are paid per batch, not per reading. :class:`ForecastDoFn` holds each
+shard's streams (:mod:`pipeline.shard_state`), decodes each record with the pure
+:func:`~pipeline.messages.decode_reading` (a rejection is a dead letter), steps each reading once
+(readings of distinct streams together, with :meth:`models.engine.Engine.step_many`) and emits one
 :class:`~pipeline.messages.OutcomeBatch` per element: exactly one :class:`~pipeline.messages.Outcome` per
 input record (a forecast, a dead letter, or nothing to publish), so the sink can account for every
 offset, and the changed streams' snapshots for the changelog.
@@ -37,38 +37,38 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 
 from models.engine import APPLIED, Engine, StepResult
+from models.reading import Reading
 from models.state import StreamState, decode_state, encode_state
 from pipeline import model_watch
 from pipeline.accuracy_monitor import AccuracyMonitor
 from pipeline.messages import (
     DEFAULT_STATE_SHARDS,
-    CommitRequest,
-    Inbound,
     KafkaBatch,
     Outcome,
     OutcomeBatch,
     Rejection,
     SweepRequest,
+    commit_key,
+    dead_letter_outcome,
     decode_reading,
-    encode_dead_letter,
     encode_forecast,
-    is_rejected_key,
-    passed_through,
-    rejected_key,
+    is_commit_key,
+    record_outcome,
+    shard_of_key,
     state_shard,
 )
 from pipeline.metrics import JobMetrics, default_metrics
 from pipeline.shard_state import ShardStore, ShardView, entries_spec, version_spec
 from pipeline.state_store import IdleIndex, RestoredStates, idle_index, is_marker, marker_for
 
-__all__ = ["DecodeRecords", "ForecastDoFn", "ServedModel"]
+__all__ = ["ForecastDoFn", "RouteToShards", "ServedModel"]
 
 log = logging.getLogger(__name__)
 
@@ -102,54 +102,37 @@ class ServedModel:
         return served.engine, served.name, served.version
 
 
-class DecodeRecords(beam.DoFn):
-    """:class:`KafkaBatch` / :class:`SweepRequest` / :class:`CommitRequest` -> ``(key, [Inbound, ...])``.
+class RouteToShards(beam.DoFn):
+    """:class:`KafkaBatch` -> ``(shard key, KafkaBatch)``: one element per state shard of the batch's
+    records (by their Kafka keys, :func:`~pipeline.messages.shard_of_key`, in offset order) and sweeps,
+    then ``(commit_key, requests)`` if the batch is a commit request.
 
-    A batch's valid readings are grouped by :func:`~pipeline.messages.state_shard` (one element per
-    shard, in offset order), its rejected records under the partition's :func:`rejected_key`.
-    Stateless; never raises on data.
+    Stateless, and it never looks inside a value: decoding happens in the stateful step, so the
+    shuffle carries the records' raw bytes (cheaper to code than decoded readings).
     """
 
-    def __init__(self, covariate_names: Sequence[str], shards: int = DEFAULT_STATE_SHARDS) -> None:
-        self._covariates = tuple(covariate_names)
+    def __init__(self, shards: int = DEFAULT_STATE_SHARDS) -> None:
         self._shards = shards
 
-    def process(self, element: KafkaBatch | SweepRequest | CommitRequest) -> Iterator[tuple[str, list[Inbound]]]:
-        if isinstance(element, CommitRequest):
-            yield rejected_key(element.partition), [Inbound(element.partition, -1, -1, 0, commit=True)]
-            return
-        if isinstance(element, SweepRequest):
-            yield state_shard(element.stream_id, self._shards), [
-                Inbound(element.partition, -1, -1, 0, key=element.stream_id.encode("utf-8"), idle_before=element.idle_before)
-            ]
-            return
-        groups: dict[str, list[Inbound]] = {}
-        shards: dict[str, str] = {}  # stream id -> shard key, within this batch
-        for record in element.records:
-            decoded = decode_reading(record.value, record.key, self._covariates)
-            if isinstance(decoded, Rejection):
-                letter = encode_dead_letter(
-                    decoded.reason, decoded.detail, record.value, record.topic, record.partition, record.offset
-                )
-                inbound = Inbound(
-                    record.partition, record.offset, record.position, record.timestamp_ms,
-                    key=record.key, dead_letter=letter, reason=decoded.reason,
-                )
-                key = rejected_key(record.partition)
+    def process(self, batch: KafkaBatch) -> Iterator[tuple[str, KafkaBatch]]:
+        indices: dict[str, list[int]] = {}
+        shard_of: dict[bytes | None, str] = {}  # key -> shard, within this batch
+        for i, key in enumerate(batch.keys):
+            shard = shard_of.get(key)
+            if shard is None:
+                shard = shard_of[key] = shard_of_key(key, self._shards)
+            records = indices.get(shard)
+            if records is None:
+                indices[shard] = [i]
             else:
-                inbound = Inbound(
-                    record.partition, record.offset, record.position, record.timestamp_ms,
-                    reading=decoded, raw=record.value, key=record.key,
-                )
-                key = shards.get(decoded.stream_id)
-                if key is None:
-                    key = shards[decoded.stream_id] = state_shard(decoded.stream_id, self._shards)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [inbound]
-            else:
-                group.append(inbound)
-        yield from groups.items()
+                records.append(i)
+        sweeps: dict[str, list[SweepRequest]] = {}
+        for sweep in batch.sweeps:
+            sweeps.setdefault(state_shard(sweep.stream_id, self._shards), []).append(sweep)
+        for shard in {**indices, **sweeps}:
+            yield shard, batch.take(indices.get(shard, ()), tuple(sweeps.get(shard, ())))
+        if batch.commit:
+            yield commit_key(batch.partition), KafkaBatch.requests(batch.topic, batch.partition, commit=True)
 
 
 def _format(seconds: float) -> str:
@@ -166,7 +149,6 @@ class ForecastDoFn(beam.DoFn):
 
     Args:
         model: What to serve.
-        input_topic: Named in dead letters.
         max_future: --max-future, seconds.
         state_ttl: --state-ttl, seconds, or None (states never expire).
         restore: Object with ``load() -> RestoredStates`` (:class:`~pipeline.state_store.ChangelogRestore`
@@ -183,7 +165,6 @@ class ForecastDoFn(beam.DoFn):
         self,
         model: ServedModel,
         *,
-        input_topic: str,
         max_future: float = 86_400.0,
         state_ttl: float | None = None,
         restore: Any = None,
@@ -192,7 +173,6 @@ class ForecastDoFn(beam.DoFn):
         maintain_every: float = 10.0,
     ) -> None:
         self._model = model
-        self._input_topic = input_topic
         self._max_future = max_future
         self._state_ttl = state_ttl
         self._restore = restore
@@ -207,6 +187,10 @@ class ForecastDoFn(beam.DoFn):
         self._accuracy = AccuracyMonitor(self._metrics, self._served.horizon, self._served.step_seconds)
         self._restored: RestoredStates = self._restore.load() if self._restore is not None else RestoredStates()
         self._store: ShardStore[StreamState] = ShardStore(encode_state, decode_state)
+        # Readings are decoded with the job's covariates (the first model's unless given); a swapped-in
+        # model reads them through Served.reading.
+        covariates = self._model.covariates
+        self._covariates = covariates if covariates is not None else self._served.engine.features.covariate_names
         # Streams are indexed for sweeping only when states can expire.
         sweeping = self._run_id is not None and self._state_ttl is not None
         self._index: IdleIndex | None = idle_index(self._run_id) if sweeping else None
@@ -223,60 +207,65 @@ class ForecastDoFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[str, list[Inbound]],
+        element: tuple[str, KafkaBatch],
         entries: Any = beam.DoFn.StateParam(ENTRIES),
         version: Any = beam.DoFn.StateParam(VERSION),
     ) -> Iterator[OutcomeBatch]:
-        key, inbounds = element
+        key, batch = element
         served = self._watcher.current
         if served is not self._served:  # a hot swap: from this element on
             self._accuracy.reconfigure(served.horizon, served.step_seconds)
             self._served = served
-        if is_rejected_key(key):  # rejected while decoding, or commit requests: the state is not involved
-            yield OutcomeBatch([passed_through(inbound) for inbound in inbounds], {})
+        if is_commit_key(key):  # a commit request on its way to the sink: the state is not involved
+            yield OutcomeBatch([Outcome(batch.partition, -1, -1, 0, commit=True)], {})
         else:
-            yield self._process_shard(key, inbounds, entries, version)
+            yield self._process_shard(key, batch, entries, version)
         if self._state_ttl is not None and len(self._restored) and time.monotonic() >= self._next_maintenance:
             self._next_maintenance = time.monotonic() + self._maintain_every
             expired = self._expire_restored()
             if expired:
                 yield OutcomeBatch([], expired)
 
-    def _process_shard(self, shard: str, inbounds: list[Inbound], entries: Any, version: Any) -> OutcomeBatch:
-        """The element's records in order; readings of distinct streams are stepped together in rounds.
+    def _process_shard(self, shard: str, batch: KafkaBatch, entries: Any, version: Any) -> OutcomeBatch:
+        """The shard's records in order, then its sweeps; readings of distinct streams are stepped together.
 
-        A round collects readings until one of a stream already in it arrives (its rules need the state
-        the round's step will produce), then the whole round takes one :meth:`Engine.step_many`.
+        Each record is decoded here (a rejection is a dead letter). Readings are collected into a round
+        until one of a stream already in it arrives (its rules need the state the round's step will
+        produce); then the whole round takes one :meth:`Engine.step_many`.
         """
         view = self._store.open(shard, entries, version)
+        self._applied = 0  # readings applied by this element's rounds (rnncast_readings_total)
         outcomes: list[Outcome | None] = []
         stepped: set[str] = set()
-        markers: dict[str, StreamState] = {}
-        round_: list[tuple[int, Inbound, StreamState | None]] = []  # (outcome index, reading, live state)
+        round_: list[tuple[int, int, Reading, StreamState | None]] = []  # (outcome index, record, reading, live)
         in_round: set[str] = set()
-        for inbound in inbounds:
-            reading = inbound.reading
-            if reading is not None:
-                if reading.stream_id in in_round:
-                    self._step_round(round_, view, outcomes, stepped)
-                    round_, in_round = [], set()
-                done, live = self._prepare(inbound, view)
-                if done is not None:
-                    outcomes.append(done)
-                else:
-                    round_.append((len(outcomes), inbound, live))
-                    in_round.add(reading.stream_id)
-                    outcomes.append(None)
-            elif inbound.idle_before is not None and inbound.key is not None:
-                stream_id = inbound.key.decode("utf-8")
-                if stream_id in in_round:
-                    self._step_round(round_, view, outcomes, stepped)
-                    round_, in_round = [], set()
-                marker = self._sweep(stream_id, inbound.idle_before, view)
-                if marker is not None:
-                    markers[stream_id] = marker
+        covariates = self._covariates
+        keys = batch.keys
+        for i, raw in enumerate(batch.values):
+            reading = decode_reading(raw, keys[i], covariates)
+            if isinstance(reading, Rejection):
+                outcomes.append(dead_letter_outcome(batch, i, reading.reason, reading.detail))
+                continue
+            if reading.stream_id in in_round:
+                self._step_round(round_, batch, view, outcomes, stepped)
+                round_, in_round = [], set()
+            done, live = self._prepare(batch, i, reading, view)
+            if done is not None:
+                outcomes.append(done)
+            else:
+                round_.append((len(outcomes), i, reading, live))
+                in_round.add(reading.stream_id)
+                outcomes.append(None)
         if round_:
-            self._step_round(round_, view, outcomes, stepped)
+            self._step_round(round_, batch, view, outcomes, stepped)
+        if self._applied:
+            self._metrics.readings.inc(self._applied)
+        markers: dict[str, StreamState] = {}
+        for sweep in batch.sweeps:
+            marker = self._sweep(sweep.stream_id, sweep.idle_before, view)
+            if marker is not None:
+                markers[sweep.stream_id] = marker
+                stepped.discard(sweep.stream_id)
         encoded = self._store.close(shard, view, entries, version)
         snapshots: dict[str, Any] = markers
         for stream_id in stepped:
@@ -285,10 +274,10 @@ class ForecastDoFn(beam.DoFn):
 
     # --- the rules ------------------------------------------------------------------------------
 
-    def _prepare(self, inbound: Inbound, view: ShardView[StreamState]) -> tuple[Outcome | None, StreamState | None]:
-        """Rules 1-5 for a reading: ``(outcome, None)`` if it is done without a step, else ``(None, live state)``."""
-        reading = inbound.reading
-        assert reading is not None
+    def _prepare(
+        self, batch: KafkaBatch, i: int, reading: Reading, view: ShardView[StreamState]
+    ) -> tuple[Outcome | None, StreamState | None]:
+        """Rules 1-5 for record ``i``: ``(outcome, None)`` if it is done without a step, else ``(None, live state)``."""
         stream_id = reading.stream_id
         metrics = self._metrics
         current = view.get(stream_id)
@@ -299,19 +288,15 @@ class ForecastDoFn(beam.DoFn):
                 if not is_marker(current):
                     metrics.restored_streams.inc()
                     metrics.active_streams.inc()
-        if (
-            current is not None
-            and current.source_partition == inbound.partition
-            and inbound.offset <= current.source_offset
-        ):
+        if current is not None and current.source_partition == batch.partition and batch.offsets[i] <= current.source_offset:
             metrics.skipped_replayed.inc()
-            return Outcome(inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms), None
+            return Outcome(batch.partition, batch.offsets[i], batch.positions[i], batch.timestamps_ms[i]), None
         live = current if current is not None and not is_marker(current) else None
         if live is not None:
             gap = reading.timestamp - live.last_timestamp
             if gap > self._max_future:
-                return self._dead_letter(
-                    inbound, "future_timestamp",
+                return dead_letter_outcome(
+                    batch, i, "future_timestamp",
                     f"timestamp {_format(reading.timestamp)} is more than {self._max_future:g} s after the "
                     f"stream's last reading {_format(live.last_timestamp)}",
                 ), None
@@ -330,7 +315,8 @@ class ForecastDoFn(beam.DoFn):
 
     def _step_round(
         self,
-        round_: list[tuple[int, Inbound, StreamState | None]],
+        round_: list[tuple[int, int, Reading, StreamState | None]],
+        batch: KafkaBatch,
         view: ShardView[StreamState],
         outcomes: list[Outcome | None],
         stepped: set[str],
@@ -338,55 +324,52 @@ class ForecastDoFn(beam.DoFn):
         """Rule 6 for readings of distinct streams: one batched engine step, then each reading's outcome."""
         served = self._served
         started = time.perf_counter()
-        results = served.engine.step_many(
-            [live for _, _, live in round_], [served.reading(inbound.reading) for _, inbound, _ in round_]
-        )
-        per_reading = (time.perf_counter() - started) / len(round_)
-        observe = self._metrics.step_seconds.observe
-        for (index, inbound, live), result in zip(round_, results):
-            observe(per_reading)
-            outcomes[index] = self._apply(inbound, live, result, view, stepped)
+        results = served.engine.step_many([live for *_, live in round_], [served.reading(r) for _, _, r, _ in round_])
+        self._metrics.step_seconds.observe((time.perf_counter() - started) / len(round_))
+        for (index, i, reading, live), result in zip(round_, results):
+            outcomes[index] = self._apply(batch, i, reading, live, result, view, stepped)
 
     def _apply(
         self,
-        inbound: Inbound,
+        batch: KafkaBatch,
+        i: int,
+        reading: Reading,
         live: StreamState | None,
         result: StepResult | Exception,
         view: ShardView[StreamState],
         stepped: set[str],
     ) -> Outcome:
         """Rules 6-7 after the engine: the new state, metrics, online accuracy and the forecast."""
-        reading = inbound.reading
-        assert reading is not None
         stream_id = reading.stream_id
         if isinstance(result, Exception):  # one bad reading must not stop the job
             log.error(
                 "engine step failed for stream %r at %s", stream_id, _format(reading.timestamp),
                 exc_info=(type(result), result, result.__traceback__),
             )
-            return self._dead_letter(inbound, "bad_value", f"the model could not process this reading: {result}"[:200])
+            return dead_letter_outcome(batch, i, "bad_value", f"the model could not process this reading: {result}"[:200])
         if result.outcome != APPLIED:
             last = live.last_timestamp if live is not None else float("nan")
             relation = "equals" if result.outcome == "duplicate" else "is older than"
-            return self._dead_letter(
-                inbound, result.outcome,
+            return dead_letter_outcome(
+                batch, i, result.outcome,
                 f"timestamp {_format(reading.timestamp)} {relation} the stream's last reading {_format(last)}",
             )
         metrics = self._metrics
         served = self._served
-        state = result.state.with_source(inbound.partition, inbound.offset, served.key)
+        partition, offset = batch.partition, batch.offsets[i]
+        state = result.state.with_source(partition, offset, served.key)
         view.put(stream_id, state)
         stepped.add(stream_id)
+        self._applied += 1
         if live is None:
             metrics.active_streams.inc()
-        metrics.readings.inc()
         if result.imputed_steps:
             metrics.imputed_steps.inc(result.imputed_steps)
         if result.reset:
             metrics.stream_reset("gap")
             self._accuracy.reset_stream(stream_id)
         if self._index is not None:
-            self._index.note(inbound.partition, stream_id, reading.timestamp)
+            self._index.note(partition, stream_id, reading.timestamp)
         if not state.warming_up:
             self._accuracy.observe(
                 stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale,
@@ -395,16 +378,7 @@ class ForecastDoFn(beam.DoFn):
         forecast = None
         if result.forecast is not None:
             forecast = encode_forecast(result.forecast, served.name, served.version)
-        return Outcome(
-            inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms, key=inbound.key, forecast=forecast
-        )
-
-    def _dead_letter(self, inbound: Inbound, reason: str, detail: str) -> Outcome:
-        letter = encode_dead_letter(reason, detail, inbound.raw, self._input_topic, inbound.partition, inbound.offset)
-        return Outcome(
-            inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
-            key=inbound.key, dead_letter=letter, reason=reason,
-        )
+        return record_outcome(batch, i, forecast=forecast)
 
     def _sweep(self, stream_id: str, idle_before: float, view: ShardView[StreamState]) -> StreamState | None:
         """Drops an idle stream's state; returns the changelog's marker for it (its source position)."""

@@ -4,8 +4,8 @@
 
     Create[(topic, partition, start offset)]
       -> ReadPartitions      splittable DoFn, one restriction per partition (pipeline/kafka_source.py)
-      -> DecodeRecords       pure decoding/validation; one element per batch and state shard (pipeline/forecast_dofn.py)
-      -> ForecastDoFn        stateful per shard: Engine.step per reading, one Outcome per record
+      -> RouteToShards       one element per fetched batch and state shard, by record key (pipeline/forecast_dofn.py)
+      -> ForecastDoFn        stateful per shard: decode, Engine.step_many per round, one Outcome per record
       -> PublishOutcomes     forecasts + dead letters per bundle; per commit request snapshots, then offsets
       -> CommitOffsets       stateful per partition: commits the contiguous completed prefix
 
@@ -25,16 +25,16 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.coders import InboundCoder
-from pipeline.forecast_dofn import DecodeRecords, ForecastDoFn, ServedModel
+from pipeline.coders import KafkaBatchCoder
+from pipeline.forecast_dofn import ForecastDoFn, RouteToShards, ServedModel
 from pipeline.kafka_sink import CommitOffsets, PublishOutcomes
 from pipeline.kafka_source import ReadPartitions, request_stop, reset_stop, start_offsets
-from pipeline.messages import Inbound
+from pipeline.messages import KafkaBatch
 from pipeline.metrics import JobMetrics, default_metrics
 from pipeline.options import ServeOptions, is_local_runner
 from pipeline.state_store import ChangelogRestore, ensure_changelog
 
-__all__ = ["JobLayout", "build_pipeline", "prepare", "publish_and_commit", "read_and_decode", "run"]
+__all__ = ["JobLayout", "build_pipeline", "prepare", "publish_and_commit", "read_and_route", "run"]
 
 log = logging.getLogger("rnncast.serve")
 
@@ -91,18 +91,18 @@ def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLa
     restore = ChangelogRestore(
         options.kafka, options.changelog_topic, layout.partitions, dict(layout.start_offsets), options.state_ttl, layout.run_id
     )
-    outcomes = read_and_decode(pipeline, options, layout, metrics) | "Forecast" >> beam.ParDo(
+    outcomes = read_and_route(pipeline, options, layout, metrics) | "Forecast" >> beam.ParDo(
         ForecastDoFn(
-            model, input_topic=options.input_topic, max_future=options.max_future, state_ttl=options.state_ttl,
+            model, max_future=options.max_future, state_ttl=options.state_ttl,
             restore=restore, run_id=layout.run_id, metrics=metrics,
         )
     )
     publish_and_commit(outcomes, options, layout, metrics)
 
 
-def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> Any:
-    """The source and the decoder: a PCollection of ``(shard key, [Inbound, ...])`` for the stateful step."""
-    beam.coders.registry.register_coder(Inbound, InboundCoder)
+def read_and_route(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> Any:
+    """The source and the router: a PCollection of ``(shard key, KafkaBatch)`` for the stateful step."""
+    beam.coders.registry.register_coder(KafkaBatch, KafkaBatchCoder)
     elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
     return (
         pipeline
@@ -112,9 +112,9 @@ def read_and_decode(pipeline: beam.Pipeline, options: ServeOptions, layout: JobL
                 options.kafka, max_records=options.max_records, state_ttl=options.state_ttl,
                 run_id=layout.run_id, commit_interval=options.commit_interval, group=options.group, metrics=metrics,
             )
-        )
-        | "Decode" >> beam.ParDo(DecodeRecords(layout.covariate_names, options.state_shards)).with_output_types(
-            beam.typehints.Tuple[str, beam.typehints.List[Inbound]]
+        ).with_output_types(KafkaBatch)
+        | "RouteToShards" >> beam.ParDo(RouteToShards(options.state_shards)).with_output_types(
+            beam.typehints.Tuple[str, KafkaBatch]
         )
     )
 

@@ -6,9 +6,9 @@
    idempotent), flushes at the bundle's end and checks every acknowledgement;
 2. holds the latest state of every stream touched since the last snapshot write, with the offset
    intervals of the records done since then;
-3. when a :class:`~pipeline.messages.CommitRequest` arrives in a bundle (the source sends one when a
-   partition goes idle, every ``--commit-interval`` while it is busy, and at stop), or the interval has
-   passed since the last write, at the end of that bundle it produces the held states to the
+3. when a commit request arrives in a bundle (the source marks a :class:`~pipeline.messages.KafkaBatch`
+   as one when a partition goes idle, every ``--commit-interval`` while it is busy, and at stop), or
+   the interval has passed since the last write, at the end of that bundle it produces the held states to the
    changelog, flushes and checks again, and only then emits, per input partition, the offset
    intervals completed since the last write.
 
@@ -27,7 +27,7 @@ uncommitted progress. On a distributed runner the commit requests of one partiti
 worker; there the interval alone paces the writes.
 
 Each record's interval is ``[position, offset + 1)`` where ``position`` is the consumer position before
-it (see :class:`~pipeline.messages.KafkaRecord`), so holes in the log (compaction, transaction markers)
+it (see :class:`~pipeline.messages.KafkaBatch`), so holes in the log (compaction, transaction markers)
 do not stall the commits, and the ledger needs no knowledge of which offsets exist.
 """
 

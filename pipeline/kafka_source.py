@@ -2,15 +2,16 @@
 
 Input elements are ``(topic, partition, start_offset)``; each becomes the restriction
 ``OffsetRange(start_offset, 2**63 - 1)``. Every call of :meth:`ReadPartitions.process` polls one batch,
-claims its records and emits them as one :class:`~pipeline.messages.KafkaBatch`, then defers the rest of the
-range (with a short delay when the partition was idle), so the runner checkpoints after every batch.
+claims its records and emits them as one :class:`~pipeline.messages.KafkaBatch` (columns), then defers
+the rest of the range (with a short delay when the partition was idle), so the runner checkpoints
+after every batch.
 The start offset is the group's committed offset, read once when the job starts
 (:func:`start_offsets`); this source commits nothing itself (:mod:`pipeline.kafka_sink` does, after
 the outputs are acknowledged).
 
-Commit requests: a partition's reader also emits a :class:`~pipeline.messages.CommitRequest` when
-the partition goes idle after records, every ``commit_interval`` seconds while it stays busy, and at
-stop; the sink writes its held state snapshots and releases offsets for commit when one reaches it
+Commit requests: a partition's batch is also a commit request (``commit``) when the partition goes
+idle after records, every ``commit_interval`` seconds while it stays busy, and at stop; the sink
+writes its held state snapshots and releases offsets for commit when one reaches it
 (:mod:`pipeline.kafka_sink`).
 
 Stopping: :func:`request_stop` (the job's SIGTERM/SIGINT handler) makes every partition's next call
@@ -33,7 +34,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
-from pipeline.messages import CommitRequest, KafkaBatch, KafkaRecord, SweepRequest
+from pipeline.messages import KafkaBatch, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
 __all__ = ["MAX_OFFSET", "ReadPartitions", "request_stop", "reset_stop", "start_offsets", "stop_requested"]
@@ -104,7 +105,7 @@ class _PartitionRange(RestrictionProvider):
 
 
 class ReadPartitions(beam.DoFn):
-    """Splittable DoFn: ``(topic, partition, start)`` -> :class:`KafkaBatch` es (and sweep and commit requests).
+    """Splittable DoFn: ``(topic, partition, start)`` -> a :class:`KafkaBatch` per call (records, sweeps, commit request).
 
     Args:
         settings: Kafka connection (with its security settings).
@@ -221,7 +222,7 @@ class ReadPartitions(beam.DoFn):
         self,
         element: tuple[str, int, int],
         tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_PartitionRange()),
-    ) -> Iterator[KafkaBatch | SweepRequest | CommitRequest]:
+    ) -> Iterator[KafkaBatch]:
         topic, partition, _ = element
         restriction = tracker.current_restriction()
         if _STOP.is_set():
@@ -229,37 +230,47 @@ class ReadPartitions(beam.DoFn):
             # the runner then treats this partition as finished and the pipeline can drain.
             tracker.try_claim(restriction.stop - 1)
             self._commit_due.pop(partition, None)
-            yield CommitRequest(partition)
+            yield KafkaBatch.requests(topic, partition, commit=True)
             return
         from confluent_kafka import TopicPartition
 
         key = (topic, partition)
-        batch = self._records(topic, partition, restriction.start)
+        messages = self._records(topic, partition, restriction.start)
         position = restriction.start
-        records = []
-        for record in batch:
-            offset = record.offset()
+        offsets: list[int] = []
+        positions: list[int] = []
+        timestamps_ms: list[int] = []
+        keys: list[bytes | None] = []
+        values: list[bytes | None] = []
+        for message in messages:
+            offset = message.offset()
             if offset < position:
                 continue  # already claimed (cannot happen after a seek; defensive)
             if not tracker.try_claim(offset):
                 self._positions.pop(key, None)  # the runner split the range: seek next time
                 break
-            records.append(KafkaRecord(topic, partition, offset, position, record.timestamp()[1], record.key(), record.value()))
+            offsets.append(offset)
+            positions.append(position)
+            timestamps_ms.append(message.timestamp()[1])
+            keys.append(message.key())
+            values.append(message.value())
             position = offset + 1
         else:
             self._positions[key] = position
-        if records:
-            yield KafkaBatch(partition, records)
         if key not in self._positions:
+            if offsets:
+                yield KafkaBatch(topic, partition, offsets, positions, timestamps_ms, keys, values)
             return
         _, highwater = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
         if highwater >= 0:
             self._metrics.set_partition(partition, position, max(highwater - position, 0))
-        yield from self._sweeps(partition)
-        yield from self._commit_request(partition, bool(batch))
-        tracker.defer_remainder(None if batch else Duration.of(self._idle_delay))
+        sweeps = self._sweeps(partition)
+        commit = self._commit_request(partition, bool(messages))
+        if offsets or sweeps or commit:
+            yield KafkaBatch(topic, partition, offsets, positions, timestamps_ms, keys, values, sweeps, commit)
+        tracker.defer_remainder(None if messages else Duration.of(self._idle_delay))
 
-    def _commit_request(self, partition: int, busy: bool) -> Iterator[CommitRequest]:
+    def _commit_request(self, partition: int, busy: bool) -> bool:
         now = time.monotonic()
         due = self._commit_due.get(partition)
         if due is None:
@@ -267,17 +278,17 @@ class ReadPartitions(beam.DoFn):
                 self._commit_due[partition] = now + self._commit_interval
         elif not busy or now >= due:
             del self._commit_due[partition]
-            yield CommitRequest(partition)
+            return True
+        return False
 
-    def _sweeps(self, partition: int) -> Iterator[SweepRequest]:
+    def _sweeps(self, partition: int) -> tuple[SweepRequest, ...]:
         if self._state_ttl is None or self._run_id is None:
-            return
+            return ()
         now = time.monotonic()
         if now < self._next_sweep.get(partition, 0.0):
-            return
+            return ()
         self._next_sweep[partition] = now + self._sweep_every
         from pipeline.state_store import idle_index
 
         idle_before, idle = idle_index(self._run_id).take_idle(partition, self._state_ttl)
-        for stream_id in idle:
-            yield SweepRequest(partition, stream_id, idle_before)
+        return tuple(SweepRequest(partition, stream_id, idle_before) for stream_id in idle)

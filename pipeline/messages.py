@@ -27,8 +27,8 @@ size, UTF-8, JSON, object, ``stream_id`` (missing / type / rule), Kafka key, ``t
 covariates in the artifact's order. The remaining reason codes (``future_timestamp``, ``out_of_order``,
 ``duplicate``) need the stream's state and are decided by :mod:`pipeline.forecast_dofn`.
 
-This module imports neither Beam nor Kafka: the stage records below are plain NamedTuples, which
-Beam's default coder encodes field by field (deterministically, without pickling their values).
+This module imports neither Beam nor Kafka: the stage records below are plain NamedTuples;
+:mod:`pipeline.coders` gives the one that crosses Beam's shuffle (:class:`KafkaBatch`) an explicit coder.
 """
 
 from __future__ import annotations
@@ -52,21 +52,20 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_STREAM_ID_CHARS",
     "MAX_TIMESTAMP",
-    "CommitRequest",
-    "Inbound",
     "KafkaBatch",
-    "KafkaRecord",
     "Outcome",
     "OutcomeBatch",
     "Rejection",
     "SweepRequest",
+    "commit_key",
+    "dead_letter_outcome",
     "decode_reading",
     "encode_dead_letter",
     "encode_forecast",
-    "is_rejected_key",
-    "passed_through",
-    "rejected_key",
+    "is_commit_key",
+    "record_outcome",
     "reserved_covariates",
+    "shard_of_key",
     "state_shard",
 ]
 
@@ -92,37 +91,6 @@ class Rejection(NamedTuple):
 # --- stage records (source -> decode -> stateful step -> sink) --------------------------------
 
 
-class KafkaRecord(NamedTuple):
-    """One record as read by the source.
-
-    Attributes:
-        topic: The input topic.
-        partition: Its partition.
-        offset: Its offset.
-        position: The consumer position before this record; once the record is done, the group may
-            commit ``offset + 1`` provided everything from ``position`` on is done (``position < offset``
-            where the log has gaps).
-        timestamp_ms: The Kafka record timestamp (epoch milliseconds).
-        key: The raw key.
-        value: The raw value (None for a Kafka tombstone).
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    position: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-
-
-class KafkaBatch(NamedTuple):
-    """The records one source call read from one partition, in offset order (one Beam element for all)."""
-
-    partition: int
-    records: list[KafkaRecord]
-
-
 class SweepRequest(NamedTuple):
     """Ask the stateful step to drop ``stream_id``'s state if its last reading is older than ``idle_before``."""
 
@@ -131,47 +99,63 @@ class SweepRequest(NamedTuple):
     idle_before: float
 
 
-class CommitRequest(NamedTuple):
-    """The source asks the sink to write the held state snapshots and release offsets for commit now.
+class KafkaBatch(NamedTuple):
+    """Records of one input partition, in offset order, as columns; one Beam element for all of them.
 
-    Sent by a partition's reader when the partition goes idle, every ``--commit-interval`` while it
-    is busy, and when the job stops (see :mod:`pipeline.kafka_sink`).
+    The source emits one per call of a partition: the records it read, then the idle streams to sweep,
+    and whether this is a commit request (the sink then writes its held state snapshots and releases
+    offsets for commit: when the partition goes idle, every ``--commit-interval`` while it is busy,
+    and at stop; see :mod:`pipeline.kafka_sink`). :class:`~pipeline.forecast_dofn.RouteToShards` splits
+    it by state shard.
+
+    Attributes:
+        topic: The input topic.
+        partition: Its partition.
+        offsets: Each record's offset.
+        positions: The consumer position before each record: once a record is done, the group may
+            commit ``offset + 1`` provided everything from ``position`` on is done (``position < offset``
+            where the log has gaps).
+        timestamps_ms: The records' Kafka timestamps (epoch milliseconds).
+        keys: The raw keys.
+        values: The raw values (None for a Kafka tombstone).
+        sweeps: Streams to drop if idle.
+        commit: A commit request (after this batch's records).
     """
 
+    topic: str
     partition: int
-
-
-class Inbound(NamedTuple):
-    """One record for the stateful step, which receives them in lists keyed by :func:`state_shard` (or :func:`rejected_key`).
-
-    Exactly one of ``reading``, ``dead_letter``, ``idle_before`` and ``commit`` is set: a valid reading,
-    a record rejected by decoding (its encoded dead letter and reason), a sweep request (offset -1,
-    ``key`` = the stream id's UTF-8) or a :class:`CommitRequest` (offset -1).
-    """
-
-    partition: int
-    offset: int
-    position: int
-    timestamp_ms: int
-    reading: Reading | None = None
-    raw: bytes | None = None
-    key: bytes | None = None
-    dead_letter: bytes | None = None
-    reason: str | None = None
-    idle_before: float | None = None
+    offsets: Sequence[int]
+    positions: Sequence[int]
+    timestamps_ms: Sequence[int]
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
+    sweeps: tuple[SweepRequest, ...] = ()
     commit: bool = False
+
+    @classmethod
+    def requests(cls, topic: str, partition: int, sweeps: tuple[SweepRequest, ...] = (), commit: bool = False) -> "KafkaBatch":
+        """A batch without records: only sweeps and/or a commit request."""
+        return cls(topic, partition, (), (), (), (), (), sweeps, commit)
+
+    def take(self, indices: Sequence[int], sweeps: tuple[SweepRequest, ...] = ()) -> "KafkaBatch":
+        """The records at ``indices`` (in that order) with ``sweeps``, and no commit request."""
+        return KafkaBatch(
+            self.topic, self.partition, [self.offsets[i] for i in indices], [self.positions[i] for i in indices],
+            [self.timestamps_ms[i] for i in indices], [self.keys[i] for i in indices], [self.values[i] for i in indices],
+            sweeps,
+        )
 
 
 class Outcome(NamedTuple):
     """What the stateful step made of one input record (offset >= 0) or a commit request (offset -1).
 
     Attributes:
-        partition, offset, position, timestamp_ms: From the :class:`KafkaRecord`.
+        partition, offset, position, timestamp_ms: The record's (see :class:`KafkaBatch`).
         key: Kafka key for the forecast or dead letter (the stream id, or the input record's key).
         forecast: Encoded forecast to publish, if any.
         dead_letter: Encoded dead letter to publish, if any.
         reason: The dead letter's reason code.
-        commit: A :class:`CommitRequest` passed on to the sink.
+        commit: A commit request passed on to the sink.
     """
 
     partition: int
@@ -186,7 +170,7 @@ class Outcome(NamedTuple):
 
 
 class OutcomeBatch(NamedTuple):
-    """What the stateful step made of one element (a list of :class:`Inbound`): one Beam element for the sink.
+    """What the stateful step made of one element (a :class:`KafkaBatch` of one shard): one Beam element for the sink.
 
     Attributes:
         outcomes: One :class:`Outcome` per input record, in order.
@@ -199,12 +183,15 @@ class OutcomeBatch(NamedTuple):
     snapshots: dict[str, Any]
 
 
-def passed_through(inbound: Inbound) -> Outcome:
-    """The outcome of a record rejected while decoding (its dead letter) or of a commit request."""
-    return Outcome(
-        inbound.partition, inbound.offset, inbound.position, inbound.timestamp_ms,
-        key=inbound.key, dead_letter=inbound.dead_letter, reason=inbound.reason, commit=inbound.commit,
-    )
+def record_outcome(batch: KafkaBatch, i: int, **fields: Any) -> Outcome:
+    """The :class:`Outcome` of record ``i`` of ``batch`` (its position and Kafka key) with ``fields``."""
+    return Outcome(batch.partition, batch.offsets[i], batch.positions[i], batch.timestamps_ms[i], key=batch.keys[i], **fields)
+
+
+def dead_letter_outcome(batch: KafkaBatch, i: int, reason: str, detail: str) -> Outcome:
+    """Record ``i`` of ``batch`` as a dead letter (see :func:`encode_dead_letter`)."""
+    letter = encode_dead_letter(reason, detail, batch.values[i], batch.topic, batch.partition, batch.offsets[i])
+    return record_outcome(batch, i, dead_letter=letter, reason=reason)
 
 
 def state_shard(stream_id: str, shards: int) -> str:
@@ -213,20 +200,26 @@ def state_shard(stream_id: str, shards: int) -> str:
     CRC-32 of the UTF-8 id (the same in every process and on every runner, unlike ``hash``), so a
     stream always meets its own state, whichever partition its readings come from.
     """
-    return f"shard-{zlib.crc32(stream_id.encode('utf-8', 'surrogatepass')) % shards}"
+    return shard_of_key(stream_id.encode("utf-8", "surrogatepass"), shards)
 
 
-def rejected_key(partition: int) -> str:
-    """The key under which a partition's undecodable records and commit requests pass the stateful step.
+def shard_of_key(key: bytes | None, shards: int) -> str:
+    """:func:`state_shard` of a record by its Kafka key, before decoding: a valid reading's key is its
+    stream id's UTF-8, so it lands in its stream's shard; an invalid one is dead-lettered wherever it lands."""
+    return f"shard-{zlib.crc32(key or b'') % shards}"
+
+
+def commit_key(partition: int) -> str:
+    """The key under which a partition's commit requests pass the stateful step (to reach the sink).
 
     It starts with a control character, unlike every :func:`state_shard` key, so it never meets a
-    state; there is one per partition so their order is kept.
+    state; there is one per partition.
     """
-    return f"\x00rejected:{partition}"
+    return f"\x00commit:{partition}"
 
 
-def is_rejected_key(key: str) -> bool:
-    return key.startswith("\x00rejected:")
+def is_commit_key(key: str) -> bool:
+    return key.startswith("\x00commit:")
 
 
 # --- decoding ---------------------------------------------------------------------------------

@@ -148,7 +148,8 @@ class JobMetrics:
         )
         self.step_seconds = Histogram(
             "rnncast_step_seconds",
-            "Wall seconds of the engine per reading (readings stepped together share their batch's time equally).",
+            "Wall seconds of the engine per reading, observed once per engine call (a round of readings of "
+            "distinct streams stepped together).",
             registry=r, buckets=STEP_BUCKETS,
         )
         self.active_streams = Gauge("rnncast_active_streams", "Streams with live state in this job.", registry=r)

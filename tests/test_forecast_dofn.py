@@ -7,12 +7,13 @@ expiry by --state-ttl and by sweep requests, and --max-future.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pytest
@@ -28,21 +29,19 @@ import serve_harness as h
 from models.artifact import load_artifact
 from models.reading import Reading
 from models.state import decode_state, encode_state
-from pipeline.coders import InboundCoder, OffsetLedgerCoder
-from pipeline.forecast_dofn import DecodeRecords, ForecastDoFn, ServedModel
+from pipeline.coders import KafkaBatchCoder, OffsetLedgerCoder
+from pipeline.forecast_dofn import ForecastDoFn, RouteToShards, ServedModel
 from pipeline.messages import (
     DEFAULT_STATE_SHARDS,
-    CommitRequest,
-    Inbound,
     KafkaBatch,
-    KafkaRecord,
     OutcomeBatch,
     SweepRequest,
+    commit_key,
     encode_forecast,
-    is_rejected_key,
-    rejected_key,
+    shard_of_key,
     state_shard,
 )
+from pipeline.replay import encode_reading
 from pipeline.metrics import JobMetrics
 from pipeline.state_store import StaticRestore, is_marker
 
@@ -78,25 +77,49 @@ def streams(artifact: Path) -> dict[str, list[Reading]]:
     return out
 
 
-def _inbound(reading: Reading, offset: int, partition: int = 0) -> tuple[str, Inbound]:
-    raw = json.dumps({"stream_id": reading.stream_id, "timestamp": reading.timestamp, "value": reading.value}).encode()
-    return reading.stream_id, Inbound(partition, offset, offset, 1_700_000_000_000, reading=reading, raw=raw, key=reading.stream_id.encode())
+class Rec(NamedTuple):
+    """A record of partition 0 for :func:`_run` (position = offset)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 
-def _run(elements: list[tuple[str, Inbound]], expected: Any, dofn: ForecastDoFn, batch: int = 1,
+@functools.cache
+def _covariates() -> tuple[str, ...]:
+    return load_artifact(h.trained_artifact()).features.covariate_names
+
+
+def _inbound(reading: Reading, offset: int) -> Rec:
+    """The reading as the record a producer writes (key = stream id, value = its JSON)."""
+    return Rec(offset, reading.stream_id.encode(), encode_reading(reading, _covariates()))
+
+
+def _batches(elements: list[Rec | SweepRequest], batch: int) -> list[KafkaBatch]:
+    """``batch`` elements per source batch, as the source emits them (records, then sweeps)."""
+    out = []
+    for start in range(0, len(elements), batch):
+        chunk = elements[start : start + batch]
+        records = [e for e in chunk if isinstance(e, Rec)]
+        sweeps = tuple(e for e in chunk if isinstance(e, SweepRequest))
+        offsets = [r.offset for r in records]
+        out.append(KafkaBatch(
+            "readings", 0, offsets, offsets, [1_700_000_000_000] * len(records), [r.key for r in records],
+            [r.value for r in records], sweeps,
+        ))
+    return out
+
+
+def _run(elements: list[Rec | SweepRequest], expected: Any, dofn: ForecastDoFn, batch: int = 1,
          snapshots: list[tuple] | None = None, shards: int = DEFAULT_STATE_SHARDS) -> None:
-    """Feeds the elements in order, ``batch`` records per bundle grouped by state shard as the decoder
-    groups a fetched batch, and asserts the outcomes' summaries (and the snapshots', if given).
+    """Feeds the elements in order, ``batch`` per source batch routed by :class:`RouteToShards` (one bundle
+    per source batch), and asserts the outcomes' summaries (and the snapshots', if given).
 
     ``expected``: the list of summaries, or a matcher called with the outcome batches.
     """
     stream = BeamTestStream()
-    for start in range(0, len(elements), batch):
-        groups: dict[str, list[Inbound]] = {}
-        for key, inbound in elements[start : start + batch]:
-            shard = key if is_rejected_key(key) else state_shard(key, shards)
-            groups.setdefault(shard, []).append(inbound)
-        stream = stream.add_elements(list(groups.items()))
+    for source_batch in _batches(elements, batch):
+        stream = stream.add_elements(list(RouteToShards(shards).process(source_batch)))
     stream = stream.advance_watermark_to_infinity()
     options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
     with BeamTestPipeline(options=options) as pipeline:
@@ -147,7 +170,7 @@ def _offline(artifact: Path, readings: list[Reading]) -> tuple[list[tuple], list
 
 
 def _dofn(artifact: Path, name: str, **kwargs: Any) -> ForecastDoFn:
-    return ForecastDoFn(ServedModel(str(artifact)), input_topic="readings", metrics=PrivateMetrics(name), **kwargs)
+    return ForecastDoFn(ServedModel(str(artifact)), metrics=PrivateMetrics(name), **kwargs)
 
 
 def test_state_is_carried_per_stream(artifact: Path, streams: dict[str, list[Reading]]) -> None:
@@ -230,10 +253,14 @@ def test_rounds_of_many_streams_step_together_like_the_offline_engine(artifact, 
     assert PrivateMetrics("rounds")().readings._value.get() == len(readings)
 
 
-def test_rejected_records_pass_through_untouched(artifact: Path) -> None:
-    letter = b'{"reason":"not_json"}'
-    element = (rejected_key(0), Inbound(0, 7, 5, 0, key=b"k", dead_letter=letter, reason="not_json"))
-    _run([element], [(7, None, "not_json", False)], _dofn(artifact, "rejected"))
+def test_undecodable_records_become_dead_letters_where_they_land(artifact: Path, streams) -> None:
+    (a, _) = streams.values()
+    records = [Rec(7, b"k", b"{"), Rec(8, None, b"[1]"), Rec(9, b"x", None), _inbound(a[0], 10)]
+    expected = [(7, None, "not_json", False), (8, None, "not_object", False), (9, None, "not_json", False),
+                (10, None, None, False)]
+    _run(records, expected, _dofn(artifact, "rejected"), batch=4)
+    metrics = PrivateMetrics("rejected")()
+    assert metrics.readings._value.get() == 1
 
 
 @pytest.mark.parametrize("crash_after", [49, 60])
@@ -285,9 +312,8 @@ def test_a_sweep_clears_an_idle_stream_and_leaves_a_marker(artifact, streams) ->
     (a, _) = streams.values()
     clean, _ = _offline(artifact, a[:55])
     stream_id = a[0].stream_id
-    key = stream_id.encode()
-    not_yet = (stream_id, Inbound(0, -1, -1, 0, key=key, idle_before=a[54].timestamp))  # not idle: ignored
-    sweep = (stream_id, Inbound(0, -1, -1, 0, key=key, idle_before=a[54].timestamp + 1))
+    not_yet = SweepRequest(0, stream_id, a[54].timestamp)  # not idle: ignored
+    sweep = SweepRequest(0, stream_id, a[54].timestamp + 1)
     again = _inbound(a[55], 55)
     expected = clean + [(-1, None, None, True), (55, None, None, False)]
     elements = [_inbound(r, i) for i, r in enumerate(a[:55])] + [not_yet, sweep, again]
@@ -297,34 +323,32 @@ def test_a_sweep_clears_an_idle_stream_and_leaves_a_marker(artifact, streams) ->
     assert metrics.readings._value.get() == 56
 
 
-def test_decode_records_groups_a_batch_by_shard_and_keys_rejections(artifact: Path) -> None:
-    covariates = load_artifact(artifact).features.covariate_names
+def test_route_to_shards_splits_a_batch_by_record_key() -> None:
+    streams = [f"s{i}".encode() for i in range(40)]
+    keys: list[bytes | None] = [*streams, b"s1", None, b"s0"]
+    n = len(keys)
+    batch = KafkaBatch(
+        "readings", 2, list(range(10, 10 + n)), list(range(9, 9 + n)), [5] * n, keys, [b"v%d" % i for i in range(n)],
+        (SweepRequest(2, "s3", 123.0), SweepRequest(2, "gone", 7.0)), commit=True,
+    )
+    out = list(RouteToShards(4).process(batch))
 
-    def good(stream_id: str, minute: int) -> bytes:
-        doc = {"stream_id": stream_id, "timestamp": f"2014-01-01T00:{minute:02d}:00Z", "value": 1.0, **{c: 1.0 for c in covariates}}
-        return json.dumps(doc).encode()
-
-    streams = [f"s{i}" for i in range(40)]
-    records = [KafkaRecord("readings", 2, 10 + i, 9 + i, 5, s.encode(), good(s, 0)) for i, s in enumerate(streams)]
-    records.insert(3, KafkaRecord("readings", 2, 100, 100, 5, b"s1", b"{"))
-    records.append(KafkaRecord("readings", 2, 101, 101, 5, b"s0", good("s0", 30)))
-    out = dict(DecodeRecords(covariates, 4).process(KafkaBatch(2, records)))
-
-    assert set(out) == {rejected_key(2), *(state_shard(s, 4) for s in streams)} and len(out) == 5
-    assert [i.offset for i in out[rejected_key(2)]] == [100] and out[rejected_key(2)][0].reason == "not_json"
-    assert json.loads(out[rejected_key(2)][0].dead_letter)["offset"] == 100
-    for shard, inbounds in out.items():
-        if shard != rejected_key(2):
-            assert all(state_shard(i.reading.stream_id, 4) == shard for i in inbounds)
-            assert [i.offset for i in inbounds] == sorted(i.offset for i in inbounds)  # in log order
-    s0 = [i for i in out[state_shard("s0", 4)] if i.reading.stream_id == "s0"]
-    assert [(i.offset, i.position) for i in s0] == [(10, 9), (101, 101)]
-    assert sum(len(v) for v in out.values()) == len(records)  # every record exactly once
-
-    sweep = list(DecodeRecords(covariates, 4).process(SweepRequest(2, "s1", 123.0)))
-    assert sweep == [(state_shard("s1", 4), [Inbound(2, -1, -1, 0, key=b"s1", idle_before=123.0)])]
-    commit = list(DecodeRecords(covariates, 4).process(CommitRequest(2)))
-    assert commit == [(rejected_key(2), [Inbound(2, -1, -1, 0, commit=True)])]
+    assert out[-1] == (commit_key(2), KafkaBatch.requests("readings", 2, commit=True))
+    routed = dict(out[:-1])
+    assert len(routed) == len(out) - 1 <= 4
+    seen = []
+    for shard, part in routed.items():
+        assert not part.commit and (part.topic, part.partition) == ("readings", 2)
+        assert all(shard_of_key(k, 4) == shard for k in part.keys)
+        assert list(part.offsets) == sorted(part.offsets)  # log order kept
+        assert all(state_shard(s.stream_id, 4) == shard for s in part.sweeps)
+        for j, offset in enumerate(part.offsets):
+            i = offset - 10
+            assert (part.positions[j], part.keys[j], part.values[j]) == (batch.positions[i], keys[i], batch.values[i])
+            seen.append(offset)
+    assert sorted(seen) == list(batch.offsets)  # every record exactly once
+    assert sorted(s.stream_id for part in routed.values() for s in part.sweeps) == ["gone", "s3"]
+    assert state_shard("s0", 4) == shard_of_key(b"s0", 4)  # a valid reading lands in its stream's shard
 
 
 def test_state_shards_are_stable_and_spread_streams() -> None:
@@ -344,37 +368,40 @@ def test_ledger_coder_round_trips() -> None:
     assert ledger.decode(ledger.encode((0, ()))) == (0, ())
 
 
+_optional_bytes = st.none() | st.binary(max_size=30)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    partition=st.integers(0, 2**31 - 1), offset=st.integers(-1, 2**62), timestamp_ms=st.integers(-1, 2**62),
-    stream_id=st.text(max_size=12), timestamp=st.floats(allow_nan=False), value=st.floats(allow_nan=False),
-    covariates=st.lists(st.floats(allow_nan=False), max_size=4).map(tuple),
-    raw=st.none() | st.binary(max_size=40), key=st.none() | st.binary(max_size=12),
-    dead_letter=st.none() | st.binary(max_size=30), reason=st.none() | st.text(max_size=12),
-    idle_before=st.none() | st.floats(allow_nan=False), with_reading=st.booleans(), commit=st.booleans(),
+    topic=st.text(min_size=1, max_size=12), partition=st.integers(0, 2**31 - 1),
+    records=st.lists(
+        st.tuples(st.integers(-1, 2**62), st.integers(-1, 2**62), st.integers(-(2**62), 2**62), _optional_bytes, _optional_bytes),
+        max_size=20,
+    ),
+    sweeps=st.lists(st.tuples(st.text(max_size=12), st.floats(allow_nan=False)), max_size=3), commit=st.booleans(),
 )
-def test_the_shuffle_coder_round_trips_every_inbound(
-    partition, offset, timestamp_ms, stream_id, timestamp, value, covariates, raw, key, dead_letter, reason,
-    idle_before, with_reading, commit,
-) -> None:
-    reading = Reading(stream_id, timestamp, value, covariates) if with_reading else None
-    inbound = Inbound(partition, offset, offset, timestamp_ms, reading, raw, key, dead_letter, reason, idle_before, commit)
-    coder = InboundCoder()
-    assert coder.decode(coder.encode(inbound)) == inbound
-    assert coder.is_deterministic() and coder.encode(inbound) == coder.encode(inbound)
+def test_the_shuffle_coder_round_trips_every_batch(topic, partition, records, sweeps, commit) -> None:
+    columns = [list(column) for column in zip(*records)] if records else [[], [], [], [], []]
+    batch = KafkaBatch(topic, partition, *columns, tuple(SweepRequest(partition, s, t) for s, t in sweeps), commit)
+    coder = KafkaBatchCoder()
+    decoded = coder.decode(coder.encode(batch))
+    assert decoded == batch._replace(**{f: list(getattr(batch, f)) for f in ("offsets", "positions", "timestamps_ms", "keys", "values")})
+    assert coder.is_deterministic() and coder.encode(batch) == coder.encode(decoded)
+    assert coder.estimate_size(batch) >= sum(len(v) for v in batch.values if v)
 
 
-def test_the_job_shuffles_inbound_records_with_the_explicit_coder(artifact: Path) -> None:
-    from pipeline.job import JobLayout, read_and_decode
+def test_the_job_shuffles_batches_with_the_explicit_coder(artifact: Path) -> None:
+    from pipeline.job import JobLayout, read_and_route
     from pipeline.kafka_config import KafkaSettings
     from pipeline.options import ServeOptions
 
     options = ServeOptions(artifact=str(artifact), kafka=KafkaSettings(bootstrap="127.0.0.1:1"))
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-    decoded = read_and_decode(pipeline, options, JobLayout((0,), {0: 0}, (), "x"))
-    assert decoded.element_type == beam.typehints.Tuple[str, beam.typehints.List[Inbound]]
-    assert beam.coders.registry.get_coder(decoded.element_type).key_coder() == beam.coders.StrUtf8Coder()
-    assert beam.coders.registry.get_coder(decoded.element_type).value_coder() == beam.coders.ListCoder(InboundCoder())
+    routed = read_and_route(pipeline, options, JobLayout((0,), {0: 0}, (), "x"))
+    assert routed.element_type == beam.typehints.Tuple[str, KafkaBatch]
+    assert beam.coders.registry.get_coder(routed.element_type).key_coder() == beam.coders.StrUtf8Coder()
+    assert beam.coders.registry.get_coder(routed.element_type).value_coder() == KafkaBatchCoder()
+    assert beam.coders.registry.get_coder(routed.producer.inputs[0].element_type) == KafkaBatchCoder()  # the source's output
 
 
 def test_the_job_graph_never_imports_tensorflow(artifact: Path) -> None:

@@ -20,11 +20,12 @@ from pipeline.messages import (
     MAX_STREAM_ID_CHARS,
     MAX_TIMESTAMP,
     Rejection,
+    commit_key,
     decode_reading,
     decode_reading_with_json,
     encode_dead_letter,
     encode_forecast,
-    rejected_key,
+    state_shard,
 )
 from pipeline.metrics import DEAD_LETTER_REASONS
 from pipeline.replay import encode_reading
@@ -169,9 +170,10 @@ def test_valid_forms() -> None:
     assert decode_reading(_doc(value=3), b"s1", ()) == Reading("s1", 1388536200.0, 3.0, ())
 
 
-def test_the_rejected_key_is_never_a_stream_id() -> None:
-    result = decode_reading(_doc(stream_id=rejected_key(0)), rejected_key(0).encode(), COVARIATES)
+def test_the_commit_key_is_never_a_stream_or_shard_key() -> None:
+    result = decode_reading(_doc(stream_id=commit_key(0)), commit_key(0).encode(), COVARIATES)
     assert isinstance(result, Rejection) and result.reason == "bad_stream_id"
+    assert all(commit_key(p) != state_shard(commit_key(p), n) for p in range(4) for n in (1, 16))
 
 
 @PROPERTY

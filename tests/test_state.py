@@ -60,3 +60,16 @@ def test_the_model_key_round_trips_and_format_1_states_still_decode():
     )
     back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
     assert back == old and back.model_key == 0
+
+
+def test_with_source_equals_dataclasses_replace() -> None:
+    import dataclasses
+
+    state = sample_state()
+    assert state.with_source(3, 98765) == dataclasses.replace(state, source_partition=3, source_offset=98765)
+    stamped = state.with_source(2, 7, model_key=42)
+    assert stamped == dataclasses.replace(state, source_partition=2, source_offset=7, model_key=42)
+    assert (stamped.source_partition, stamped.source_offset, stamped.model_key) == (2, 7, 42)
+    assert state.source_offset != 7 and stamped.ring is state.ring  # a new value; the arrays are shared, as replace does
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stamped.source_offset = 8  # type: ignore[misc]
