@@ -59,8 +59,10 @@ class KafkaBatchCoder(Coder):
     """Encodes a :class:`KafkaBatch` as columns: a header, the topic, the int64 columns, the key and value
     lengths (int32, -1 for None) and then all keys and all values back to back, then the sweeps.
 
-    Everything round-trips exactly (stream ids as UTF-8 with ``surrogatepass``). About 20 times cheaper
-    than pickling the batch, which Beam otherwise does for every source output to estimate its size.
+    Everything round-trips exactly (stream ids as UTF-8 with ``surrogatepass``). Measured on a batch of
+    2,000 readings: 0.15 µs per record to encode, 0.26 µs to decode, 0.03 µs for the size estimate
+    Beam samples every source output for (pickle's columns cost about the same, but pickle is not a
+    format we send between workers).
     """
 
     def encode(self, value: KafkaBatch) -> bytes:
