@@ -150,7 +150,7 @@ def test_the_bag_is_compacted_and_keeps_only_the_latest_states() -> None:
             else:
                 expected[stream_id] = value
         _element(store, committed, changes)
-        assert len(committed.bag) <= 2 * len(expected) + COMPACT_SLACK + 30
+        assert len(committed.bag) <= len(expected) + len(expected) // 4 + COMPACT_SLACK + 30
     assert _truth(committed) == expected
 
 
