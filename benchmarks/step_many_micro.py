@@ -35,7 +35,7 @@ from models.reading import Reading
 from models.scaling import ScalerParams
 from models.state import StreamState
 
-BATCH_SIZES = (1, 4, 16, 64, 256)
+BATCH_SIZES = (1, 4, 8, 16, 32, 64, 256)  # the job's rounds are mostly 8-20 streams
 
 
 def streams(count: int, length: int, n_covariates: int, step_seconds: float) -> list[list[Reading]]:

@@ -1,13 +1,13 @@
-"""The engine's single-stream fast path is bit-identical to the batch path it replaces."""
+"""The engine's fast paths are bit-identical to the batch path they replace: one stream, and a batch in place."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from models.cells import step_stack, step_stack_one
-from models.engine import Engine, EngineConfig
-from models.features import FeatureSpec, InputRowBuilder, input_vector
+from models.cells import step_stack, step_stack_many, step_stack_one
+from models.engine import Engine, EngineConfig, _InputRows
+from models.features import FeatureSpec, InputRowBuilder, input_matrix, input_vector
 from models.reading import Reading
 from models.scaling import ScalerParams
 from models.state import StreamState, encode_state, serving_state
@@ -65,6 +65,56 @@ def test_step_one_is_bit_identical_to_a_batch_of_one(cell, layers):
         np.testing.assert_array_equal(weights.skip_one(x, base), weights.skip(x[np.newaxis], base[np.newaxis])[0])
         assert not np.shares_memory(new_state, state)
         state = new_state
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("units", [6, 64])
+def test_step_many_is_bit_identical_to_the_batch_step(cell, layers, units):
+    weights = random_weights(cell, layers, units, 7, 5, seed=layers)
+    rng = np.random.default_rng(units)
+    for n in (1, 2, 3, 8, 17, 64):
+        state = rng.normal(size=(n, weights.state_size))
+        for _ in range(4):
+            x = rng.normal(scale=2.0, size=(n, 7))
+            head, new_state = weights.step_many(x, state)
+            batch_head, batch_state = weights.step(x, state)
+            np.testing.assert_array_equal(head, batch_head)
+            np.testing.assert_array_equal(new_state, batch_state)
+            out, stack_state = step_stack_many(weights.layers, x, state)
+            batch_out, _ = step_stack(weights.layers, x, state)
+            np.testing.assert_array_equal(out, batch_out)
+            np.testing.assert_array_equal(stack_state, new_state)
+            base = rng.normal(size=(n, 5))
+            np.testing.assert_array_equal(weights.skip_many(x, base), weights.skip(x, base))
+            assert not np.shares_memory(new_state, state) and not np.shares_memory(head, new_state)
+            state = new_state
+
+
+def test_step_many_rejects_a_state_of_another_width():
+    weights = random_weights("lstm", 2, 4, 3, 2)
+    x, state = np.zeros((5, 3)), np.zeros((5, weights.state_size))
+    for wrong in (state[:, :-1], np.zeros((5, weights.state_size + 1)), state[0]):
+        with pytest.raises(ValueError, match="flat state"):
+            weights.step_many(x, wrong)
+
+
+@pytest.mark.parametrize("covariates,calendar", [(2, True), (0, True), (1, False)])
+def test_batch_input_rows_equal_input_matrix_and_the_per_reading_rows(covariates, calendar):
+    features = spec(covariates, calendar)
+    rng = np.random.default_rng(covariates)
+    timestamps = np.array([0.0, 1_400_000_123.5, -86_400.0 * 3 - 17.0, *rng.uniform(0, 2e9, size=60)])
+    n = len(timestamps)
+    values, means, scales = rng.normal(size=n), rng.normal(size=n), rng.uniform(0.1, 3.0, size=n)
+    covs = rng.normal(size=(n, covariates))
+    columns = np.vstack([values, timestamps, means, scales, covs.T])  # [4 + C, n], as Engine.step_many builds it
+    rows = _InputRows(features)(columns)
+    assert rows.shape == (features.size, n)
+    np.testing.assert_array_equal(rows.T, input_matrix(features, (values - means) / scales, covs, timestamps))
+    build = InputRowBuilder(features)
+    for k in range(n):
+        value = (float(values[k]) - float(means[k])) / float(scales[k])
+        np.testing.assert_array_equal(rows[:, k], build(value, tuple(covs[k].tolist()), float(timestamps[k])))
 
 
 @pytest.mark.parametrize("covariates,calendar", [(2, True), (0, True), (1, False)])

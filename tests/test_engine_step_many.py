@@ -211,8 +211,19 @@ def warmed_up(engine: Engine, streams: int, readings: int, covariates: int = 1) 
     return states
 
 
-def recording(engine: Engine) -> tuple[Engine, RecordingNetwork]:
-    network = RecordingNetwork(engine.weights)
+class RecordingFastNetwork(RecordingNetwork):
+    """A :class:`RecordingNetwork` with the in-place batch methods of a plain stack, recorded as ``("many", n)``."""
+
+    def step_many(self, x, flat_state):
+        self.batch_sizes.append(("many", x.shape[0]))
+        return self._network.step_many(x, flat_state)
+
+    def skip_many(self, x, base):
+        return self._network.skip_many(x, base)
+
+
+def recording(engine: Engine, network_type: type = RecordingNetwork) -> tuple[Engine, RecordingNetwork]:
+    network = network_type(engine.weights)
     return Engine(network, engine.features, engine.config), network
 
 
@@ -243,6 +254,18 @@ def test_steady_readings_share_one_batched_step_and_the_rest_go_one_by_one(make_
     for state, reading, result in zip(states, readings, results):
         assert_same(result, step_or_error(engine, state, reading))
     assert [type(result).__name__ for result in results].count("ValueError") == 2
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_plain_stack_steps_the_batch_in_place(cell):
+    engine, network = recording(plain_engine(cell, layers=2), RecordingFastNetwork)
+    states = warmed_up(engine, 7, engine.config.min_history)
+    readings = [reading_for(f"s{k}", state, "next", 0, np.random.default_rng(k)) for k, state in enumerate(states)]
+    network.batch_sizes.clear()
+    results = engine.step_many(states, readings)
+    assert network.batch_sizes == [("many", 7)]
+    for state, reading, result in zip(states, readings, results):
+        assert_same(result, engine.step(state, reading))
 
 
 def test_fewer_steady_readings_than_min_batch_go_one_by_one():
@@ -277,16 +300,42 @@ def test_every_result_owns_its_arrays():
     ids=["other_model", "zero_scale"],
 )
 def test_a_state_step_rejects_fails_alone_in_a_steady_batch(corrupt, error):
-    engine = plain_engine("lstm")
+    engine, network = recording(plain_engine("lstm"))
     states = warmed_up(engine, 6, engine.config.min_history)
     states[2] = corrupt(states[2])
     readings = [reading_for(f"s{k}", state, "next", 0, np.random.default_rng(k)) for k, state in enumerate(states)]
+    network.batch_sizes.clear()
     results = engine.step_many(states, readings)
+    assert network.batch_sizes[0] == 5  # the other five still share one batched step
     with pytest.raises(error):
         engine.step(states[2], readings[2])
     assert isinstance(results[2], error)
     for state, reading, result in zip(states, readings, results):
         assert_same(result, step_or_error(engine, state, reading))
+
+
+def test_a_value_that_is_not_a_number_fails_alone_at_its_index():
+    engine = plain_engine("gru")
+    states = warmed_up(engine, 5, engine.config.min_history)
+    readings = [reading_for(f"s{k}", state, "next", 0, np.random.default_rng(k)) for k, state in enumerate(states)]
+    readings[1] = dataclasses.replace(readings[1], value="12.5")  # type: ignore[arg-type]
+    results = engine.step_many(states, readings)
+    assert isinstance(results[1], TypeError)
+    for state, reading, result in zip(states, readings, results):
+        assert_same(result, step_or_error(engine, state, reading))
+
+
+def test_states_that_are_not_float64_are_stepped_as_step_steps_them():
+    engine = plain_engine("lstm")
+    states = [
+        dataclasses.replace(state, ring=state.ring.astype(np.float32), cell_state=state.cell_state.astype(np.float32))
+        for state in warmed_up(engine, 5, engine.config.min_history)
+    ]
+    readings = [reading_for(f"s{k}", state, "next", 0, np.random.default_rng(k)) for k, state in enumerate(states)]
+    for state, reading, result in zip(states, readings, engine.step_many(states, readings)):
+        expected = engine.step(state, reading)
+        assert result.state.ring.dtype == expected.state.ring.dtype == np.float32
+        assert_same(result, expected)
 
 
 def test_a_repeated_stream_is_rejected():
