@@ -100,8 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_argument(
         "--state-shards", type=_number(int, 1), default=DEFAULT_STATE_SHARDS, metavar="N",
         help="streams are spread over N keys of the stateful step (by a hash of the stream id); each batch of "
-        "records becomes one element per shard, so Beam's per-element costs are paid per batch. More shards: "
-        "more parallelism on a distributed runner, smaller elements (default: %(default)s)",
+        "records becomes one element per shard, so Beam's per-element costs are paid per batch and the readings "
+        "of a shard's streams are stepped together. More shards: more parallelism on a distributed runner (at "
+        "least its number of workers), but smaller elements and rounds (default: %(default)s, best measured on "
+        "one local worker)",
     )
     serving.add_argument(
         "--commit-interval", type=_number(float, 0, strictly=True), default=5.0, metavar="SECONDS",

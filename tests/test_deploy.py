@@ -31,7 +31,7 @@ K8S = DEPLOY / "k8s"
 # pipeline/cli_serve.py). Anything else on a serve command line must be a Beam pipeline option.
 SERVE_FLAGS = frozenset({
     "--artifact", "--bootstrap", "--input-topic", "--output-topic", "--dlq-topic", "--group",
-    "--partitions", "--metrics-host", "--metrics-port", "--min-history", "--max-gap", "--state-ttl",
+    "--partitions", "--metrics-host", "--metrics-port", "--min-history", "--max-gap", "--state-ttl", "--state-shards",
     "--security-protocol", "--sasl-mechanism", "--sasl-username", "--sasl-password-file",
     "--ssl-cafile", "--ssl-certfile", "--ssl-keyfile",
 })

@@ -38,6 +38,7 @@ INPUT_TOPIC=${INPUT_TOPIC:-readings}
 OUTPUT_TOPIC=${OUTPUT_TOPIC:-forecasts}
 DLQ_TOPIC=${DLQ_TOPIC:-readings-dlq}
 GROUP=${GROUP:-rnncast}
+STATE_SHARDS=${STATE_SHARDS:-16}  # keys of the stateful step: at least the workers that should share it
 MAX_WORKERS=${MAX_WORKERS:-4}
 SECURITY_PROTOCOL=${SECURITY_PROTOCOL:-SASL_SSL}
 SASL_MECHANISM=${SASL_MECHANISM:-SCRAM-SHA-512}
@@ -52,6 +53,7 @@ cmd=(
   --output-topic "$OUTPUT_TOPIC"
   --dlq-topic "$DLQ_TOPIC"
   --group "$GROUP"
+  --state-shards "$STATE_SHARDS"
   --security-protocol "$SECURITY_PROTOCOL"
 )
 if [[ "$SECURITY_PROTOCOL" == SASL_* ]]; then
