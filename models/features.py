@@ -120,3 +120,50 @@ class InputRowBuilder:
             (day_sin, week_sin), (day_cos, week_cos) = np.sin(angles).tolist(), np.cos(angles).tolist()
             row += (day_sin, day_cos, week_sin, week_cos)
         return np.array(row)
+
+
+class InputColumnsBuilder:
+    """:class:`InputRowBuilder` for a batch: feature rows of n readings, feature-major.
+
+    ``rows(columns [4 + C, n]) -> [F, n]``, where ``columns`` holds the values, timestamps, value
+    means, value scales and the C covariates, one row each. Each entry is the per-reading row's (and
+    :func:`input_matrix`'s) with the same IEEE operations, one numpy call per
+    feature block on contiguous rows; the constants are 0-d arrays (a Python float costs a
+    conversion per call).
+    """
+
+    def __init__(self, spec: FeatureSpec):
+        self.size = spec.size
+        self.calendar = spec.calendar
+        self.covariate_count = count = len(spec.covariate_names)
+        # [C, 1] columns: one broadcast subtraction and division for all covariates
+        self.covariate_mean = np.array(spec.covariate_scaler.mean, dtype=np.float64).reshape(count, 1)
+        self.covariate_scale = np.array(spec.covariate_scaler.scale, dtype=np.float64).reshape(count, 1)
+        self.day, self.week = np.array(SECONDS_PER_DAY), np.array(SECONDS_PER_WEEK)
+        self.week_shift, self.two_pi = np.array(_WEEK_ORIGIN_SHIFT), np.array(_TWO_PI)
+
+    def __call__(self, columns: np.ndarray) -> np.ndarray:
+        rows = np.empty((self.size, columns.shape[1]))
+        value = rows[0]
+        np.subtract(columns[0], columns[2], out=value)
+        value /= columns[3]
+        count = self.covariate_count
+        if count:
+            covariates = rows[1 : 1 + count]
+            np.subtract(columns[4:], self.covariate_mean, out=covariates)
+            covariates /= self.covariate_scale
+        if self.calendar:
+            timestamps, day, week, two_pi = columns[1], self.day, self.week, self.two_pi
+            day_angle = np.mod(timestamps, day)
+            day_angle /= day
+            day_angle *= two_pi
+            week_angle = np.add(timestamps, self.week_shift)
+            np.mod(week_angle, week, out=week_angle)
+            week_angle /= week
+            week_angle *= two_pi
+            first = 1 + count
+            np.sin(day_angle, out=rows[first])
+            np.cos(day_angle, out=rows[first + 1])
+            np.sin(week_angle, out=rows[first + 2])
+            np.cos(week_angle, out=rows[first + 3])
+        return rows

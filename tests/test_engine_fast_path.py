@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.cells import step_stack, step_stack_many, step_stack_one
-from models.engine import Engine, EngineConfig, _InputRows
-from models.features import FeatureSpec, InputRowBuilder, input_matrix, input_vector
+from models.engine import Engine, EngineConfig
+from models.features import FeatureSpec, InputColumnsBuilder, InputRowBuilder, input_matrix, input_vector
 from models.reading import Reading
 from models.scaling import ScalerParams
 from models.state import StreamState, encode_state, serving_state
@@ -108,7 +108,7 @@ def test_batch_input_rows_equal_input_matrix_and_the_per_reading_rows(covariates
     values, means, scales = rng.normal(size=n), rng.normal(size=n), rng.uniform(0.1, 3.0, size=n)
     covs = rng.normal(size=(n, covariates))
     columns = np.vstack([values, timestamps, means, scales, covs.T])  # [4 + C, n], as Engine.step_many builds it
-    rows = _InputRows(features)(columns)
+    rows = InputColumnsBuilder(features)(columns)
     assert rows.shape == (features.size, n)
     np.testing.assert_array_equal(rows.T, input_matrix(features, (values - means) / scales, covs, timestamps))
     build = InputRowBuilder(features)
