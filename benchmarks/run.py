@@ -499,7 +499,7 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("numpy step (Engine.step)", ("models/engine.py", "models/cells.py", "models/features.py", "models/scaling.py")),
     ("Keras / TensorFlow model call", ("tensorflow/", "keras/")),
     ("naive window bookkeeping (append, window inputs)", ("naive_job.py:append_reading", "naive_job.py:window_inputs", "naive_job.py:encode_window")),
-    ("state coding (encode/decode_state, coders)", ("models/state.py", "pipeline/coders.py")),
+    ("state coding (encode/decode_state, coders, shard state)", ("models/state.py", "pipeline/coders.py", "pipeline/shard_state.py")),
     ("JSON decode + validation (decode_reading)", ("pipeline/messages.py:decode_reading", "json/decoder.py", "models/timeutil.py")),
     ("forecast/dead-letter JSON encoding", ("pipeline/messages.py:encode_", "json/encoder.py", "messages.py:_dumps")),
     ("Kafka producer send() (sink, main thread)", ("kafka/producer/kafka.py", "kafka/producer/record_accumulator.py",
