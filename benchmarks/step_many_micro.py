@@ -28,11 +28,9 @@ import time
 
 import numpy as np
 
-from benchmarks.step_micro import DEFAULT_ARTIFACT, SEASON, STEP_SECONDS, fixed_stream, random_network
-from models.engine import MIN_BATCH, Engine, EngineConfig
-from models.features import FeatureSpec
+from benchmarks.step_micro import DEFAULT_ARTIFACT, default_shaped_spec, fixed_stream, random_network
+from models.engine import MIN_BATCH, Engine
 from models.reading import Reading
-from models.scaling import ScalerParams
 from models.state import StreamState
 
 BATCH_SIZES = (1, 4, 8, 16, 32, 64, 256)  # the job's rounds are mostly 8-20 streams
@@ -95,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (the median is reported)")
     args = parser.parse_args(argv)
 
-    spec = FeatureSpec(
-        covariate_names=("temperature", "workday"),
-        covariate_scaler=ScalerParams(mean=(16.8, 0.68), scale=(6.0, 0.47)),
-        calendar=True,
-    )
-    config = EngineConfig(season=SEASON, step_seconds=STEP_SECONDS, min_history=SEASON + 1)
+    spec, config = default_shaped_spec()
     engines = {"lstm_1x64": (Engine(random_network("lstm", 1, spec.size), spec, config), 2)}
     if (DEFAULT_ARTIFACT / "manifest.json").exists():
         from models.artifact import load_artifact

@@ -92,18 +92,23 @@ def us_per_step(engine: Engine, n_covariates: int, steps: int, repeats: int) -> 
     return {"median_us": round(statistics.median(samples), 2), "min_us": round(min(samples), 2)}
 
 
+def default_shaped_spec() -> tuple[FeatureSpec, EngineConfig]:
+    """Features and serving config shaped like the default artifact (two covariates, calendar, S = 48)."""
+    spec = FeatureSpec(
+        covariate_names=("temperature", "workday"),
+        covariate_scaler=ScalerParams(mean=(16.8, 0.68), scale=(6.0, 0.47)),
+        calendar=True,
+    )
+    return spec, EngineConfig(season=SEASON, step_seconds=STEP_SECONDS, min_history=SEASON + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="steady-state readings per repeat")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (the median is reported)")
     args = parser.parse_args(argv)
 
-    spec = FeatureSpec(
-        covariate_names=("temperature", "workday"),
-        covariate_scaler=ScalerParams(mean=(16.8, 0.68), scale=(6.0, 0.47)),
-        calendar=True,
-    )
-    config = EngineConfig(season=SEASON, step_seconds=STEP_SECONDS, min_history=SEASON + 1)
+    spec, config = default_shaped_spec()
     results: dict[str, dict] = {}
     for cell in ("rnn", "lstm", "gru"):
         for layers in (1, 2):
