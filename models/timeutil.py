@@ -87,7 +87,16 @@ def format_timestamp(seconds: float) -> str:
     return text + "Z"
 
 
+# Parsed "YYYY-MM-DDTHH:MM:SSZ" strings: streams on the same clock send the same ones. Dropped whole when
+# full (bounded memory).
+_PARSED: dict[str, float] = {}
+_PARSED_CACHE_SIZE = 1 << 12
+
+
 def _parse_text(text: str) -> float:
+    cached = _PARSED.get(text)
+    if cached is not None:
+        return cached
     if (
         len(text) == 20
         and text[19] == "Z"
@@ -99,9 +108,14 @@ def _parse_text(text: str) -> float:
     ):
         # Fast path for the common exact shape (~4x faster); fromisoformat checks the digits.
         try:
-            return datetime.fromisoformat(text).timestamp()
+            seconds = datetime.fromisoformat(text).timestamp()
         except ValueError:
             pass  # the general path below says what is wrong
+        else:
+            if len(_PARSED) >= _PARSED_CACHE_SIZE:
+                _PARSED.clear()
+            _PARSED[text] = seconds
+            return seconds
     stripped = text.strip()
     match = _RFC3339.fullmatch(stripped)
     if match is None:

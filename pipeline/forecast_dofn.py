@@ -60,7 +60,6 @@ from pipeline.messages import (
     decode_reading,
     encode_forecast,
     is_commit_key,
-    record_outcome,
     shard_of_key,
     state_shard,
 )
@@ -378,7 +377,7 @@ class ForecastDoFn(beam.DoFn):
         forecast = None
         if result.forecast is not None:
             forecast = encode_forecast(result.forecast, served.name, served.version)
-        return record_outcome(batch, i, forecast=forecast)
+        return Outcome(partition, offset, batch.positions[i], batch.timestamps_ms[i], batch.keys[i], forecast)
 
     def _sweep(self, stream_id: str, idle_before: float, view: ShardView[StreamState]) -> StreamState | None:
         """Drops an idle stream's state; returns the changelog's marker for it (its source position)."""

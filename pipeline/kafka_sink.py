@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -214,8 +215,8 @@ class PublishOutcomes(beam.DoFn):
             metrics = self._metrics
             if self._forecast_times_ms:
                 metrics.forecasts.inc(len(self._forecast_times_ms))
-                for sent_ms in self._forecast_times_ms:
-                    metrics.forecast_latency.observe(max(acked - sent_ms / 1000.0, 0.0))
+                sent = np.asarray(self._forecast_times_ms, dtype=np.float64) / 1000.0
+                metrics.observe_forecast_latencies(np.maximum(acked - sent, 0.0))
             for reason, count in self._reasons.items():
                 metrics.dead_letter(reason, count)
         if not (self._commit_requested or self._clock() - self._last_write >= self._commit_interval):

@@ -56,6 +56,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from models.metrics import HORIZON_BANDS, horizon_band
@@ -232,6 +233,25 @@ class JobMetrics:
         with self._model_lock:
             self.model_info.clear()
             self.model_info.labels(model=model, version=version).set(1)
+
+    def observe_forecast_latencies(self, seconds: Sequence[float]) -> None:
+        """``forecast_latency.observe`` of each value, for a bundle's forecasts at once.
+
+        The same bucket counts as one ``observe`` per value (the first bucket whose bound is >= the
+        value); the sum may differ in the last bits (summed in another order). Uses the histogram's
+        bucket values directly, pinned prometheus_client (one ``observe`` costs ~1 µs per forecast).
+        """
+        histogram = self.forecast_latency
+        bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+        if bounds is None or buckets is None or total is None:  # another prometheus_client: the plain way
+            for value in seconds:
+                histogram.observe(value)
+            return
+        values = np.asarray(seconds, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+        for i in np.flatnonzero(counts).tolist():
+            buckets[i].inc(int(counts[i]))
+        total.inc(float(values.sum()))
 
     def set_partition(self, partition: int, consumed_offset: int, lag: int) -> None:
         label = str(partition)

@@ -191,3 +191,26 @@ def test_default_metrics_is_one_instance_on_the_global_registry():
     first = m.default_metrics()
     assert first is m.default_metrics()
     assert first.registry is REGISTRY
+
+
+def test_bulk_latency_observations_equal_one_observe_each() -> None:
+    import random
+
+    rng = random.Random(7)
+    values = [0.0, 0.001, 0.0025, 2.5, 1e9] + [rng.expovariate(20.0) for _ in range(500)]
+    bounds = m.JobMetrics(CollectorRegistry()).forecast_latency._upper_bounds  # type: ignore[attr-defined]
+    values += [b for b in bounds if b != float("inf")]  # exactly on a bound: that bucket, as observe does
+    one, bulk = m.JobMetrics(CollectorRegistry()), m.JobMetrics(CollectorRegistry())
+    for value in values:
+        one.forecast_latency.observe(value)
+    bulk.observe_forecast_latencies(values[:100])
+    bulk.observe_forecast_latencies(values[100:])
+
+    def samples(jm: m.JobMetrics) -> dict:
+        (metric,) = list(jm.forecast_latency.collect())
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in metric.samples if not s.name.endswith("_created")}
+
+    expected, got = samples(one), samples(bulk)
+    total = ("rnncast_forecast_latency_seconds_sum", ())
+    assert got.pop(total) == pytest.approx(expected.pop(total), rel=1e-12)
+    assert got == expected and expected[("rnncast_forecast_latency_seconds_count", ())] == len(values)
