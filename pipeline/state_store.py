@@ -11,11 +11,11 @@ replayed after a crash are skipped rather than applied to a fresh state. At star
 expired snapshots) below the group's committed offset can never be replayed again; they are deleted
 with tombstones, which keeps the compacted changelog to live streams plus recent expiries.
 
-:class:`IdleIndex` is how idle streams' Beam state gets cleared without timers on the local runner:
+:class:`IdleIndex` is how idle streams' state gets cleared without timers on the local runner:
 the stateful step records each stream's last event time; the source (same process) periodically takes
 the streams that lag their partition's newest reading by more than ``--state-ttl`` and sends a
-:class:`~pipeline.messages.SweepRequest` for each through the pipeline, so the stateful step can clear
-that key's state. The index lives in process memory, keyed by the job's run id.
+:class:`~pipeline.messages.SweepRequest` for each through the pipeline (on its next batch), so the
+stateful step can drop that stream from its shard. The index lives in process memory, keyed by the job's run id.
 """
 
 from __future__ import annotations
