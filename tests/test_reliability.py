@@ -151,9 +151,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(broker, art
         )
         assert result["missing"] == [] and result["unexpected"] == [], result
         assert result["differing"] == 0 and result["max_diff"] <= 1e-9, result
-        # Every kill but perhaps one must have left published readings uncommitted (work in flight),
-        # or this test proves little.
-        assert sum(1 for published, committed_then in kills if committed_then < published) >= 5, kills
+        # Most kills must have left published readings uncommitted (work in flight), or this test proves
+        # little. The job commits within tens of ms of a reading, so a kill can land when everything
+        # published is committed: measured 1 kill in 18 with 20 ms chunks of the stream, 0 in 18 with 10 ms.
+        assert sum(1 for published, committed_then in kills if committed_then < published) >= 4, kills
         assert job.stop() == 0, job.log[-3000:]
         ends = h.end_offsets(bootstrap, topics.readings)
         assert h.committed(bootstrap, topics.group, topics.readings, ends) == ends
