@@ -8,9 +8,9 @@
    intervals of the records done since then;
 3. when a commit request arrives in a bundle (the source marks a :class:`~pipeline.messages.KafkaBatch`
    as one when a partition goes idle, every ``--commit-interval`` while it is busy, and at stop), or
-   the interval has passed since the last write, at the end of that bundle it produces the held states to the
-   changelog, flushes and checks again, and only then emits, per input partition, the offset
-   intervals completed since the last write.
+   the interval has passed since the last write, at the end of that bundle it produces the held
+   states to the changelog, flushes and checks again, and only then emits, per input partition, the
+   offset intervals completed since the last write.
 
 :class:`CommitOffsets` (stateful, keyed by partition) keeps an :class:`OffsetLedger` per partition and
 commits the group's offset as far as the completed intervals reach without a hole. So an offset is
