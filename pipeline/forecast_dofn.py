@@ -104,7 +104,7 @@ class ServedModel:
 class RouteToShards(beam.DoFn):
     """:class:`KafkaBatch` -> ``(shard key, KafkaBatch)``: one element per state shard of the batch's
     records (by their Kafka keys, :func:`~pipeline.messages.shard_of_key`, in offset order) and sweeps,
-    then ``(commit_key, requests)`` if the batch is a commit request.
+    then ``(commit_key, KafkaBatch.commit_request(...))`` if the batch is a commit request.
 
     Stateless, and it never looks inside a value: decoding happens in the stateful step, so the
     shuffle carries the records' raw bytes (cheaper to code than decoded readings).
@@ -131,7 +131,7 @@ class RouteToShards(beam.DoFn):
         for shard in {**indices, **sweeps}:
             yield shard, batch.take(indices.get(shard, ()), tuple(sweeps.get(shard, ())))
         if batch.commit:
-            yield commit_key(batch.partition), KafkaBatch.requests(batch.topic, batch.partition, commit=True)
+            yield commit_key(batch.partition), KafkaBatch.commit_request(batch.topic, batch.partition)
 
 
 def _format(seconds: float) -> str:

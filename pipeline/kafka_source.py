@@ -230,7 +230,7 @@ class ReadPartitions(beam.DoFn):
             # the runner then treats this partition as finished and the pipeline can drain.
             tracker.try_claim(restriction.stop - 1)
             self._commit_due.pop(partition, None)
-            yield KafkaBatch.requests(topic, partition, commit=True)
+            yield KafkaBatch.commit_request(topic, partition)
             return
         from confluent_kafka import TopicPartition
 

@@ -135,9 +135,9 @@ class KafkaBatch(NamedTuple):
     commit: bool = False
 
     @classmethod
-    def requests(cls, topic: str, partition: int, sweeps: tuple[SweepRequest, ...] = (), commit: bool = False) -> "KafkaBatch":
-        """A batch without records: only sweeps and/or a commit request."""
-        return cls(topic, partition, (), (), (), (), (), sweeps, commit)
+    def commit_request(cls, topic: str, partition: int) -> "KafkaBatch":
+        """A batch without records that is only a commit request."""
+        return cls(topic, partition, (), (), (), (), (), (), True)
 
     def take(self, indices: Sequence[int], sweeps: tuple[SweepRequest, ...] = ()) -> "KafkaBatch":
         """The records at ``indices`` (in that order) with ``sweeps``, and no commit request."""

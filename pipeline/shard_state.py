@@ -102,9 +102,6 @@ class ShardView(Generic[V]):
         if self.states.pop(stream_id, None) is not None:
             self.changed[stream_id] = None
 
-    def __len__(self) -> int:
-        return len(self.states)
-
 
 class ShardStore(Generic[V]):
     """The shards a DoFn instance has seen: ``open`` before an element, ``close`` after it.
