@@ -15,9 +15,10 @@ import numpy as np
 
 from models.cells import NetworkWeights
 from models.features import FeatureSpec, InputColumnsBuilder, InputRowBuilder
+from models.intervals import IntervalSpec, adapt_log_scale, interval_offsets
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
-from models.state import StreamState, serving_state
+from models.state import NO_INTERVALS, StreamState, serving_state
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"
@@ -85,13 +86,20 @@ def _applied(state: StreamState, forecast: Forecast | None, imputed_steps: int) 
 
 
 class Engine:
-    """Serves one artifact: weights, features and serving semantics."""
+    """Serves one artifact: weights, features, serving semantics and (optionally) prediction intervals."""
 
-    def __init__(self, weights: NetworkWeights, features: FeatureSpec, config: EngineConfig):
+    def __init__(
+        self, weights: NetworkWeights, features: FeatureSpec, config: EngineConfig, intervals: IntervalSpec | None = None
+    ):
         self.weights = weights
         self.features = features
         self.config = config
         self.horizon = weights.horizon
+        if intervals is not None and intervals.horizon != self.horizon:
+            raise ValueError(f"interval offsets cover {intervals.horizon} steps, the network forecasts {self.horizon}")
+        self.intervals = intervals
+        # The log-scales a stream starts with (and restarts with, or gets when its state has none).
+        self._initial_log_scale = NO_INTERVALS if intervals is None else np.zeros(len(intervals.levels))
         # base[h-1] = value at t+h−S·ceil(h/S) = ring[(h−1) mod S]  (ring holds t−S+1 .. t, oldest first)
         self._base_index = np.arange(self.horizon) % config.season
         # H <= S (the usual case): the base is the first H ring entries, a view instead of a gather.
@@ -125,6 +133,7 @@ class Engine:
             ring=np.zeros(season),
             ring_fill=0,
             cell_state=np.zeros(self.weights.state_size),
+            interval_log_scale=self._initial_log_scale,
         )
 
     def step(self, state: StreamState | None, reading: Reading) -> StepResult:
@@ -144,20 +153,46 @@ class Engine:
         if state.warming_up:
             return StepResult(self._warm_up(state, reading, missing), None, APPLIED, imputed_steps=missing)
         covariates = reading.covariates
+        log_scale = self._adapted_log_scale(state, reading.value, missing)
         for k in range(missing, 0, -1):
             state = self._impute(state, covariates, reading.timestamp - k * self.config.step_seconds)
-        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1)
+        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, log_scale)
         forecast = None
         if state.readings_seen >= self.config.min_history:
+            mean, scale = state.value_mean, state.value_scale
             forecast = Forecast(
                 stream_id=reading.stream_id,
                 timestamp=reading.timestamp,
-                values=scaled * state.value_scale + state.value_mean,
+                values=scaled * scale + mean,
                 scaled=scaled,
                 step_seconds=self.config.step_seconds,
                 readings_seen=state.readings_seen,
             )
+            if self.intervals is not None:
+                lower, upper = interval_offsets(log_scale, self.intervals)
+                lower += scaled
+                upper += scaled
+                fields = forecast.__dict__
+                fields["interval_levels"] = self.intervals.levels
+                fields["lower"] = lower * scale + mean
+                fields["upper"] = upper * scale + mean
         return _applied(state, forecast, missing)
+
+    def _adapted_log_scale(self, state: StreamState, value: float, missing: int) -> np.ndarray:
+        """The stream's interval log-scales after scoring its last one-step forecast against ``value``.
+
+        Only a forecast the model made one step before this reading is scored (not the warm-up's
+        seasonal naive, not across imputed steps); a state without this model's log-scales (another
+        model's, an older format) starts from the calibrated interval.
+        """
+        if self.intervals is None:
+            return NO_INTERVALS
+        log_scale = state.interval_log_scale
+        if len(log_scale) != len(self._initial_log_scale):
+            return self._initial_log_scale
+        if missing == 0 and state.readings_seen > self.config.season:
+            return adapt_log_scale(log_scale, (value - state.one_step_forecast) / state.value_scale, self.intervals)
+        return log_scale
 
     def step_many(
         self, states: Sequence[StreamState | None], readings: Sequence[Reading]
@@ -229,6 +264,7 @@ class Engine:
         """
         season, state_size, covariate_count = self.config.season, self._state_size, self._covariate_count
         step_seconds = self.config.step_seconds
+        levels = len(self._initial_log_scale)
         isfinite = math.isfinite
         steady: list[int] = []
         scalars: list[tuple] = []
@@ -250,6 +286,7 @@ class Engine:
                     and (timestamp - last) / step_seconds < 1.5
                     and len(covariates) == covariate_count
                     and scale != 0
+                    and len(state.interval_log_scale) == levels
                 ):
                     steady.append(i)
                     scalars.append((value, timestamp, state.value_mean, scale, *covariates))
@@ -293,7 +330,29 @@ class Engine:
             return None
         original = np.multiply(scaled, scale)
         original += mean
-        return self._steady_results(states, readings, rings, cell_states, original, scaled)
+        log_scales = lower = upper = None
+        if self.intervals is not None:
+            log_scales, lower, upper = self._steady_intervals(states, values, mean, scale, scaled)
+        return self._steady_results(states, readings, rings, cell_states, original, scaled, log_scales, lower, upper)
+
+    def _steady_intervals(
+        self, states: Sequence[StreamState], values: np.ndarray, mean: np.ndarray, scale: np.ndarray, scaled: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_adapted_log_scale` and the forecast's bounds for the steady readings, batched: [n, L], [n, L, H] x 2."""
+        spec = self.intervals
+        old = np.array([state.interval_log_scale for state in states]).reshape(len(states), -1)
+        one_step = np.array([state.one_step_forecast for state in states])
+        scored = np.array([state.readings_seen > self.config.season for state in states])
+        adapted = adapt_log_scale(old, (values - one_step) / scale[:, 0], spec)
+        log_scales = np.where(scored[:, np.newaxis], adapted, old)
+        lower, upper = interval_offsets(log_scales, spec)
+        lower += scaled[:, np.newaxis, :]
+        upper += scaled[:, np.newaxis, :]
+        lower *= scale[:, :, np.newaxis]
+        lower += mean[:, :, np.newaxis]
+        upper *= scale[:, :, np.newaxis]
+        upper += mean[:, :, np.newaxis]
+        return log_scales, lower, upper
 
     def _steady_results(
         self,
@@ -303,6 +362,9 @@ class Engine:
         cell_states: np.ndarray,
         original: np.ndarray,
         scaled: np.ndarray,
+        log_scales: np.ndarray | None = None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> list[StepResult]:
         """Each stream's result from its rows of the batch, as :meth:`step` builds it.
 
@@ -312,12 +374,13 @@ class Engine:
         measurable here).
         """
         min_history, step_seconds = self.config.min_history, self.config.step_seconds
+        levels = () if self.intervals is None else self.intervals.levels
         new = _new_instance
         results = []
         append = results.append
-        for state, reading, ring, cell_state, values, scaled_row, one_step in zip(
+        for i, (state, reading, ring, cell_state, values, scaled_row, one_step) in enumerate(zip(
             states, readings, rings, cell_states, original, scaled, original[:, 0].tolist()
-        ):
+        )):
             readings_seen = state.readings_seen + 1
             timestamp = reading.timestamp
             new_state = serving_state(
@@ -329,6 +392,7 @@ class Engine:
                 state.ring_fill,
                 cell_state.copy(),
                 one_step,
+                NO_INTERVALS if log_scales is None else log_scales[i].copy(),
             )
             forecast = None
             if readings_seen >= min_history:
@@ -340,6 +404,9 @@ class Engine:
                 fields["scaled"] = scaled_row.copy()
                 fields["step_seconds"] = step_seconds
                 fields["readings_seen"] = readings_seen
+                fields["interval_levels"] = levels
+                fields["lower"] = None if lower is None else lower[i].copy()
+                fields["upper"] = None if upper is None else upper[i].copy()
             result = new(StepResult)
             fields = result.__dict__
             fields["state"] = new_state
@@ -374,14 +441,22 @@ class Engine:
             ring_fill=fill,
             cell_state=state.cell_state,
             one_step_forecast=one_step,
+            interval_log_scale=state.interval_log_scale,
         )
 
     def _advance(
-        self, state: StreamState, value: float, covariates: Sequence[float], timestamp: float, readings_seen: int
+        self,
+        state: StreamState,
+        value: float,
+        covariates: Sequence[float],
+        timestamp: float,
+        readings_seen: int,
+        log_scale: np.ndarray | None = None,
     ) -> tuple[StreamState, np.ndarray]:
         """One recurrent step on ``value`` at ``timestamp``; returns the state and the scaled forecast.
 
-        ``readings_seen`` is the new state's count (imputed steps do not count as readings).
+        ``readings_seen`` is the new state's count (imputed steps do not count as readings);
+        ``log_scale`` the new state's interval log-scales (None: the state's own).
         """
         mean, scale = state.value_mean, state.value_scale
         x = self._input_row((value - mean) / scale, covariates, timestamp)
@@ -404,6 +479,7 @@ class Engine:
             ring_fill=state.ring_fill,
             cell_state=cell_state,
             one_step_forecast=float(forecast[0]) * scale + mean,
+            interval_log_scale=state.interval_log_scale if log_scale is None else log_scale,
         )
         return new_state, forecast
 

@@ -5,17 +5,25 @@ per-stream scaler, array lengths, the source position of the last applied readin
 model that produced the state), then the seasonal ring buffer and the recurrent state as raw float64.
 
 Format 2 added ``model_key``; format 1 states (no key) still decode, with ``model_key = 0`` (unknown).
+Format 3 appends *parts* after the recurrent state: each a 4-byte tag, a uint32 count and that many
+float64. The one part so far is ``ACI1``, the stream's interval log-scales (:mod:`models.intervals`);
+a state without it (formats 1 and 2, or a model without intervals) decodes with none.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 STATE_MAGIC = b"RNCS"
-STATE_FORMAT_VERSION = 2
+STATE_FORMAT_VERSION = 3
+_PART = struct.Struct("<4sI")
+INTERVAL_PART = b"ACI1"
+_KNOWN_PARTS = frozenset({INTERVAL_PART})
+NO_INTERVALS = np.zeros(0)
+NO_INTERVALS.setflags(write=False)
 _HEADER = struct.Struct("<4sHqddddHHIqqQ")
 _HEADER_V1 = struct.Struct("<4sHqddddHHIqq")
 UNKNOWN_MODEL = 0
@@ -45,6 +53,8 @@ class StreamState:
         model_key: compatibility key (64 bits) of the model that produced ``cell_state``, so that a
             state is only ever continued by a model that can read it (0: unknown, e.g. a format-1
             state or a state built outside the job). See ``pipeline.model_watch.compatibility_key``.
+        interval_log_scale: the stream's adapted interval log-scale per level (empty: no intervals;
+            see :mod:`models.intervals`).
     """
 
     readings_seen: int
@@ -58,6 +68,7 @@ class StreamState:
     source_partition: int = -1
     source_offset: int = -1
     model_key: int = UNKNOWN_MODEL
+    interval_log_scale: np.ndarray = field(default_factory=lambda: NO_INTERVALS)
 
     @property
     def warming_up(self) -> bool:
@@ -93,6 +104,7 @@ def serving_state(
     ring_fill: int,
     cell_state: np.ndarray,
     one_step_forecast: float,
+    interval_log_scale: np.ndarray = NO_INTERVALS,
 ) -> StreamState:
     """``StreamState(...)`` as the engine builds it once per reading (source and model key at their defaults).
 
@@ -113,6 +125,7 @@ def serving_state(
     fields["source_partition"] = -1
     fields["source_offset"] = -1
     fields["model_key"] = UNKNOWN_MODEL
+    fields["interval_log_scale"] = interval_log_scale
     return state
 
 
@@ -134,7 +147,11 @@ def encode_state(state: StreamState) -> bytes:
         state.source_offset,
         state.model_key,
     )
-    return header + ring.tobytes() + cell.tobytes()
+    parts = b""
+    if len(state.interval_log_scale):
+        scales = np.ascontiguousarray(state.interval_log_scale, dtype="<f8")
+        parts = _PART.pack(INTERVAL_PART, scales.size) + scales.tobytes()
+    return header + ring.tobytes() + cell.tobytes() + parts
 
 
 def decode_state(data: bytes) -> StreamState:
@@ -143,18 +160,23 @@ def decode_state(data: bytes) -> StreamState:
     magic, version = struct.unpack_from("<4sH", data)
     if magic != STATE_MAGIC:
         raise StateDecodeError("not an rnncast stream state (bad magic)")
-    if version not in (1, STATE_FORMAT_VERSION):
-        raise StateDecodeError(f"stream state format {version} is not supported (expected 1 or {STATE_FORMAT_VERSION})")
-    header = _HEADER if version == STATE_FORMAT_VERSION else _HEADER_V1
+    if version not in (1, 2, STATE_FORMAT_VERSION):
+        raise StateDecodeError(f"stream state format {version} is not supported (expected 1 to {STATE_FORMAT_VERSION})")
+    header = _HEADER_V1 if version == 1 else _HEADER
     if len(data) < header.size:
         raise StateDecodeError(f"state is {len(data)} bytes, shorter than its {header.size}-byte header")
     fields = header.unpack_from(data)
     (_, _, seen, last_ts, mean, scale, one_step, ring_len, fill, cell_len, partition, offset) = fields[:12]
-    model_key = fields[12] if version == STATE_FORMAT_VERSION else UNKNOWN_MODEL
+    model_key = fields[12] if version >= 2 else UNKNOWN_MODEL
     expected = header.size + 8 * (ring_len + cell_len)
-    if len(data) != expected:
-        raise StateDecodeError(f"stream state is {len(data)} bytes, header says {expected}")
     ring_end = header.size + 8 * ring_len
+    interval_log_scale = NO_INTERVALS
+    if version >= 3:
+        parts = _decode_parts(data, expected)
+        if INTERVAL_PART in parts:
+            interval_log_scale = parts[INTERVAL_PART]
+    elif len(data) != expected:
+        raise StateDecodeError(f"stream state is {len(data)} bytes, header says {expected}")
     return StreamState(
         readings_seen=seen,
         last_timestamp=last_ts,
@@ -167,4 +189,26 @@ def decode_state(data: bytes) -> StreamState:
         source_partition=partition,
         source_offset=offset,
         model_key=model_key,
+        interval_log_scale=interval_log_scale,
     )
+
+
+def _decode_parts(data: bytes, offset: int) -> dict[bytes, np.ndarray]:
+    """The tagged float64 parts from ``offset`` to the end (a part's tag may appear once)."""
+    parts: dict[bytes, np.ndarray] = {}
+    while offset < len(data):
+        if len(data) - offset < _PART.size:
+            raise StateDecodeError(f"stream state has {len(data) - offset} stray bytes after its parts")
+        tag, count = _PART.unpack_from(data, offset)
+        if tag not in _KNOWN_PARTS:
+            raise StateDecodeError(f"stream state has an unknown part {tag!r} at byte {offset}")
+        offset += _PART.size
+        if len(data) - offset < 8 * count:
+            raise StateDecodeError(f"stream state part {tag!r} needs {8 * count} bytes, {len(data) - offset} left")
+        if tag in parts:
+            raise StateDecodeError(f"stream state part {tag!r} appears twice")
+        parts[tag] = np.frombuffer(data, dtype="<f8", count=count, offset=offset).astype(np.float64)
+        offset += 8 * count
+    if offset != len(data):
+        raise StateDecodeError(f"stream state is {len(data)} bytes, its parts end at {offset}")
+    return parts

@@ -39,7 +39,9 @@ def test_default_lstm_state_fits_in_two_kilobytes():
         (lambda b: b[:10], "shorter than"),
         (lambda b: b"XXXX" + b[4:], "bad magic"),
         (lambda b: b[:4] + (STATE_FORMAT_VERSION + 1).to_bytes(2, "little") + b[6:], "not supported"),
-        (lambda b: b + b"\0" * 8, "header says"),
+        (lambda b: b + b"\0" * 8, "unknown part"),
+        (lambda b: b + b"ACI1", "stray bytes"),
+        (lambda b: b + b"ACI1\x02\0\0\0" + b"\0" * 8, "needs 16 bytes"),
     ],
 )
 def test_corrupt_bytes_are_refused(mutate, message):
@@ -73,3 +75,31 @@ def test_with_source_equals_dataclasses_replace() -> None:
     assert state.source_offset != 7 and stamped.ring is state.ring  # a new value; the arrays are shared, as replace does
     with pytest.raises(dataclasses.FrozenInstanceError):
         stamped.source_offset = 8  # type: ignore[misc]
+
+
+def test_the_interval_part_round_trips_exactly_and_format_2_states_still_decode():
+    import struct
+
+    state = StreamState(**{**sample_state().__dict__, "interval_log_scale": np.array([0.125, -1.0 / 3.0])})
+    data = encode_state(state)
+    back = decode_state(data)
+    np.testing.assert_array_equal(back.interval_log_scale, state.interval_log_scale)
+    assert back == state and encode_state(back) == data
+    assert len(data) == len(encode_state(sample_state())) + 8 + 16  # tag, count, two float64
+    # A state written before intervals existed (format 2: the same header, nothing after the cell state).
+    old = sample_state()
+    header = struct.Struct("<4sHqddddHHIqqQ").pack(
+        b"RNCS", 2, old.readings_seen, old.last_timestamp, old.value_mean, old.value_scale, old.one_step_forecast,
+        old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset, 7,
+    )
+    back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
+    assert back.model_key == 7 and back.interval_log_scale.size == 0
+    with pytest.raises(StateDecodeError, match="header says"):
+        decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes() + b"ACI1")
+
+
+def test_an_interval_part_may_not_repeat():
+    state = StreamState(**{**sample_state().__dict__, "interval_log_scale": np.array([0.5])})
+    data = encode_state(state)
+    with pytest.raises(StateDecodeError, match="twice"):
+        decode_state(data + data[-16:])
