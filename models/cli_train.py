@@ -53,6 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.3, help="held-out tail of each stream (default: 0.3)")
     parser.add_argument("--max-gap", type=int, default=4, help="serving: impute gaps up to this many steps (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model")
+    parser.add_argument(
+        "--interval-levels",
+        default="0.8,0.95",
+        help="central prediction-interval levels, comma-separated, calibrated per horizon step on the "
+        "validation part (split conformal) and adapted online per stream; 'none' for point forecasts only "
+        "(default: 0.8,0.95)",
+    )
+    parser.add_argument(
+        "--interval-gamma",
+        type=float,
+        help="step of the intervals' online adaptation (0: static calibrated intervals; default: the "
+        "measured default, see benchmarks/README.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
 
 
@@ -66,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.test_fraction < 1:
         raise UsageError("--test-fraction must be between 0 and 1")
     _check_variant_flags(args, UsageError)
+    levels = _interval_levels(args, UsageError)
     try:
         dataset = load_csv(args.data, step_seconds=args.step)
     except DataError as err:
@@ -114,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
         result = train(dataset, config, on_epoch=on_epoch)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    manifest = write_artifact(args.out, result, dataset, config_to_json(config))
+    try:
+        intervals = _calibrate(result, dataset, levels, args.interval_gamma)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    manifest = write_artifact(args.out, result, dataset, config_to_json(config), intervals)
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
     else:
@@ -149,17 +167,54 @@ def _check_variant_flags(args: argparse.Namespace, error: type[Exception]) -> No
         raise error(f"--encoder-cell applies to --cell {', '.join(VARIANT_TYPES)}; for a plain stack use --cell {args.encoder_cell}")
 
 
-def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
-    from models.artifact import save_artifact
+def _interval_levels(args: argparse.Namespace, error: type[Exception]) -> tuple[float, ...]:
+    from models.intervals import parse_levels
 
+    if args.interval_levels.strip().lower() == "none":
+        return ()
+    if args.interval_gamma is not None and not args.interval_gamma >= 0:
+        raise error("--interval-gamma must be >= 0")
+    try:
+        return parse_levels(args.interval_levels)
+    except ValueError as err:
+        raise error(f"--interval-levels: {err}") from None
+
+
+def _calibrate(result, dataset, levels: tuple[float, ...], gamma: float | None) -> dict | None:
+    """The manifest's ``intervals`` block: offsets calibrated on the validation part by the numpy engine."""
+    if not levels:
+        return None
+    from models.engine import Engine, EngineConfig
+    from models.evaluation import calibrate_intervals
+    from models.intervals import DEFAULT_GAMMA
+
+    engine = Engine(
+        numpy_weights(result),
+        result.features,
+        EngineConfig(result.season, result.step_seconds, result.season + 1, result.config.max_gap),
+    )
+    spec, counts = calibrate_intervals(
+        engine, dataset, result.split.validation_from, result.split.test_from, levels,
+        DEFAULT_GAMMA if gamma is None else gamma,
+    )
+    return spec.to_json(counts)
+
+
+def numpy_weights(result):
+    """The trained network in the numpy engine's layout."""
     if result.variant is None:
         from models.keras_model import extract_weights
 
-        weights = extract_weights(result.model, result.config.cell)
-    else:
-        from models.keras_variants import extract_variant
+        return extract_weights(result.model, result.config.cell)
+    from models.keras_variants import extract_variant
 
-        weights = extract_variant(result.model, result.variant)
+    return extract_variant(result.model, result.variant)
+
+
+def write_artifact(out: str, result, dataset, config_json: dict, intervals: dict | None = None) -> dict:
+    from models.artifact import save_artifact
+
+    weights = numpy_weights(result)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in weights.to_arrays().values()))
     created = datetime.now(timezone.utc)
     val_losses = result.history.get("val_loss", [])
@@ -193,6 +248,8 @@ def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
         },
         "parity": parity_check(result.model, weights, result.features.size, result.horizon),
     }
+    if intervals is not None:
+        manifest["intervals"] = intervals
     if result.variant is not None:
         from models.keras_variants import float64_parity
 

@@ -7,6 +7,7 @@ evaluation and the streaming job call exactly this, so they produce the same num
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 
 from models.cells import NetworkWeights
 from models.features import FeatureSpec, InputColumnsBuilder, InputRowBuilder
-from models.intervals import IntervalSpec, adapt_log_scale, interval_offsets
+from models.intervals import IntervalSpec, adapt, interval_offsets, push
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
 from models.state import NO_INTERVALS, StreamState, serving_state
@@ -98,8 +99,8 @@ class Engine:
         if intervals is not None and intervals.horizon != self.horizon:
             raise ValueError(f"interval offsets cover {intervals.horizon} steps, the network forecasts {self.horizon}")
         self.intervals = intervals
-        # The log-scales a stream starts with (and restarts with, or gets when its state has none).
-        self._initial_log_scale = NO_INTERVALS if intervals is None else np.zeros(len(intervals.levels))
+        # The interval adaptation a stream starts with (and restarts with, or gets when its state has none).
+        self._initial_intervals = NO_INTERVALS if intervals is None else intervals.initial_state()
         # base[h-1] = value at t+h−S·ceil(h/S) = ring[(h−1) mod S]  (ring holds t−S+1 .. t, oldest first)
         self._base_index = np.arange(self.horizon) % config.season
         # H <= S (the usual case): the base is the first H ring entries, a view instead of a gather.
@@ -133,7 +134,7 @@ class Engine:
             ring=np.zeros(season),
             ring_fill=0,
             cell_state=np.zeros(self.weights.state_size),
-            interval_log_scale=self._initial_log_scale,
+            interval_state=self._initial_intervals,
         )
 
     def step(self, state: StreamState | None, reading: Reading) -> StepResult:
@@ -153,10 +154,15 @@ class Engine:
         if state.warming_up:
             return StepResult(self._warm_up(state, reading, missing), None, APPLIED, imputed_steps=missing)
         covariates = reading.covariates
-        log_scale = self._adapted_log_scale(state, reading.value, missing)
+        if len(state.interval_state) != len(self._initial_intervals):
+            # Another model's adaptation, or none (an older format): start from the calibrated interval.
+            state = dataclasses.replace(state, interval_state=self._initial_intervals)
         for k in range(missing, 0, -1):
             state = self._impute(state, covariates, reading.timestamp - k * self.config.step_seconds)
-        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, log_scale)
+        interval_state = None
+        if self.intervals is not None:
+            interval_state = adapt(state.interval_state, (reading.value - state.value_mean) / state.value_scale, self.intervals)
+        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, interval_state)
         forecast = None
         if state.readings_seen >= self.config.min_history:
             mean, scale = state.value_mean, state.value_scale
@@ -169,7 +175,7 @@ class Engine:
                 readings_seen=state.readings_seen,
             )
             if self.intervals is not None:
-                lower, upper = interval_offsets(log_scale, self.intervals)
+                lower, upper = interval_offsets(state.interval_state, self.intervals)
                 lower += scaled
                 upper += scaled
                 fields = forecast.__dict__
@@ -178,21 +184,6 @@ class Engine:
                 fields["upper"] = upper * scale + mean
         return _applied(state, forecast, missing)
 
-    def _adapted_log_scale(self, state: StreamState, value: float, missing: int) -> np.ndarray:
-        """The stream's interval log-scales after scoring its last one-step forecast against ``value``.
-
-        Only a forecast the model made one step before this reading is scored (not the warm-up's
-        seasonal naive, not across imputed steps); a state without this model's log-scales (another
-        model's, an older format) starts from the calibrated interval.
-        """
-        if self.intervals is None:
-            return NO_INTERVALS
-        log_scale = state.interval_log_scale
-        if len(log_scale) != len(self._initial_log_scale):
-            return self._initial_log_scale
-        if missing == 0 and state.readings_seen > self.config.season:
-            return adapt_log_scale(log_scale, (value - state.one_step_forecast) / state.value_scale, self.intervals)
-        return log_scale
 
     def step_many(
         self, states: Sequence[StreamState | None], readings: Sequence[Reading]
@@ -264,7 +255,7 @@ class Engine:
         """
         season, state_size, covariate_count = self.config.season, self._state_size, self._covariate_count
         step_seconds = self.config.step_seconds
-        levels = len(self._initial_log_scale)
+        interval_size = len(self._initial_intervals)
         isfinite = math.isfinite
         steady: list[int] = []
         scalars: list[tuple] = []
@@ -286,7 +277,7 @@ class Engine:
                     and (timestamp - last) / step_seconds < 1.5
                     and len(covariates) == covariate_count
                     and scale != 0
-                    and len(state.interval_log_scale) == levels
+                    and len(state.interval_state) == interval_size
                 ):
                     steady.append(i)
                     scalars.append((value, timestamp, state.value_mean, scale, *covariates))
@@ -330,29 +321,27 @@ class Engine:
             return None
         original = np.multiply(scaled, scale)
         original += mean
-        log_scales = lower = upper = None
+        interval_states = lower = upper = None
         if self.intervals is not None:
-            log_scales, lower, upper = self._steady_intervals(states, values, mean, scale, scaled)
-        return self._steady_results(states, readings, rings, cell_states, original, scaled, log_scales, lower, upper)
+            interval_states, lower, upper = self._steady_intervals(states, values, mean, scale, scaled)
+        return self._steady_results(states, readings, rings, cell_states, original, scaled, interval_states, lower, upper)
 
     def _steady_intervals(
         self, states: Sequence[StreamState], values: np.ndarray, mean: np.ndarray, scale: np.ndarray, scaled: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_adapted_log_scale` and the forecast's bounds for the steady readings, batched: [n, L], [n, L, H] x 2."""
+        """:meth:`step`'s interval adaptation and bounds for the steady readings, batched: [n, D], [n, L, H] x 2."""
         spec = self.intervals
-        old = np.array([state.interval_log_scale for state in states]).reshape(len(states), -1)
-        one_step = np.array([state.one_step_forecast for state in states])
-        scored = np.array([state.readings_seen > self.config.season for state in states])
-        adapted = adapt_log_scale(old, (values - one_step) / scale[:, 0], spec)
-        log_scales = np.where(scored[:, np.newaxis], adapted, old)
-        lower, upper = interval_offsets(log_scales, spec)
+        old = np.array([state.interval_state for state in states]).reshape(len(states), -1)
+        actual = (values - mean[:, 0]) / scale[:, 0]
+        interval_states = push(adapt(old, actual, spec), scaled, spec)
+        lower, upper = interval_offsets(interval_states, spec)
         lower += scaled[:, np.newaxis, :]
         upper += scaled[:, np.newaxis, :]
         lower *= scale[:, :, np.newaxis]
         lower += mean[:, :, np.newaxis]
         upper *= scale[:, :, np.newaxis]
         upper += mean[:, :, np.newaxis]
-        return log_scales, lower, upper
+        return interval_states, lower, upper
 
     def _steady_results(
         self,
@@ -362,7 +351,7 @@ class Engine:
         cell_states: np.ndarray,
         original: np.ndarray,
         scaled: np.ndarray,
-        log_scales: np.ndarray | None = None,
+        interval_states: np.ndarray | None = None,
         lower: np.ndarray | None = None,
         upper: np.ndarray | None = None,
     ) -> list[StepResult]:
@@ -392,7 +381,7 @@ class Engine:
                 state.ring_fill,
                 cell_state.copy(),
                 one_step,
-                NO_INTERVALS if log_scales is None else log_scales[i].copy(),
+                NO_INTERVALS if interval_states is None else interval_states[i].copy(),
             )
             forecast = None
             if readings_seen >= min_history:
@@ -441,7 +430,7 @@ class Engine:
             ring_fill=fill,
             cell_state=state.cell_state,
             one_step_forecast=one_step,
-            interval_log_scale=state.interval_log_scale,
+            interval_state=state.interval_state,
         )
 
     def _advance(
@@ -451,12 +440,13 @@ class Engine:
         covariates: Sequence[float],
         timestamp: float,
         readings_seen: int,
-        log_scale: np.ndarray | None = None,
+        interval_state: np.ndarray | None = None,
     ) -> tuple[StreamState, np.ndarray]:
         """One recurrent step on ``value`` at ``timestamp``; returns the state and the scaled forecast.
 
         ``readings_seen`` is the new state's count (imputed steps do not count as readings);
-        ``log_scale`` the new state's interval log-scales (None: the state's own).
+        ``interval_state`` the interval adaptation after scoring ``value`` (None: the state's own); the
+        forecast made here joins its pending forecasts.
         """
         mean, scale = state.value_mean, state.value_scale
         x = self._input_row((value - mean) / scale, covariates, timestamp)
@@ -470,6 +460,10 @@ class Engine:
         base /= scale
         forecast = base + head
         forecast += self._skip_one(x, base)
+        if interval_state is None:
+            interval_state = state.interval_state
+        if self.intervals is not None:
+            interval_state = push(interval_state, forecast, self.intervals)
         new_state = serving_state(
             readings_seen=readings_seen,
             last_timestamp=timestamp,
@@ -479,7 +473,7 @@ class Engine:
             ring_fill=state.ring_fill,
             cell_state=cell_state,
             one_step_forecast=float(forecast[0]) * scale + mean,
-            interval_log_scale=state.interval_log_scale if log_scale is None else log_scale,
+            interval_state=interval_state,
         )
         return new_state, forecast
 

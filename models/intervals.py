@@ -6,22 +6,24 @@ forecasts the engine issued on the validation part: ``lower[a, h]`` at ``(1 - a)
 at ``(1 + a) / 2``, with the finite-sample rank correction of split conformal prediction. They are
 stored in the artifact's manifest (``intervals``).
 
-**Adaptation (serving).** Each stream carries one log-scale per level, ``log_scale[a]``, in its
-state (0 at the start: the calibrated interval). The interval at h is the calibrated one widened or
-narrowed about its own centre: ``forecast + centre[a, h] ± exp(log_scale[a]) · half_width[a, h]``.
-At every reading that follows a model forecast by exactly one step, the stream scores that forecast's
-one-step interval against the reading and moves its log-scale by adaptive conformal inference (Gibbs &
-Candès 2021, applied to the scale instead of the quantile level): ``log_scale += gamma · (miss -
-(1 - a))``. Over any stretch the one-step miss rate approaches ``1 - a`` (the update's long-run
-average is 0 only there), whatever the errors do; the other horizons move with the same factor, which
-assumes the shape of the errors over horizons stays as calibrated while their size changes (a level or
-variance shift). ``gamma = 0`` is the static calibrated interval.
+**Adaptation (serving).** Each stream adapts its intervals online from the forecasts it scores
+itself. It tracks one *anchor* step per horizon band (:func:`models.metrics.horizon_bands`: the middle
+step of each band, e.g. 1, 7, 19, 37 for H = 48) and keeps, per level and anchor, a log-scale (0 at
+the start: the calibrated interval). The interval at step h is the calibrated one widened or narrowed
+about its own centre, ``forecast + centre[a, h] ± exp(log_scale[a, h]) · half_width[a, h]``, where
+``log_scale[a, h]`` interpolates the anchors' linearly in h (flat beyond the first and last). At each
+reading the forecasts the stream made for it ``k`` steps ago, one per anchor k, are scored and each
+log-scale moves by adaptive conformal inference (Gibbs & Candès 2021) in its quantile-tracking form
+(Angelopoulos, Candès & Tibshirani 2023), on the scale instead of the quantile level:
+``log_scale += gamma · (miss - (1 - a))``, ``miss`` = the actual outside the interval at that anchor with
+the current scale. Over any stretch each anchor's miss rate approaches ``1 - a`` (the update's long-run
+average is 0 only there), whatever the errors do. ``gamma = 0`` is the static calibrated interval.
 
-Why per stream and why the one-step error only: a stream scores its one-step forecast with what its
-state already holds (the last one-step forecast), so the adaptation costs one float per level in the
-state and is restored exactly after a crash; scoring every horizon would need the last H forecasts of
-H values per stream in the state. A shared (per-process) scale would depend on which streams a worker
-happens to hold and would not be reproducible offline.
+What this costs per stream, in its coded state: the L × B log-scales and, per anchor k, the
+forecasts of the last k readings at step k (a shift register: 64 floats for the default H = 48), so
+the adaptation is restored exactly after a crash. Why per stream and not shared: a shared
+(per-process) scale would depend on which streams a worker happens to hold, would differ between
+runners and could not be reproduced offline.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ __all__ = [
     "DEFAULT_GAMMA",
     "IntervalSpec",
     "conformal_offsets",
-    "adapt_log_scale",
+    "adapt",
+    "push",
     "interval_offsets",
     "interval_point_scores",
     "parse_levels",
@@ -130,6 +133,8 @@ class IntervalSpec:
     gamma: float = DEFAULT_GAMMA
 
     def __post_init__(self) -> None:
+        from models.metrics import horizon_bands  # models.metrics scores intervals with this module
+
         shape = (len(self.levels), self.centre.shape[-1] if self.centre.ndim == 2 else -1)
         if self.centre.shape != shape or self.half_width.shape != shape:
             raise ValueError(f"interval offsets must be [levels, horizon], got {self.centre.shape} and {self.half_width.shape}")
@@ -137,8 +142,41 @@ class IntervalSpec:
             raise ValueError("interval offsets must be finite with a non-negative width")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"interval adaptation step must be >= 0, got {self.gamma}")
-        # 1 - a per level, the target miss rate of the adaptation.
-        object.__setattr__(self, "miss_target", 1.0 - np.asarray(self.levels, dtype=np.float64))
+        levels, horizon = shape
+        anchors = np.array([(sl.start + sl.stop + 1) // 2 for _, sl in horizon_bands(horizon)], dtype=np.int64)
+        bands = anchors.size
+        steps = np.arange(1, horizon + 1)
+        # interpolation[b, h-1]: weight of anchor b's log-scale at step h (linear between anchors).
+        interpolation = np.array([np.interp(steps, anchors, np.eye(bands)[b]) for b in range(bands)])
+        # Pending forecasts: anchor b's shift register of its last anchors[b] forecasts, oldest first,
+        # all registers in one row after the L x B log-scales. ``shift`` takes the row with the B new
+        # forecasts appended to the next row: every register moves up one, its newest from the end.
+        ends = np.cumsum(anchors)
+        starts = ends - anchors
+        pending = int(ends[-1])
+        shift = np.arange(1, pending + 1)
+        shift[ends - 1] = pending + np.arange(bands)
+        scales = levels * bands
+        derived = {
+            "miss_target": 1.0 - np.asarray(self.levels, dtype=np.float64),  # 1 - a, per level
+            "anchors": anchors,
+            "interpolation": interpolation,
+            "state_size": scales + pending,
+            "_scales": scales,
+            "_oldest": scales + starts,  # [B] where each register's oldest forecast sits in the row
+            "_shift": np.concatenate([np.arange(scales), scales + shift]),
+            "_anchor_columns": anchors - 1,
+            "_anchor_centre": self.centre[:, anchors - 1],  # [L, B]
+            "_anchor_half": self.half_width[:, anchors - 1],
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+    def initial_state(self) -> np.ndarray:
+        """A stream's adaptation state before its first forecast: calibrated scales, nothing pending."""
+        state = np.full(self.state_size, np.nan)
+        state[: self._scales] = 0.0
+        return state
 
     @classmethod
     def from_offsets(cls, levels: tuple[float, ...], lower: np.ndarray, upper: np.ndarray, gamma: float = DEFAULT_GAMMA) -> "IntervalSpec":
@@ -193,28 +231,41 @@ class IntervalSpec:
         return cls.from_offsets(levels, lower, upper, gamma)
 
 
-def adapt_log_scale(
-    log_scale: np.ndarray, error: np.ndarray, spec: IntervalSpec
-) -> np.ndarray:
-    """One ACI update of the log-scales from the one-step errors they are scored on.
+def adapt(state: np.ndarray, actual: np.ndarray, spec: IntervalSpec) -> np.ndarray:
+    """Scores the pending anchor forecasts that target this reading and moves the log-scales.
 
     Args:
-        log_scale: ``[..., L]`` the streams' log-scales before this reading.
-        error: ``[...]`` the one-step signed scaled errors ``actual - forecast`` (one per stream).
+        state: ``[..., D]`` the streams' adaptation states (:meth:`IntervalSpec.initial_state` layout).
+        actual: ``[...]`` this reading in each stream's scaled units.
         spec: The served intervals.
 
     Returns:
-        ``[..., L]`` the new log-scales (a new array), clipped to ``±LOG_SCALE_LIMIT``.
+        ``[..., D]`` a new state: log-scales updated where a forecast was pending (NaN: none yet),
+        clipped to ``±LOG_SCALE_LIMIT``; the pending forecasts unchanged (:func:`push` moves them).
     """
-    distance = np.abs(np.asarray(error)[..., np.newaxis] - spec.centre[:, 0])
-    miss = distance > np.exp(log_scale) * spec.half_width[:, 0]
-    updated = log_scale + spec.gamma * (miss - spec.miss_target)
-    return np.clip(updated, -LOG_SCALE_LIMIT, LOG_SCALE_LIMIT, out=updated)
+    state = np.array(state, dtype=np.float64)
+    log_scale = state[..., : spec._scales].reshape(state.shape[:-1] + spec._anchor_centre.shape)  # [..., L, B]
+    forecast = state[..., spec._oldest]  # [..., B]
+    error = np.asarray(actual, dtype=np.float64)[..., np.newaxis] - forecast
+    distance = np.abs(error[..., np.newaxis, :] - spec._anchor_centre)
+    miss = distance > np.exp(log_scale) * spec._anchor_half
+    step = spec.gamma * (miss - spec.miss_target[:, np.newaxis])
+    step = np.where(np.isfinite(forecast)[..., np.newaxis, :], step, 0.0)  # nothing pending, nothing learned
+    updated = np.clip(log_scale + step, -LOG_SCALE_LIMIT, LOG_SCALE_LIMIT)
+    state[..., : spec._scales] = updated.reshape(state.shape[:-1] + (spec._scales,))
+    return state
 
 
-def interval_offsets(log_scale: np.ndarray, spec: IntervalSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``(lower, upper)`` offsets ``[..., L, H]`` from the scaled point forecast for the given log-scales."""
-    half = np.exp(log_scale)[..., np.newaxis] * spec.half_width
+def push(state: np.ndarray, forecast_scaled: np.ndarray, spec: IntervalSpec) -> np.ndarray:
+    """The state after a step that forecast ``forecast_scaled`` ``[..., H]``: each anchor register moves up one."""
+    extended = np.concatenate([state, forecast_scaled[..., spec._anchor_columns]], axis=-1)
+    return extended[..., spec._shift]
+
+
+def interval_offsets(state: np.ndarray, spec: IntervalSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)`` offsets ``[..., L, H]`` from the scaled point forecast for the states' log-scales."""
+    log_scale = state[..., : spec._scales].reshape(state.shape[:-1] + spec._anchor_centre.shape)  # [..., L, B]
+    half = np.exp(log_scale @ spec.interpolation) * spec.half_width
     return spec.centre - half, spec.centre + half
 
 

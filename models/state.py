@@ -6,7 +6,7 @@ model that produced the state), then the seasonal ring buffer and the recurrent 
 
 Format 2 added ``model_key``; format 1 states (no key) still decode, with ``model_key = 0`` (unknown).
 Format 3 appends *parts* after the recurrent state: each a 4-byte tag, a uint32 count and that many
-float64. The one part so far is ``ACI1``, the stream's interval log-scales (:mod:`models.intervals`);
+float64. The one part so far is ``ACI1``, the stream's interval adaptation (:mod:`models.intervals`);
 a state without it (formats 1 and 2, or a model without intervals) decodes with none.
 """
 
@@ -53,8 +53,8 @@ class StreamState:
         model_key: compatibility key (64 bits) of the model that produced ``cell_state``, so that a
             state is only ever continued by a model that can read it (0: unknown, e.g. a format-1
             state or a state built outside the job). See ``pipeline.model_watch.compatibility_key``.
-        interval_log_scale: the stream's adapted interval log-scale per level (empty: no intervals;
-            see :mod:`models.intervals`).
+        interval_state: the stream's interval adaptation, log-scales and pending anchor forecasts
+            (empty: no intervals; see :mod:`models.intervals`).
     """
 
     readings_seen: int
@@ -68,7 +68,7 @@ class StreamState:
     source_partition: int = -1
     source_offset: int = -1
     model_key: int = UNKNOWN_MODEL
-    interval_log_scale: np.ndarray = field(default_factory=lambda: NO_INTERVALS)
+    interval_state: np.ndarray = field(default_factory=lambda: NO_INTERVALS)
 
     @property
     def warming_up(self) -> bool:
@@ -104,7 +104,7 @@ def serving_state(
     ring_fill: int,
     cell_state: np.ndarray,
     one_step_forecast: float,
-    interval_log_scale: np.ndarray = NO_INTERVALS,
+    interval_state: np.ndarray = NO_INTERVALS,
 ) -> StreamState:
     """``StreamState(...)`` as the engine builds it once per reading (source and model key at their defaults).
 
@@ -125,7 +125,7 @@ def serving_state(
     fields["source_partition"] = -1
     fields["source_offset"] = -1
     fields["model_key"] = UNKNOWN_MODEL
-    fields["interval_log_scale"] = interval_log_scale
+    fields["interval_state"] = interval_state
     return state
 
 
@@ -148,8 +148,8 @@ def encode_state(state: StreamState) -> bytes:
         state.model_key,
     )
     parts = b""
-    if len(state.interval_log_scale):
-        scales = np.ascontiguousarray(state.interval_log_scale, dtype="<f8")
+    if len(state.interval_state):
+        scales = np.ascontiguousarray(state.interval_state, dtype="<f8")
         parts = _PART.pack(INTERVAL_PART, scales.size) + scales.tobytes()
     return header + ring.tobytes() + cell.tobytes() + parts
 
@@ -170,11 +170,11 @@ def decode_state(data: bytes) -> StreamState:
     model_key = fields[12] if version >= 2 else UNKNOWN_MODEL
     expected = header.size + 8 * (ring_len + cell_len)
     ring_end = header.size + 8 * ring_len
-    interval_log_scale = NO_INTERVALS
+    interval_state = NO_INTERVALS
     if version >= 3:
         parts = _decode_parts(data, expected)
         if INTERVAL_PART in parts:
-            interval_log_scale = parts[INTERVAL_PART]
+            interval_state = parts[INTERVAL_PART]
     elif len(data) != expected:
         raise StateDecodeError(f"stream state is {len(data)} bytes, header says {expected}")
     return StreamState(
@@ -189,7 +189,7 @@ def decode_state(data: bytes) -> StreamState:
         source_partition=partition,
         source_offset=offset,
         model_key=model_key,
-        interval_log_scale=interval_log_scale,
+        interval_state=interval_state,
     )
 
 

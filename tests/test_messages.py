@@ -255,3 +255,19 @@ def test_the_fast_parser_decodes_exactly_like_the_json_reference(
         return
     key = stream_id.encode("utf-8", "surrogatepass") if key_matches else b"other"
     assert decode_reading(raw, key, COVARIATES) == decode_reading_with_json(raw.decode("utf-8"), key, COVARIATES)
+
+
+def test_forecasts_with_intervals_carry_them_per_level_and_without_them_do_not() -> None:
+    values = np.array([1.0, 2.0, 3.0])
+    lower = np.array([[0.5, 1.25, 2.0], [0.1, 0.9, 1.5]])
+    upper = np.array([[1.5, 2.75, 4.0], [1.9, 3.1, 4.5]])
+    plain = _forecast(values.tolist())
+    with_intervals = Forecast("vic#1", 1388536200.0, values, values, 1800.0, 77, (0.8, 0.95), lower, upper)
+    doc = json.loads(encode_forecast(with_intervals, "lstm", "v1"))
+    assert doc["intervals"] == {
+        "0.8": {"lower": [0.5, 1.25, 2.0], "upper": [1.5, 2.75, 4.0]},
+        "0.95": {"lower": [0.1, 0.9, 1.5], "upper": [1.9, 3.1, 4.5]},
+    }
+    # Every other field is what a forecast without intervals has: consumers that ignore it are unaffected.
+    assert {k: v for k, v in doc.items() if k != "intervals"} == json.loads(encode_forecast(plain, "lstm", "v1"))
+    assert "intervals" not in json.loads(encode_forecast(plain, "lstm", "v1"))

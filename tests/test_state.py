@@ -80,10 +80,10 @@ def test_with_source_equals_dataclasses_replace() -> None:
 def test_the_interval_part_round_trips_exactly_and_format_2_states_still_decode():
     import struct
 
-    state = StreamState(**{**sample_state().__dict__, "interval_log_scale": np.array([0.125, -1.0 / 3.0])})
+    state = StreamState(**{**sample_state().__dict__, "interval_state": np.array([0.125, -1.0 / 3.0])})
     data = encode_state(state)
     back = decode_state(data)
-    np.testing.assert_array_equal(back.interval_log_scale, state.interval_log_scale)
+    np.testing.assert_array_equal(back.interval_state, state.interval_state)
     assert back == state and encode_state(back) == data
     assert len(data) == len(encode_state(sample_state())) + 8 + 16  # tag, count, two float64
     # A state written before intervals existed (format 2: the same header, nothing after the cell state).
@@ -93,13 +93,13 @@ def test_the_interval_part_round_trips_exactly_and_format_2_states_still_decode(
         old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset, 7,
     )
     back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
-    assert back.model_key == 7 and back.interval_log_scale.size == 0
+    assert back.model_key == 7 and back.interval_state.size == 0
     with pytest.raises(StateDecodeError, match="header says"):
         decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes() + b"ACI1")
 
 
 def test_an_interval_part_may_not_repeat():
-    state = StreamState(**{**sample_state().__dict__, "interval_log_scale": np.array([0.5])})
+    state = StreamState(**{**sample_state().__dict__, "interval_state": np.array([0.5])})
     data = encode_state(state)
     with pytest.raises(StateDecodeError, match="twice"):
         decode_state(data + data[-16:])
