@@ -8,7 +8,7 @@ stored in the artifact's manifest (``intervals``).
 
 **Adaptation (serving).** Each stream adapts its intervals online from the forecasts it scores
 itself. It tracks one *anchor* step per horizon band (:func:`models.metrics.horizon_bands`: the middle
-step of each band, e.g. 1, 7, 19, 37 for H = 48) and keeps, per level and anchor, a log-scale (0 at
+step of each band, e.g. 1, 7, 18, 36 for H = 48) and keeps, per level and anchor, a log-scale (0 at
 the start: the calibrated interval). The interval at step h is the calibrated one widened or narrowed
 about its own centre, ``forecast + centre[a, h] ± exp(log_scale[a, h]) · half_width[a, h]``, where
 ``log_scale[a, h]`` interpolates the anchors' linearly in h (flat beyond the first and last). At each
@@ -20,7 +20,7 @@ the current scale. Over any stretch each anchor's miss rate approaches ``1 - a``
 average is 0 only there), whatever the errors do. ``gamma = 0`` is the static calibrated interval.
 
 What this costs per stream, in its coded state: the L × B log-scales and, per anchor k, the
-forecasts of the last k readings at step k (a shift register: 64 floats for the default H = 48), so
+forecasts of the last k readings at step k (a shift register: 62 floats for the default H = 48), so
 the adaptation is restored exactly after a crash. Why per stream and not shared: a shared
 (per-process) scale would depend on which streams a worker happens to hold, would differ between
 runners and could not be reproduced offline.
@@ -109,8 +109,9 @@ def conformal_offsets(errors: np.ndarray, levels: tuple[float, ...]) -> tuple[np
             continue
         for j, level in enumerate(levels):
             tail = (1.0 - level) / 2.0
-            high = min(max(math.ceil((n + 1) * (1.0 - tail)), 1), n)
-            low = min(max(math.floor((n + 1) * tail), 1), n)
+            # The 1e-9 keeps a rank that is a whole number on paper (100 x 0.1) from rounding off by one.
+            high = min(max(math.ceil((n + 1) * (1.0 - tail) - 1e-9), 1), n)
+            low = min(max(math.floor((n + 1) * tail + 1e-9), 1), n)
             lower[j, h] = column[low - 1]
             upper[j, h] = column[high - 1]
     return lower, upper, counts

@@ -48,6 +48,12 @@ streams of different magnitude are comparable and can share one histogram.
 ``rnncast_model_skill{horizon}`` = rolling model MAE / rolling persistence MAE for that band; below 1
 the model beats persistence. It is not pre-initialised (0 would read as a perfect model); it appears
 once the job has enough scored forecasts to compute it.
+
+``rnncast_interval_coverage{horizon, level}`` = the rolling fraction of scored points (the last 1,000
+per band and level) whose prediction interval of that level held the actual; ``rnncast_interval_width``
+its mean width in scaled units; ``rnncast_interval_nominal{level}`` the level itself, so that rules can
+compare (``level`` as the forecast messages write it: ``0.8``, ``0.95``). Served only when the artifact
+has intervals; like the skill gauge they appear once there is something to report.
 """
 
 from __future__ import annotations
@@ -113,6 +119,9 @@ METRIC_TYPES: dict[str, str] = {
     "rnncast_state_expired_total": "counter",
     "rnncast_forecast_abs_error": "histogram",
     "rnncast_model_skill": "gauge",
+    "rnncast_interval_coverage": "gauge",
+    "rnncast_interval_width": "gauge",
+    "rnncast_interval_nominal": "gauge",
     "rnncast_model_swaps_total": "counter",
     "rnncast_restored_streams_total": "counter",
     "rnncast_skipped_replayed_total": "counter",
@@ -206,6 +215,19 @@ class JobMetrics:
             "rnncast_model_skill", "Rolling model MAE / persistence MAE by horizon band; < 1 beats persistence.",
             ("horizon",), registry=r,
         )
+        self.interval_coverage = Gauge(
+            "rnncast_interval_coverage",
+            "Rolling fraction of scored points inside their prediction interval, by horizon band and level.",
+            ("horizon", "level"), registry=r,
+        )
+        self.interval_width = Gauge(
+            "rnncast_interval_width", "Rolling mean prediction-interval width (scaled units), by horizon band and level.",
+            ("horizon", "level"), registry=r,
+        )
+        self.interval_nominal = Gauge(
+            "rnncast_interval_nominal", "Nominal coverage of each served prediction-interval level.", ("level",),
+            registry=r,
+        )
         self.model_swaps = _counter(
             "rnncast_model_swaps_total", "Model artifact swaps: loaded, or refused (failed validation).", r,
             ("result",),
@@ -281,6 +303,14 @@ class JobMetrics:
         errors = np.abs(np.asarray(errors, dtype=np.float64))
         if errors.size:
             _observe_many(self.forecast_abs_error.labels(horizon=band, model=forecaster), errors)
+
+    def set_interval(self, band: str, level: str, coverage: float, width: float) -> None:
+        """Rolling coverage and mean width of the ``level`` intervals (as :func:`models.intervals.level_key` names it) in ``band``."""
+        if band not in HORIZON_BANDS:
+            raise ValueError(f"unknown horizon band {band!r}")
+        self.interval_nominal.labels(level=level).set(float(level))
+        self.interval_coverage.labels(horizon=band, level=level).set(coverage)
+        self.interval_width.labels(horizon=band, level=level).set(width)
 
     def set_skill(self, band: str, skill: float) -> None:
         if band not in HORIZON_BANDS:

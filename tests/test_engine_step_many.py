@@ -350,3 +350,14 @@ def test_a_repeated_stream_is_rejected():
 
 def test_no_readings_no_results():
     assert plain_engine("gru").step_many([], []) == []
+
+
+@pytest.mark.parametrize("cell,season,horizon", [("lstm", 4, 3), ("gru", 3, 5), ("rnn", 4, 9)])
+def test_step_many_equals_step_with_prediction_intervals(cell, season, horizon):
+    """Interval bounds and the adaptation state (log-scales, pending anchor forecasts) batch like the rest."""
+    from tests.model_helpers import random_intervals
+
+    plain = plain_engine(cell, 1, season, horizon)
+    engine = Engine(plain.weights, plain.features, plain.config, random_intervals(horizon))
+    seen = play(engine, random_rounds(16, 80, seed=5), seed=5)
+    assert ALL_BRANCHES <= set(seen)
