@@ -161,7 +161,10 @@ class Engine:
             state = self._impute(state, covariates, reading.timestamp - k * self.config.step_seconds)
         interval_state = None
         if self.intervals is not None:
-            interval_state = adapt(state.interval_state, (reading.value - state.value_mean) / state.value_scale, self.intervals)
+            mean, scale = state.value_mean, state.value_scale
+            # The warm-up's one-step forecast is the seasonal naive's, not the model's: not scored.
+            one_step = (state.one_step_forecast - mean) / scale if state.readings_seen > self.config.season else math.nan
+            interval_state = adapt(state.interval_state, (reading.value - mean) / scale, one_step, self.intervals)
         state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, interval_state)
         forecast = None
         if state.readings_seen >= self.config.min_history:
@@ -333,7 +336,11 @@ class Engine:
         spec = self.intervals
         old = np.array([state.interval_state for state in states]).reshape(len(states), -1)
         actual = (values - mean[:, 0]) / scale[:, 0]
-        interval_states = push(adapt(old, actual, spec), scaled, spec)
+        one_step = np.array(
+            [state.one_step_forecast if state.readings_seen > self.config.season else math.nan for state in states]
+        )
+        one_step = (one_step - mean[:, 0]) / scale[:, 0]
+        interval_states = push(adapt(old, actual, one_step, spec), scaled, spec)
         lower, upper = interval_offsets(interval_states, spec)
         lower += scaled[:, np.newaxis, :]
         upper += scaled[:, np.newaxis, :]

@@ -19,8 +19,9 @@ log-scale moves by adaptive conformal inference (Gibbs & Candès 2021) in its qu
 the current scale. Over any stretch each anchor's miss rate approaches ``1 - a`` (the update's long-run
 average is 0 only there), whatever the errors do. ``gamma = 0`` is the static calibrated interval.
 
-What this costs per stream, in its coded state: the L × B log-scales and, per anchor k, the
-forecasts of the last k readings at step k (a shift register: 62 floats for the default H = 48), so
+What this costs per stream, in its coded state: the L × B log-scales and, per anchor k > 1, the
+forecasts of the last k readings at step k (a shift register: 61 floats for the default H = 48; anchor
+1's is the state's one-step forecast), 568 bytes for the default model (2,046 bytes in all), so
 the adaptation is restored exactly after a crash. Why per stream and not shared: a shared
 (per-process) scale would depend on which streams a worker happens to hold, would differ between
 runners and could not be reproduced offline.
@@ -150,13 +151,16 @@ class IntervalSpec:
         # interpolation[b, h-1]: weight of anchor b's log-scale at step h (linear between anchors).
         interpolation = np.array([np.interp(steps, anchors, np.eye(bands)[b]) for b in range(bands)])
         # Pending forecasts: anchor b's shift register of its last anchors[b] forecasts, oldest first,
-        # all registers in one row after the L x B log-scales. ``shift`` takes the row with the B new
+        # all registers in one row after the L x B log-scales. ``shift`` takes the row with the new
         # forecasts appended to the next row: every register moves up one, its newest from the end.
-        ends = np.cumsum(anchors)
-        starts = ends - anchors
-        pending = int(ends[-1])
+        # Anchor 1 (always step 1, band "1") has no register: the stream state's one-step forecast
+        # is that pending forecast already.
+        registers = anchors[1:]
+        ends = np.cumsum(registers)
+        starts = ends - registers
+        pending = int(ends[-1]) if registers.size else 0
         shift = np.arange(1, pending + 1)
-        shift[ends - 1] = pending + np.arange(bands)
+        shift[ends - 1] = pending + np.arange(registers.size)
         scales = levels * bands
         derived = {
             "miss_target": 1.0 - np.asarray(self.levels, dtype=np.float64),  # 1 - a, per level
@@ -164,9 +168,9 @@ class IntervalSpec:
             "interpolation": interpolation,
             "state_size": scales + pending,
             "_scales": scales,
-            "_oldest": scales + starts,  # [B] where each register's oldest forecast sits in the row
+            "_oldest": scales + starts,  # [B - 1] where each register's oldest forecast sits in the row
             "_shift": np.concatenate([np.arange(scales), scales + shift]),
-            "_anchor_columns": anchors - 1,
+            "_register_columns": registers - 1,
             "_anchor_centre": self.centre[:, anchors - 1],  # [L, B]
             "_anchor_half": self.half_width[:, anchors - 1],
         }
@@ -232,12 +236,14 @@ class IntervalSpec:
         return cls.from_offsets(levels, lower, upper, gamma)
 
 
-def adapt(state: np.ndarray, actual: np.ndarray, spec: IntervalSpec) -> np.ndarray:
+def adapt(state: np.ndarray, actual: np.ndarray, one_step: np.ndarray, spec: IntervalSpec) -> np.ndarray:
     """Scores the pending anchor forecasts that target this reading and moves the log-scales.
 
     Args:
         state: ``[..., D]`` the streams' adaptation states (:meth:`IntervalSpec.initial_state` layout).
         actual: ``[...]`` this reading in each stream's scaled units.
+        one_step: ``[...]`` the forecast for this reading made one step before (scaled units; NaN: none),
+            anchor 1's pending forecast, which the stream state keeps anyway.
         spec: The served intervals.
 
     Returns:
@@ -246,7 +252,8 @@ def adapt(state: np.ndarray, actual: np.ndarray, spec: IntervalSpec) -> np.ndarr
     """
     state = np.array(state, dtype=np.float64)
     log_scale = state[..., : spec._scales].reshape(state.shape[:-1] + spec._anchor_centre.shape)  # [..., L, B]
-    forecast = state[..., spec._oldest]  # [..., B]
+    one_step = np.asarray(one_step, dtype=np.float64)[..., np.newaxis]
+    forecast = np.concatenate([one_step, state[..., spec._oldest]], axis=-1)  # [..., B]
     error = np.asarray(actual, dtype=np.float64)[..., np.newaxis] - forecast
     distance = np.abs(error[..., np.newaxis, :] - spec._anchor_centre)
     miss = distance > np.exp(log_scale) * spec._anchor_half
@@ -259,7 +266,7 @@ def adapt(state: np.ndarray, actual: np.ndarray, spec: IntervalSpec) -> np.ndarr
 
 def push(state: np.ndarray, forecast_scaled: np.ndarray, spec: IntervalSpec) -> np.ndarray:
     """The state after a step that forecast ``forecast_scaled`` ``[..., H]``: each anchor register moves up one."""
-    extended = np.concatenate([state, forecast_scaled[..., spec._anchor_columns]], axis=-1)
+    extended = np.concatenate([state, forecast_scaled[..., spec._register_columns]], axis=-1)
     return extended[..., spec._shift]
 
 

@@ -66,7 +66,7 @@ def test_anchors_are_the_middle_steps_of_the_horizon_bands():
     assert spec_for(48).anchors.tolist() == [1, 7, 18, 36]  # bands 1, 2..12, 13..24, 25..48
     assert spec_for(24).anchors.tolist() == [1, 4, 9, 18]
     assert spec_for(1).anchors.tolist() == [1]
-    assert spec_for(48).state_size == 2 * 4 + (1 + 7 + 18 + 36)
+    assert spec_for(48).state_size == 2 * 4 + (7 + 18 + 36)  # anchor 1's pending forecast is the state's one-step
 
 
 def test_push_keeps_the_last_k_forecasts_of_step_k_per_anchor():
@@ -75,9 +75,9 @@ def test_push_keeps_the_last_k_forecasts_of_step_k_per_anchor():
     for t in range(1, 21):
         state = push(state, 100.0 * t + np.arange(1, 13), spec)
     scales = 2 * len(spec.anchors)
-    # Register of anchor k (oldest first): the step-k forecasts issued at t = 21 - k .. 20.
+    # Register of anchor k > 1 (oldest first): the step-k forecasts issued at t = 21 - k .. 20.
     offset = scales
-    for k in spec.anchors.tolist():
+    for k in spec.anchors.tolist()[1:]:
         assert state[offset : offset + k].tolist() == [100.0 * t + k for t in range(21 - k, 21)]
         offset += k
 
@@ -85,11 +85,12 @@ def test_push_keeps_the_last_k_forecasts_of_step_k_per_anchor():
 def test_adapt_moves_each_log_scale_by_the_aci_rule():
     spec = spec_for(3, half=1.0, gamma=0.1)  # bands 1, 2, 3: anchors 1, 2, 3
     state = spec.initial_state()
-    assert np.all(np.isnan(adapt(state, 5.0, spec)[6:])) and np.all(adapt(state, 5.0, spec)[:6] == 0.0)  # nothing pending
+    nothing = adapt(state, 5.0, np.nan, spec)  # nothing pending
+    assert np.all(np.isnan(nothing[6:])) and np.all(nothing[:6] == 0.0)
     for _ in range(3):
         state = push(state, np.zeros(3), spec)
     # Every anchor's pending forecast is 0: an actual of 1.5 misses the 0.8 interval (±1), not the 0.95 (±2).
-    after = adapt(state, 1.5, spec)
+    after = adapt(state, 1.5, 0.0, spec)
     bands = len(spec.anchors)
     np.testing.assert_allclose(after[:bands], 0.1 * (1 - 0.2))
     np.testing.assert_allclose(after[bands : 2 * bands], -0.1 * 0.05)
@@ -108,11 +109,11 @@ def test_each_anchor_misses_at_the_nominal_rate_in_the_long_run():
     for t in range(40_000):
         actual = rng.normal(scale=3.0)
         if t >= 20_000:
-            pending = state[spec._oldest]
+            pending = np.r_[0.0, state[spec._oldest]]
             half = np.exp(state[: 2 * bands].reshape(2, bands)) * spec._anchor_half
             misses += np.abs(actual - pending) > half
             scored += 1
-        state = push(adapt(state, actual, spec), np.zeros(12), spec)
+        state = push(adapt(state, actual, 0.0, spec), np.zeros(12), spec)
     np.testing.assert_allclose(misses / scored, [[0.2] * bands, [0.05] * bands], atol=0.015)
 
 
