@@ -169,13 +169,7 @@ def plot_evaluation(
         ax1.set_title(f"stream {stream_id}: test stretch {first} to {last} UTC ({rows.size} readings)")
     else:
         ax1.set_title(f"stream {stream_id}: no readings")
-    locator = mdates.AutoDateLocator(tz=timezone.utc)
-    ax1.xaxis.set_major_locator(locator)
-    ax1.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
-    ax1.set_xlabel("time (UTC)")
-    ax1.set_ylabel(f"value{unit}")
-    ax1.grid(True, alpha=0.3)
-    ax1.legend(loc="upper left", fontsize="small")
+    _time_axes(ax1, mdates, unit)
 
     # Panel 2: MAE per horizon.
     h_axis = np.arange(1, int(report["horizon"]) + 1)
@@ -230,6 +224,11 @@ def _fan_chart(ax, timestamps, values, forecasts, lower, upper, levels, rows, st
     text = ", ".join(f"{float(k):.0%}: {v:.3f}" for k, v in coverage.items())
     issued_at = datetime.fromtimestamp(float(timestamps[origin]), tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
     ax.set_title(f"fan chart: forecast issued {issued_at} UTC; empirical coverage, all test points (mean over horizons): {text}")
+    _time_axes(ax, mdates, unit)
+
+
+def _time_axes(ax, mdates, unit: str) -> None:
+    """UTC date ticks, value label, grid and legend of a panel drawn against time."""
     locator = mdates.AutoDateLocator(tz=timezone.utc)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
