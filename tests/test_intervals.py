@@ -254,3 +254,32 @@ def test_the_online_tracker_scores_intervals_as_evaluate_does():
     np.testing.assert_allclose(tracker.interval_sums["width"] * state.value_scale, model["width"], rtol=1e-9)
     np.testing.assert_allclose(tracker.interval_sums["winkler"] * state.value_scale, model["winkler"], rtol=1e-9)
     assert np.all(np.isnan(offline.interval_sums["baseline"]["winkler"]))  # nothing before test_from: no baseline
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--interval-levels", "0.8,abc"], "error: --interval-levels: interval level 'abc' is not a number"),
+        (["--interval-levels", "0.8,1.5"], "error: --interval-levels: interval level 1.5 must be strictly between 0 and 1"),
+        (["--interval-gamma", "-0.1"], "error: --interval-gamma must be >= 0"),
+    ],
+)
+def test_train_refuses_bad_interval_flags_in_one_line(flags, message, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--data", "data/water-flow.csv", "--out", str(tmp_path / "a"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == message and not (tmp_path / "a").exists()
+
+
+def test_an_artifact_without_intervals_serves_point_forecasts_only():
+    engine = seasonal_naive_engine()  # what an artifact trained before intervals existed loads to
+    series = shifted_stream(60, 1000, factor=1.0)
+    run = run_stream(engine, "s", series, [])
+    assert run.lower is None and run.upper is None and np.isfinite(run.forecasts[-1]).all()
+    state = None
+    for timestamp, value in zip(series.timestamps.tolist(), series.values.tolist()):
+        result = engine.step(state, Reading("s", timestamp, value))
+        state = result.state
+    assert result.forecast.lower is None and result.forecast.interval_levels == ()
+    assert state.interval_state.size == 0 and b"ACI1" not in encode_state(state)
