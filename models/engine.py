@@ -187,7 +187,6 @@ class Engine:
                 fields["upper"] = upper * scale + mean
         return _applied(state, forecast, missing)
 
-
     def step_many(
         self, states: Sequence[StreamState | None], readings: Sequence[Reading]
     ) -> list[StepResult | Exception]:
