@@ -164,6 +164,7 @@ class IntervalSpec:
         scales = levels * bands
         derived = {
             "miss_target": 1.0 - np.asarray(self.levels, dtype=np.float64),  # 1 - a, per level
+            "_miss_column": (1.0 - np.asarray(self.levels, dtype=np.float64))[:, np.newaxis],
             "anchors": anchors,
             "interpolation": interpolation,
             "state_size": scales + pending,
@@ -251,16 +252,20 @@ def adapt(state: np.ndarray, actual: np.ndarray, one_step: np.ndarray, spec: Int
         clipped to ``±LOG_SCALE_LIMIT``; the pending forecasts unchanged (:func:`push` moves them).
     """
     state = np.array(state, dtype=np.float64)
-    log_scale = state[..., : spec._scales].reshape(state.shape[:-1] + spec._anchor_centre.shape)  # [..., L, B]
-    one_step = np.asarray(one_step, dtype=np.float64)[..., np.newaxis]
-    forecast = np.concatenate([one_step, state[..., spec._oldest]], axis=-1)  # [..., B]
-    error = np.asarray(actual, dtype=np.float64)[..., np.newaxis] - forecast
-    distance = np.abs(error[..., np.newaxis, :] - spec._anchor_centre)
-    miss = distance > np.exp(log_scale) * spec._anchor_half
-    step = spec.gamma * (miss - spec.miss_target[:, np.newaxis])
-    step = np.where(np.isfinite(forecast)[..., np.newaxis, :], step, 0.0)  # nothing pending, nothing learned
-    updated = np.clip(log_scale + step, -LOG_SCALE_LIMIT, LOG_SCALE_LIMIT)
-    state[..., : spec._scales] = updated.reshape(state.shape[:-1] + (spec._scales,))
+    shape = state.shape[:-1]
+    log_scale = state[..., : spec._scales].reshape(shape + spec._anchor_centre.shape)  # [..., L, B]
+    forecast = np.empty(shape + (spec.anchors.size,))  # [..., B]: the pending forecast of each anchor
+    forecast[..., 0] = one_step
+    forecast[..., 1:] = state[..., spec._oldest]
+    distance = np.subtract(actual, forecast.T).T[..., np.newaxis, :] - spec._anchor_centre
+    np.abs(distance, out=distance)
+    step = (distance > np.exp(log_scale) * spec._anchor_half) - spec._miss_column  # miss - (1 - a)
+    step *= spec.gamma
+    step *= np.isfinite(forecast)[..., np.newaxis, :]  # nothing pending, nothing learned (0 or exactly 1)
+    log_scale = log_scale + step
+    np.minimum(log_scale, LOG_SCALE_LIMIT, out=log_scale)
+    np.maximum(log_scale, -LOG_SCALE_LIMIT, out=log_scale)
+    state[..., : spec._scales] = log_scale.reshape(shape + (spec._scales,))
     return state
 
 
