@@ -16,7 +16,7 @@ import numpy as np
 
 from models.cells import NetworkWeights
 from models.features import FeatureSpec, InputColumnsBuilder, InputRowBuilder
-from models.intervals import IntervalSpec, adapt, interval_offsets, push
+from models.intervals import IntervalSpec, adapt, interval_bounds, push
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
 from models.state import NO_INTERVALS, StreamState, serving_state
@@ -178,13 +178,11 @@ class Engine:
                 readings_seen=state.readings_seen,
             )
             if self.intervals is not None:
-                lower, upper = interval_offsets(state.interval_state, self.intervals)
-                lower += scaled
-                upper += scaled
+                bounds = interval_bounds(state.interval_state, scaled, mean, scale, self.intervals)
                 fields = forecast.__dict__
                 fields["interval_levels"] = self.intervals.levels
-                fields["lower"] = lower * scale + mean
-                fields["upper"] = upper * scale + mean
+                fields["lower"] = bounds[0]
+                fields["upper"] = bounds[1]
         return _applied(state, forecast, missing)
 
     def step_many(
@@ -323,31 +321,25 @@ class Engine:
             return None
         original = np.multiply(scaled, scale)
         original += mean
-        interval_states = lower = upper = None
+        interval_states = bounds = None
         if self.intervals is not None:
-            interval_states, lower, upper = self._steady_intervals(states, values, mean, scale, scaled)
-        return self._steady_results(states, readings, rings, cell_states, original, scaled, interval_states, lower, upper)
+            interval_states, bounds = self._steady_intervals(states, values, mean[:, 0], scale[:, 0], scaled)
+        return self._steady_results(states, readings, rings, cell_states, original, scaled, interval_states, bounds)
 
     def _steady_intervals(
         self, states: Sequence[StreamState], values: np.ndarray, mean: np.ndarray, scale: np.ndarray, scaled: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`step`'s interval adaptation and bounds for the steady readings, batched: [n, D], [n, L, H] x 2."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step`'s interval adaptation and bounds for the steady readings, batched: [n, D], [n, 2, L, H]."""
         spec = self.intervals
         old = np.array([state.interval_state for state in states]).reshape(len(states), -1)
-        actual = (values - mean[:, 0]) / scale[:, 0]
+        actual = (values - mean) / scale
+        season = self.config.season
         one_step = np.array(
-            [state.one_step_forecast if state.readings_seen > self.config.season else math.nan for state in states]
+            [state.one_step_forecast if state.readings_seen > season else math.nan for state in states]
         )
-        one_step = (one_step - mean[:, 0]) / scale[:, 0]
+        one_step = (one_step - mean) / scale
         interval_states = push(adapt(old, actual, one_step, spec), scaled, spec)
-        lower, upper = interval_offsets(interval_states, spec)
-        lower += scaled[:, np.newaxis, :]
-        upper += scaled[:, np.newaxis, :]
-        lower *= scale[:, :, np.newaxis]
-        lower += mean[:, :, np.newaxis]
-        upper *= scale[:, :, np.newaxis]
-        upper += mean[:, :, np.newaxis]
-        return interval_states, lower, upper
+        return interval_states, interval_bounds(interval_states, scaled, mean, scale, spec)
 
     def _steady_results(
         self,
@@ -358,8 +350,7 @@ class Engine:
         original: np.ndarray,
         scaled: np.ndarray,
         interval_states: np.ndarray | None = None,
-        lower: np.ndarray | None = None,
-        upper: np.ndarray | None = None,
+        bounds: np.ndarray | None = None,
     ) -> list[StepResult]:
         """Each stream's result from its rows of the batch, as :meth:`step` builds it.
 
@@ -400,8 +391,12 @@ class Engine:
                 fields["step_seconds"] = step_seconds
                 fields["readings_seen"] = readings_seen
                 fields["interval_levels"] = levels
-                fields["lower"] = None if lower is None else lower[i].copy()
-                fields["upper"] = None if upper is None else upper[i].copy()
+                if bounds is None:
+                    fields["lower"] = fields["upper"] = None
+                else:
+                    own = bounds[i].copy()  # one copy for both bounds: lower and upper are its two halves
+                    fields["lower"] = own[0]
+                    fields["upper"] = own[1]
             result = new(StepResult)
             fields = result.__dict__
             fields["state"] = new_state

@@ -42,6 +42,7 @@ __all__ = [
     "adapt",
     "push",
     "interval_offsets",
+    "interval_bounds",
     "interval_point_scores",
     "parse_levels",
     "level_key",
@@ -162,9 +163,12 @@ class IntervalSpec:
         shift = np.arange(1, pending + 1)
         shift[ends - 1] = pending + np.arange(registers.size)
         scales = levels * bands
+        miss_target = 1.0 - np.asarray(self.levels, dtype=np.float64)  # 1 - a, per level
+        # Flat [L * B] views of what adapt() needs per log-scale (row-major: level, then anchor).
+        # Anchor 1's pending forecast is the one-step forecast adapt() appends after the state.
+        pending_index = np.concatenate([[scales + pending], scales + starts])
         derived = {
-            "miss_target": 1.0 - np.asarray(self.levels, dtype=np.float64),  # 1 - a, per level
-            "_miss_column": (1.0 - np.asarray(self.levels, dtype=np.float64))[:, np.newaxis],
+            "miss_target": miss_target,
             "anchors": anchors,
             "interpolation": interpolation,
             "state_size": scales + pending,
@@ -174,6 +178,16 @@ class IntervalSpec:
             "_register_columns": registers - 1,
             "_anchor_centre": self.centre[:, anchors - 1],  # [L, B]
             "_anchor_half": self.half_width[:, anchors - 1],
+            "_pending_index": np.tile(pending_index, levels),  # [L * B] into the state + one-step forecast
+            "_centre_flat": self.centre[:, anchors - 1].ravel(),
+            "_half_flat": self.half_width[:, anchors - 1].ravel(),
+            # The ACI step, miss - (1 - a) times gamma, for a miss and for a hit, per log-scale.
+            "_miss_step": np.repeat((1.0 - miss_target) * self.gamma, bands),
+            "_hit_step": np.repeat((0.0 - miss_target) * self.gamma, bands),
+            "_limit_low": np.full(scales, -LOG_SCALE_LIMIT),
+            "_limit_high": np.full(scales, LOG_SCALE_LIMIT),
+            # [2, L, H]: -half_width and +half_width, so that one product gives both bounds.
+            "_signed_half": np.stack([-self.half_width, self.half_width]),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -237,7 +251,7 @@ class IntervalSpec:
         return cls.from_offsets(levels, lower, upper, gamma)
 
 
-def adapt(state: np.ndarray, actual: np.ndarray, one_step: np.ndarray, spec: IntervalSpec) -> np.ndarray:
+def adapt(state: np.ndarray, actual: np.ndarray | float, one_step: np.ndarray | float, spec: IntervalSpec) -> np.ndarray:
     """Scores the pending anchor forecasts that target this reading and moves the log-scales.
 
     Args:
@@ -251,21 +265,22 @@ def adapt(state: np.ndarray, actual: np.ndarray, one_step: np.ndarray, spec: Int
         ``[..., D]`` a new state: log-scales updated where a forecast was pending (NaN: none yet),
         clipped to ``±LOG_SCALE_LIMIT``; the pending forecasts unchanged (:func:`push` moves them).
     """
+    # Flat over the L x B log-scales, with precomputed per-scale constants: this runs once per reading
+    # and stream, and numpy's cost here is per call, not per element.
     state = np.array(state, dtype=np.float64)
-    shape = state.shape[:-1]
-    log_scale = state[..., : spec._scales].reshape(shape + spec._anchor_centre.shape)  # [..., L, B]
-    forecast = np.empty(shape + (spec.anchors.size,))  # [..., B]: the pending forecast of each anchor
-    forecast[..., 0] = one_step
-    forecast[..., 1:] = state[..., spec._oldest]
-    distance = np.subtract(actual, forecast.T).T[..., np.newaxis, :] - spec._anchor_centre
+    extended = np.concatenate([state, np.asarray(one_step, dtype=np.float64)[..., np.newaxis]], axis=-1)
+    forecast = extended[..., spec._pending_index]  # [..., L * B]: each log-scale's pending forecast
+    distance = np.subtract(np.asarray(actual, dtype=np.float64)[..., np.newaxis], forecast)
+    distance -= spec._centre_flat
     np.abs(distance, out=distance)
-    step = (distance > np.exp(log_scale) * spec._anchor_half) - spec._miss_column  # miss - (1 - a)
-    step *= spec.gamma
-    step *= np.isfinite(forecast)[..., np.newaxis, :]  # nothing pending, nothing learned (0 or exactly 1)
-    log_scale = log_scale + step
-    np.minimum(log_scale, LOG_SCALE_LIMIT, out=log_scale)
-    np.maximum(log_scale, -LOG_SCALE_LIMIT, out=log_scale)
-    state[..., : spec._scales] = log_scale.reshape(shape + (spec._scales,))
+    log_scale = state[..., : spec._scales]
+    limit = np.exp(log_scale)
+    limit *= spec._half_flat
+    step = np.where(distance > limit, spec._miss_step, spec._hit_step)
+    step *= np.isfinite(forecast)  # nothing pending, nothing learned (0 or exactly 1)
+    log_scale += step
+    np.minimum(log_scale, spec._limit_high, out=log_scale)
+    np.maximum(log_scale, spec._limit_low, out=log_scale)
     return state
 
 
@@ -280,6 +295,35 @@ def interval_offsets(state: np.ndarray, spec: IntervalSpec) -> tuple[np.ndarray,
     log_scale = state[..., : spec._scales].reshape(state.shape[:-1] + spec._anchor_centre.shape)  # [..., L, B]
     half = np.exp(log_scale @ spec.interpolation) * spec.half_width
     return spec.centre - half, spec.centre + half
+
+
+def interval_bounds(
+    state: np.ndarray, scaled: np.ndarray, mean: np.ndarray | float, scale: np.ndarray | float, spec: IntervalSpec
+) -> np.ndarray:
+    """The bounds in original units, ``[..., 2, L, H]`` (lower, upper), around the scaled point forecast.
+
+    The same numbers as ``(scaled + interval_offsets(state)) * scale + mean``, in one array and a few
+    numpy calls (the per-reading path's cost is per call).
+
+    Args:
+        state: ``[..., D]`` adaptation states.
+        scaled: ``[..., H]`` the scaled point forecasts.
+        mean: ``[...]`` each stream's value mean (original units per scaled unit: ``scale``).
+        scale: ``[...]`` each stream's value scale.
+        spec: The served intervals.
+    """
+    batch = state.shape[:-1]
+    log_scale = state[..., : spec._scales].reshape(batch + spec._anchor_centre.shape)  # [..., L, B]
+    bounds = np.exp(log_scale @ spec.interpolation)[..., np.newaxis, :, :]  # [..., 1, L, H]
+    bounds = bounds * spec._signed_half  # -half, +half: exactly the negated product for the lower bound
+    bounds += spec.centre
+    bounds += scaled[..., np.newaxis, np.newaxis, :]
+    if batch:
+        mean = np.asarray(mean, dtype=np.float64).reshape(batch + (1, 1, 1))
+        scale = np.asarray(scale, dtype=np.float64).reshape(batch + (1, 1, 1))
+    bounds *= scale
+    bounds += mean
+    return bounds
 
 
 def interval_point_scores(

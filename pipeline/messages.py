@@ -410,6 +410,30 @@ def _target_times(timestamp: float, step: float, horizon: int) -> str:
     return text
 
 
+def _numbers(values: Any) -> Any:
+    """What orjson writes as a JSON array of floats: a C-contiguous float64 array as it is (no list of
+    Python floats in between, the same digits), anything else as a list of Python numbers (orjson
+    would write a float32 array with float32's shortest digits, not float64's)."""
+    if isinstance(values, np.ndarray):
+        if values.dtype == np.float64 and values.flags.c_contiguous:
+            return values
+        return values.tolist()
+    return list(values)
+
+
+_LEVEL_KEYS: dict[tuple[float, ...], tuple[str, ...]] = {}
+
+
+def _level_keys(levels: tuple[float, ...]) -> tuple[str, ...]:
+    """:func:`models.intervals.level_key` of each level, cached (a job serves one or two sets of levels)."""
+    keys = _LEVEL_KEYS.get(levels)
+    if keys is None:
+        if len(_LEVEL_KEYS) >= 64:
+            _LEVEL_KEYS.clear()
+        keys = _LEVEL_KEYS[levels] = tuple(level_key(level) for level in levels)
+    return keys
+
+
 def encode_forecast(forecast: Forecast, model: str, model_version: str) -> bytes:
     """The forecast message. Same floats give the same bytes.
 
@@ -422,14 +446,15 @@ def encode_forecast(forecast: Forecast, model: str, model_version: str) -> bytes
     """
     timestamp = float(forecast.timestamp)
     values = forecast.values
-    numbers = orjson.dumps(values.tolist() if isinstance(values, np.ndarray) else list(values)).decode("ascii")
+    numbers = orjson.dumps(_numbers(values), option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")
     intervals = ""
     if forecast.lower is not None:
         intervals = ',"intervals":' + orjson.dumps(
             {
-                level_key(level): {"lower": lower, "upper": upper}
-                for level, lower, upper in zip(forecast.interval_levels, forecast.lower.tolist(), forecast.upper.tolist())
-            }
+                key: {"lower": _numbers(lower), "upper": _numbers(upper)}
+                for key, lower, upper in zip(_level_keys(forecast.interval_levels), forecast.lower, forecast.upper)
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
         ).decode("ascii")
     text = (
         f'{{"stream_id":{_json_string(forecast.stream_id)},"timestamp":"{_format_cached(timestamp)}",'

@@ -15,6 +15,7 @@ from models.intervals import (
     IntervalSpec,
     adapt,
     conformal_offsets,
+    interval_bounds,
     interval_offsets,
     interval_point_scores,
     parse_levels,
@@ -97,6 +98,24 @@ def test_adapt_moves_each_log_scale_by_the_aci_rule():
     lower, upper = interval_offsets(after, spec)
     np.testing.assert_allclose(upper[0], np.exp(0.08) * 1.0)
     np.testing.assert_allclose(lower[1], -np.exp(-0.005) * 2.0)
+
+
+def test_interval_bounds_are_the_offsets_around_the_forecast_in_original_units_exactly():
+    """The engine's one-array form equals (scaled + offset) * scale + mean bit for bit, one stream or many."""
+    rng = np.random.default_rng(3)
+    spec = spec_for(12, half=0.7, gamma=0.1)
+    states = np.stack([spec.initial_state() for _ in range(5)])
+    states[:, : spec._scales] = rng.uniform(-1, 1, size=(5, spec._scales))
+    scaled = rng.normal(size=(5, 12))
+    mean, scale = rng.normal(size=5) * 100, rng.uniform(1, 50, size=5)
+    batch = interval_bounds(states, scaled, mean, scale, spec)
+    assert batch.shape == (5, 2, 2, 12)
+    for i in range(5):
+        lower, upper = interval_offsets(states[i], spec)
+        one = interval_bounds(states[i], scaled[i], mean[i], scale[i], spec)
+        for got in (one, batch[i]):
+            np.testing.assert_array_equal(got[0], (lower + scaled[i]) * scale[i] + mean[i])
+            np.testing.assert_array_equal(got[1], (upper + scaled[i]) * scale[i] + mean[i])
 
 
 def test_each_anchor_misses_at_the_nominal_rate_in_the_long_run():
