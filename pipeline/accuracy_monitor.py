@@ -1,7 +1,8 @@
 """The job's online accuracy signal: :class:`models.online_accuracy.AccuracyTracker` fed by the stateful
 step, exported as ``rnncast_forecast_abs_error{horizon,model}`` and ``rnncast_model_skill{horizon}``, and
 for a model with prediction intervals ``rnncast_interval_coverage{horizon,level}`` and
-``rnncast_interval_width{horizon,level}`` (rolling, per band, the tracker's windows).
+``rnncast_interval_width{horizon,level}`` (rolling, per band, the tracker's windows). A swap to a model
+with other levels (or none) removes the series of the levels it no longer serves.
 
 After every applied reading of a running stream (not warming up) the stateful step calls
 :meth:`AccuracyMonitor.observe` with the stream's frozen scaler and the forecast's scaled vector. The
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from models.intervals import level_key
 from models.online_accuracy import HORIZON_BANDS, AccuracyTracker, ScoredBatch
 
 __all__ = ["AccuracyMonitor"]
@@ -90,6 +92,7 @@ class AccuracyMonitor:
             self.flush()
             self._levels = levels
             self._tracker = self._new_tracker(horizon, step_seconds)
+            self._metrics.keep_interval_levels([level_key(level) for level in levels])
 
     def flush(self) -> None:
         """Moves what was scored into the histogram and refreshes the skill gauges."""

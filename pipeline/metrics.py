@@ -59,7 +59,7 @@ has intervals; like the skill gauge they appear once there is something to repor
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +228,7 @@ class JobMetrics:
             "rnncast_interval_nominal", "Nominal coverage of each served prediction-interval level.", ("level",),
             registry=r,
         )
+        self._interval_levels: set[str] = set()  # the levels with interval series, for keep_interval_levels
         self.model_swaps = _counter(
             "rnncast_model_swaps_total", "Model artifact swaps: loaded, or refused (failed validation).", r,
             ("result",),
@@ -311,6 +312,20 @@ class JobMetrics:
         self.interval_nominal.labels(level=level).set(float(level))
         self.interval_coverage.labels(horizon=band, level=level).set(coverage)
         self.interval_width.labels(horizon=band, level=level).set(width)
+        self._interval_levels.add(level)
+
+    def keep_interval_levels(self, levels: Iterable[str]) -> None:
+        """Removes the interval series of every level not in ``levels`` (the served model's, after a swap).
+
+        Without this a level the new model does not serve would keep exporting its last coverage, and
+        the under-coverage alert would keep judging it.
+        """
+        for level in sorted(self._interval_levels - set(levels)):
+            for band in HORIZON_BANDS:
+                self.interval_coverage.remove(band, level)
+                self.interval_width.remove(band, level)
+            self.interval_nominal.remove(level)
+            self._interval_levels.discard(level)
 
     def set_skill(self, band: str, skill: float) -> None:
         if band not in HORIZON_BANDS:
