@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -172,8 +173,8 @@ def _interval_levels(args: argparse.Namespace, error: type[Exception]) -> tuple[
 
     if args.interval_levels.strip().lower() == "none":
         return ()
-    if args.interval_gamma is not None and not args.interval_gamma >= 0:
-        raise error("--interval-gamma must be >= 0")
+    if args.interval_gamma is not None and not (math.isfinite(args.interval_gamma) and args.interval_gamma >= 0):
+        raise error(f"--interval-gamma must be a finite number >= 0, got {args.interval_gamma}")
     try:
         return parse_levels(args.interval_levels)
     except ValueError as err:

@@ -45,6 +45,7 @@ __all__ = [
     "interval_bounds",
     "interval_point_scores",
     "parse_levels",
+    "check_levels",
     "level_key",
 ]
 
@@ -62,6 +63,24 @@ def level_key(level: float) -> str:
     return repr(float(level))
 
 
+def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
+    """The levels if they are usable: at least one, each strictly between 0 and 1, distinct, ascending.
+
+    Raises:
+        ValueError: Naming the bad level (a manifest's ``intervals.levels`` or ``--interval-levels``).
+    """
+    if not levels:
+        raise ValueError("no interval level given")
+    for level in levels:
+        if not (isinstance(level, float) and math.isfinite(level) and 0 < level < 1):
+            raise ValueError(f"interval level {level!r} must be a number strictly between 0 and 1")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"interval levels repeat: {', '.join(map(repr, levels))}")
+    if list(levels) != sorted(levels):
+        raise ValueError(f"interval levels must be ascending: {', '.join(map(repr, levels))}")
+    return levels
+
+
 def parse_levels(text: str) -> tuple[float, ...]:
     """``"0.8,0.95"`` -> ``(0.8, 0.95)``: distinct levels strictly between 0 and 1, sorted.
 
@@ -72,17 +91,10 @@ def parse_levels(text: str) -> tuple[float, ...]:
     for part in text.split(","):
         part = part.strip()
         try:
-            level = float(part)
+            levels.append(float(part))
         except ValueError:
             raise ValueError(f"interval level {part!r} is not a number") from None
-        if not 0 < level < 1 or not math.isfinite(level):
-            raise ValueError(f"interval level {part} must be strictly between 0 and 1")
-        levels.append(level)
-    if not levels:
-        raise ValueError("no interval level given")
-    if len(set(levels)) != len(levels):
-        raise ValueError(f"interval levels repeat: {text}")
-    return tuple(sorted(levels))
+    return check_levels(tuple(sorted(levels)))
 
 
 def conformal_offsets(errors: np.ndarray, levels: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,6 +150,7 @@ class IntervalSpec:
     def __post_init__(self) -> None:
         from models.metrics import horizon_bands  # models.metrics scores intervals with this module
 
+        check_levels(self.levels)
         shape = (len(self.levels), self.centre.shape[-1] if self.centre.ndim == 2 else -1)
         if self.centre.shape != shape or self.half_width.shape != shape:
             raise ValueError(f"interval offsets must be [levels, horizon], got {self.centre.shape} and {self.half_width.shape}")

@@ -148,6 +148,42 @@ def test_a_manifest_block_round_trips_and_bad_ones_are_refused():
         IntervalSpec.from_json({}, 4)
 
 
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (["1.5"], "interval level 1.5 must be a number strictly between 0 and 1"),
+        (["0"], "interval level 0.0 must be a number strictly between 0 and 1"),
+        (["nan"], "interval level nan must be a number strictly between 0 and 1"),
+        (["0.8", "0.80"], "interval levels repeat: 0.8, 0.8"),
+        (["high"], "malformed 'intervals' block"),
+        ([], "'intervals' offsets must have one float per horizon step"),
+    ],
+)
+def test_a_manifest_with_bad_levels_is_refused_with_the_level_named(keys, message):
+    doc = {"gamma": 0.02, "levels": {key: {"lower": [-1.0, -1.0], "upper": [1.0, 1.0]} for key in keys}}
+    with pytest.raises(ValueError, match=message):
+        IntervalSpec.from_json(doc, 2)
+
+
+@pytest.mark.parametrize("gamma", [-0.1, float("inf"), float("nan")])
+def test_a_manifest_with_a_bad_gamma_is_refused(gamma):
+    doc = spec_for(2).to_json()
+    doc["gamma"] = gamma
+    with pytest.raises(ValueError, match="adaptation step must be >= 0"):
+        IntervalSpec.from_json(doc, 2)
+
+
+def test_a_manifest_with_non_finite_or_crossed_offsets_is_refused():
+    doc = spec_for(2).to_json()
+    doc["levels"]["0.8"]["lower"][1] = float("nan")
+    with pytest.raises(ValueError, match="must be finite"):
+        IntervalSpec.from_json(doc, 2)
+    doc = spec_for(2).to_json()
+    doc["levels"]["0.8"]["lower"][0] = 5.0
+    with pytest.raises(ValueError, match="upper offset below its lower offset"):
+        IntervalSpec.from_json(doc, 2)
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 SEASON, HORIZON, STEP = 24, 12, 3600.0
@@ -279,8 +315,10 @@ def test_the_online_tracker_scores_intervals_as_evaluate_does():
     "flags, message",
     [
         (["--interval-levels", "0.8,abc"], "error: --interval-levels: interval level 'abc' is not a number"),
-        (["--interval-levels", "0.8,1.5"], "error: --interval-levels: interval level 1.5 must be strictly between 0 and 1"),
-        (["--interval-gamma", "-0.1"], "error: --interval-gamma must be >= 0"),
+        (["--interval-levels", "0.8,1.5"], "error: --interval-levels: interval level 1.5 must be a number strictly between 0 and 1"),
+        (["--interval-levels", "nan"], "error: --interval-levels: interval level nan must be a number strictly between 0 and 1"),
+        (["--interval-gamma", "-0.1"], "error: --interval-gamma must be a finite number >= 0, got -0.1"),
+        (["--interval-gamma", "inf"], "error: --interval-gamma must be a finite number >= 0, got inf"),
     ],
 )
 def test_train_refuses_bad_interval_flags_in_one_line(flags, message, tmp_path, capsys):
