@@ -197,6 +197,12 @@ class IntervalSpec:
             # The ACI step, miss - (1 - a) times gamma, for a miss and for a hit, per log-scale.
             "_miss_step": np.repeat((1.0 - miss_target) * self.gamma, bands),
             "_hit_step": np.repeat((0.0 - miss_target) * self.gamma, bands),
+            # The same per log-scale as Python floats: centre, miss step, hit step (the one-stream path).
+            "_per_scale": (
+                self.centre[:, anchors - 1].ravel().tolist(),
+                np.repeat((1.0 - miss_target) * self.gamma, bands).tolist(),
+                np.repeat((0.0 - miss_target) * self.gamma, bands).tolist(),
+            ),
             "_limit_low": np.full(scales, -LOG_SCALE_LIMIT),
             "_limit_high": np.full(scales, LOG_SCALE_LIMIT),
             # [2, L, H]: -half_width and +half_width, so that one product gives both bounds.
@@ -278,9 +284,11 @@ def adapt(state: np.ndarray, actual: np.ndarray | float, one_step: np.ndarray | 
         ``[..., D]`` a new state: log-scales updated where a forecast was pending (NaN: none yet),
         clipped to ``±LOG_SCALE_LIMIT``; the pending forecasts unchanged (:func:`push` moves them).
     """
-    # Flat over the L x B log-scales, with precomputed per-scale constants: this runs once per reading
-    # and stream, and numpy's cost here is per call, not per element.
     state = np.array(state, dtype=np.float64)
+    if state.ndim == 1:
+        return _adapt_one(state, float(actual), float(one_step), spec)
+    # Flat over the L x B log-scales, with precomputed per-scale constants: numpy's cost here is per
+    # call, not per element.
     extended = np.concatenate([state, np.asarray(one_step, dtype=np.float64)[..., np.newaxis]], axis=-1)
     forecast = extended[..., spec._pending_index]  # [..., L * B]: each log-scale's pending forecast
     distance = np.subtract(np.asarray(actual, dtype=np.float64)[..., np.newaxis], forecast)
@@ -294,6 +302,27 @@ def adapt(state: np.ndarray, actual: np.ndarray | float, one_step: np.ndarray | 
     log_scale += step
     np.minimum(log_scale, spec._limit_high, out=log_scale)
     np.maximum(log_scale, spec._limit_low, out=log_scale)
+    return state
+
+
+def _adapt_one(state: np.ndarray, actual: float, one_step: float, spec: IntervalSpec) -> np.ndarray:
+    """:func:`adapt` for one stream (``state`` a copy it may change): the same float64 operations, with
+    numpy's exp, on Python floats for the L x B log-scales (a handful: numpy's per-call cost dominated)."""
+    scales = spec._scales
+    log_scale = state[:scales]
+    limits = np.exp(log_scale)
+    limits *= spec._half_flat
+    pending = [one_step, *state[spec._oldest].tolist()]
+    anchors = len(pending)
+    new = log_scale.tolist()
+    isfinite = math.isfinite
+    for j, (limit, centre, miss, hit) in enumerate(zip(limits.tolist(), *spec._per_scale)):
+        forecast = pending[j % anchors]
+        value = new[j]
+        if isfinite(forecast):  # nothing pending, nothing learned (but clipped all the same, as adapt does)
+            value += miss if abs(actual - forecast - centre) > limit else hit
+        new[j] = LOG_SCALE_LIMIT if value > LOG_SCALE_LIMIT else -LOG_SCALE_LIMIT if value < -LOG_SCALE_LIMIT else value
+    log_scale[:] = new
     return state
 
 

@@ -8,6 +8,7 @@ because Tansu 0.6's ListOffsets "latest" can report less than the true end.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -374,8 +375,15 @@ def _interval_diff(served: dict[str, Any] | None, expected: dict[str, Any] | Non
             got, want = served[level][side], bounds[side]
             if len(got) != len(want):
                 return float("inf")
-            diff = max(diff, max(abs(a - b) for a, b in zip(got, want)))
+            diff = max(diff, max(_number_diff(a, b) for a, b in zip(got, want)))
     return diff
+
+
+def _number_diff(got: float | None, want: float | None) -> float:
+    """|got - want|; a null or NaN on either side differs infinitely (max() would skip a NaN difference)."""
+    if got is None or want is None or not (math.isfinite(got) and math.isfinite(want)):
+        return 0.0 if got == want else float("inf")
+    return abs(got - want)
 
 
 class PacedProducer(threading.Thread):

@@ -100,6 +100,24 @@ def test_adapt_moves_each_log_scale_by_the_aci_rule():
     np.testing.assert_allclose(lower[1], -np.exp(-0.005) * 2.0)
 
 
+def test_adapt_for_one_stream_equals_adapt_for_many_bit_for_bit():
+    """The one-stream path (Python floats) and the batched path (numpy): same log-scales, NaN and limits included."""
+    rng = np.random.default_rng(11)
+    spec = spec_for(12, half=0.5, gamma=0.3)
+    states = rng.normal(size=(200, spec.state_size))
+    states[:, : spec._scales] = rng.uniform(-5.2, 5.2, size=(200, spec._scales))  # some at and past the limits
+    states[rng.random(states.shape) < 0.1] = np.nan  # nothing pending in some registers
+    states[:, : spec._scales] = np.nan_to_num(states[:, : spec._scales])
+    actual, one_step = rng.normal(size=200), rng.normal(size=200)
+    one_step[::7] = np.nan
+    many = adapt(states, actual, one_step, spec)
+    for i in range(200):
+        one = adapt(states[i], actual[i], one_step[i], spec)
+        np.testing.assert_array_equal(one, many[i])
+    assert not np.array_equal(many[:, : spec._scales], states[:, : spec._scales])  # it did move them
+    assert np.all(np.abs(many[:, : spec._scales]) <= 5.0)
+
+
 def test_interval_bounds_are_the_offsets_around_the_forecast_in_original_units_exactly():
     """The engine's one-array form equals (scaled + offset) * scale + mean bit for bit, one stream or many."""
     rng = np.random.default_rng(3)
