@@ -53,7 +53,8 @@ once the job has enough scored forecasts to compute it.
 per band and level) whose prediction interval of that level held the actual; ``rnncast_interval_width``
 its mean width in scaled units; ``rnncast_interval_nominal{level}`` the level itself, so that rules can
 compare (``level`` as the forecast messages write it: ``0.8``, ``0.95``). Served only when the artifact
-has intervals; like the skill gauge they appear once there is something to report.
+has intervals; like the skill gauge they appear once there is something to report. A hot swap to a
+model with other levels (or none) removes the series of the levels no longer served.
 """
 
 from __future__ import annotations
