@@ -180,6 +180,10 @@ class IntervalSpec:
         # Flat [L * B] views of what adapt() needs per log-scale (row-major: level, then anchor).
         # Anchor 1's pending forecast is the one-step forecast adapt() appends after the state.
         pending_index = np.concatenate([[scales + pending], scales + starts])
+        centre_flat = self.centre[:, anchors - 1].ravel()
+        # The ACI step, miss - (1 - a) times gamma, for a miss and for a hit, per log-scale.
+        miss_step = np.repeat((1.0 - miss_target) * self.gamma, bands)
+        hit_step = np.repeat((0.0 - miss_target) * self.gamma, bands)
         derived = {
             "miss_target": miss_target,
             "anchors": anchors,
@@ -192,17 +196,12 @@ class IntervalSpec:
             "_anchor_centre": self.centre[:, anchors - 1],  # [L, B]
             "_anchor_half": self.half_width[:, anchors - 1],
             "_pending_index": np.tile(pending_index, levels),  # [L * B] into the state + one-step forecast
-            "_centre_flat": self.centre[:, anchors - 1].ravel(),
+            "_centre_flat": centre_flat,
             "_half_flat": self.half_width[:, anchors - 1].ravel(),
-            # The ACI step, miss - (1 - a) times gamma, for a miss and for a hit, per log-scale.
-            "_miss_step": np.repeat((1.0 - miss_target) * self.gamma, bands),
-            "_hit_step": np.repeat((0.0 - miss_target) * self.gamma, bands),
-            # The same per log-scale as Python floats: centre, miss step, hit step (the one-stream path).
-            "_per_scale": (
-                self.centre[:, anchors - 1].ravel().tolist(),
-                np.repeat((1.0 - miss_target) * self.gamma, bands).tolist(),
-                np.repeat((0.0 - miss_target) * self.gamma, bands).tolist(),
-            ),
+            "_miss_step": miss_step,
+            "_hit_step": hit_step,
+            # The same per log-scale as Python floats (the one-stream path): centre, miss step, hit step.
+            "_per_scale": (centre_flat.tolist(), miss_step.tolist(), hit_step.tolist()),
             "_limit_low": np.full(scales, -LOG_SCALE_LIMIT),
             "_limit_high": np.full(scales, LOG_SCALE_LIMIT),
             # [2, L, H]: -half_width and +half_width, so that one product gives both bounds.
