@@ -41,6 +41,7 @@ __all__ = [
     "FlinkCluster",
     "FlinkClusterError",
     "MissingPieces",
+    "cancel_job",
     "pieces_dir",
 ]
 
@@ -159,6 +160,10 @@ class FlinkCluster:
             "--environment_config=" + json.dumps({"command": str(boot_binary(self.pieces))}, separators=(",", ":")),
             f"--parallelism={self.taskmanagers * self.slots}",
             f"--checkpointing_interval={self.checkpoint_interval_ms}",
+            # Without it the job server's Flink operators (Beam 2.62) left the SDK bundle that was open
+            # at a checkpoint unfinished: with checkpointing on, streaming pipelines here (the job, and
+            # a Create + GroupByKey) mostly stalled after their first element (deploy/flink/README.md).
+            "--finish_bundle_before_checkpointing",
         ]
 
     def ready_line(self) -> str:
@@ -352,6 +357,24 @@ class FlinkCluster:
                 return json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError):
             return None
+
+
+def cancel_job(flink_master: str, job_name: str, timeout: float = 30.0) -> list[str]:
+    """Cancels the running Flink jobs named ``job_name`` through Flink's REST API; returns their ids.
+
+    Beam's job server (2.62) only cancels its own submission thread when asked: the job keeps running
+    on a remote cluster, so the launcher cancels it where it runs.
+    """
+    base = flink_master if flink_master.startswith("http") else f"http://{flink_master}"
+    with urllib.request.urlopen(f"{base}/jobs/overview", timeout=timeout) as response:
+        jobs = json.loads(response.read())["jobs"]
+    cancelled = []
+    for job in jobs:
+        if job["name"] == job_name and job["state"] not in ("FINISHED", "CANCELED", "FAILED"):
+            request = urllib.request.Request(f"{base}/jobs/{job['jid']}?mode=cancel", method="PATCH")
+            with urllib.request.urlopen(request, timeout=timeout):
+                cancelled.append(job["jid"])
+    return cancelled
 
 
 def _port_open(port: int) -> bool:
