@@ -255,6 +255,7 @@ class FlinkCluster:
             # TaskManagerRunner, started without Flink's bin scripts, needs its resources spelled out.
             "taskmanager.cpu.cores": float(self.slots),
             "parallelism.default": 1,
+            "cluster.evenly-spread-out-slots": "true",  # a job of parallelism 2 uses both TaskManagers
             # Small memory: 2 shared cores, and the SDK workers (Python) hold the job's working set.
             "jobmanager.memory.heap.size": "256m",
             "jobmanager.memory.off-heap.size": "64m",

@@ -270,5 +270,8 @@ def run(
 
             if local or stopper.received is None or result.state != PipelineState.CANCELLED:
                 raise
+        finally:
+            if not local:
+                clear_worker_targets(options.worker_targets_dir)  # the job's workers are gone
     log.info("stopped after %s", signal.Signals(stopper.received).name if stopper.received else "the input ended")
     return 0

@@ -393,8 +393,13 @@ def worker_targets(targets_dir: str) -> list[str]:
 
 
 def clear_worker_targets(targets_dir: str) -> None:
-    """Removes the discovery files of :class:`WorkerMetrics` from ``targets_dir``."""
+    """Removes the discovery files of :class:`WorkerMetrics` from ``targets_dir`` (and the directory, once empty)."""
     from pathlib import Path
 
-    for path in Path(targets_dir).glob("rnncast-worker-*.json"):
+    directory = Path(targets_dir)
+    for path in directory.glob("rnncast-worker-*.json"):
         path.unlink(missing_ok=True)
+    try:
+        directory.rmdir()  # only if nothing else is in it
+    except OSError:
+        pass
