@@ -64,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
         print(cluster.ready_line(), flush=True)
         print(f"Flink {cluster.rest_url} ({args.taskmanagers} TaskManagers x {args.slots} slots), "
               f"logs in {workdir / 'log'}; Ctrl-C to stop", file=sys.stderr, flush=True)
-        while (dead := cluster.dead()) is None:
+        lost: set[str] = set()
+        while (dead := cluster.dead(taskmanagers=False)) is None:
+            gone = cluster.dead()
+            if gone is not None and gone.name not in lost:
+                lost.add(gone.name)
+                print(f"warning: {gone.name} exited with status {gone.proc.returncode}; Flink restarts its jobs on "
+                      f"the slots left", file=sys.stderr, flush=True)
             time.sleep(0.5)
         print(f"error: {dead.name} exited by itself with status {dead.proc.returncode}\n{dead.tail()}", file=sys.stderr)
         return 1

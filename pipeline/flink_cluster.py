@@ -222,9 +222,17 @@ class FlinkCluster:
         for daemon in daemons:
             daemon.proc.wait()
 
-    def dead(self) -> _Daemon | None:
-        """The first daemon that exited, if any."""
-        return next((d for d in self._daemons if d.proc.poll() is not None), None)
+    def dead(self, *, taskmanagers: bool = True) -> _Daemon | None:
+        """The first daemon that exited, if any (with ``taskmanagers=False``: the JobManager or the job server).
+
+        A lost TaskManager is Flink's to handle (its jobs restart from their last checkpoint on the
+        slots left); without the JobManager or the job server there is no cluster.
+        """
+        return next(
+            (d for d in self._daemons
+             if d.proc.poll() is not None and (taskmanagers or not d.name.startswith("taskmanager-"))),
+            None,
+        )
 
     def taskmanager_pids(self) -> list[int]:
         return [d.proc.pid for d in self._daemons if d.name.startswith("taskmanager-")]
