@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
               f"logs in {workdir / 'log'}; Ctrl-C to stop", file=sys.stderr, flush=True)
         lost: set[str] = set()
         while (dead := cluster.dead(taskmanagers=False)) is None:
-            gone = cluster.dead()
-            if gone is not None and gone.name not in lost:
-                lost.add(gone.name)
-                print(f"warning: {gone.name} exited with status {gone.proc.returncode}; Flink restarts its jobs on "
-                      f"the slots left", file=sys.stderr, flush=True)
+            for gone in cluster.exited():
+                if gone.name not in lost:
+                    lost.add(gone.name)
+                    print(f"warning: {gone.name} exited with status {gone.proc.returncode}; Flink restarts its jobs "
+                          f"on the slots left", file=sys.stderr, flush=True)
             time.sleep(0.5)
         print(f"error: {dead.name} exited by itself with status {dead.proc.returncode}\n{dead.tail()}", file=sys.stderr)
         return 1

@@ -42,6 +42,8 @@ __all__ = [
     "FlinkClusterError",
     "MissingPieces",
     "cancel_job",
+    "descendants",
+    "is_alive",
     "pieces_dir",
 ]
 
@@ -206,7 +208,7 @@ class FlinkCluster:
         daemons, self._daemons = list(reversed(self._daemons)), []
         everyone: list[int] = []
         for daemon in daemons:
-            everyone.extend([daemon.proc.pid, *_descendants(daemon.proc.pid)])
+            everyone.extend([daemon.proc.pid, *descendants(daemon.proc.pid)])
         for pid in everyone:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -215,12 +217,16 @@ class FlinkCluster:
                 daemon.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        while time.monotonic() < deadline and any(_alive(pid) for pid in everyone):
+        while time.monotonic() < deadline and any(is_alive(pid) for pid in everyone):
             time.sleep(0.1)
         for pid in everyone:
             _signal(pid, signal.SIGKILL)
         for daemon in daemons:
             daemon.proc.wait()
+
+    def exited(self) -> list[_Daemon]:
+        """The daemons that exited."""
+        return [d for d in self._daemons if d.proc.poll() is not None]
 
     def dead(self, *, taskmanagers: bool = True) -> _Daemon | None:
         """The first daemon that exited, if any (with ``taskmanagers=False``: the JobManager or the job server).
@@ -228,14 +234,7 @@ class FlinkCluster:
         A lost TaskManager is Flink's to handle (its jobs restart from their last checkpoint on the
         slots left); without the JobManager or the job server there is no cluster.
         """
-        return next(
-            (d for d in self._daemons
-             if d.proc.poll() is not None and (taskmanagers or not d.name.startswith("taskmanager-"))),
-            None,
-        )
-
-    def taskmanager_pids(self) -> list[int]:
-        return [d.proc.pid for d in self._daemons if d.name.startswith("taskmanager-")]
+        return next((d for d in self.exited() if taskmanagers or not d.name.startswith("taskmanager-")), None)
 
     def __enter__(self) -> FlinkCluster:
         return self.start()
@@ -394,7 +393,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (from /proc), so SDK workers in their own process groups stop too."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -414,7 +413,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except OSError:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.flink_cluster import MissingPieces, check_pieces
+from pipeline.flink_cluster import MissingPieces, check_pieces, descendants, is_alive
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "flink ready: "
@@ -63,12 +63,6 @@ class ClusterProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
-
-
-def _children_of(pid: int) -> list[int]:
-    from pipeline.flink_cluster import _descendants
-
-    return _descendants(pid)
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +132,12 @@ def test_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
     cluster = ClusterProcess(tmp_path, "--taskmanagers", "1")
     try:
         cluster.wait_ready()
-        started = _children_of(cluster.proc.pid)
+        started = descendants(cluster.proc.pid)
         assert len(started) >= 3  # JobManager, TaskManager, job server
     finally:
         status = cluster.stop()
     assert status == 0, cluster.stderr_path.read_text()[-2000:]
-    from pipeline.flink_cluster import _alive
-
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if is_alive(pid)] == []
 
 
 def test_missing_pieces_are_a_one_line_error_naming_make_flink(tmp_path: Path) -> None:
@@ -191,7 +183,6 @@ def test_a_taskmanager_killed_mid_stream_loses_no_forecast(broker, tmp_path: Pat
 
     import serve_harness as h
     from models.artifact import load_artifact
-    from pipeline.flink_cluster import _descendants
 
     try:
         check_pieces()
@@ -218,8 +209,8 @@ def test_a_taskmanager_killed_mid_stream_loses_no_forecast(broker, tmp_path: Pat
         # Kill once forecasts flow and a checkpoint exists, while readings are still being published.
         h.wait_for(lambda: len(h.read_records(broker.bootstrap, topics["output_topic"], timeout=5)) >= 100, 180,
                    interval=1.0, what="forecasts before the kill")
-        victim = next(pid for pid in _descendants(cluster.proc.pid) if "taskmanager-0" in _cmdline(pid))
-        doomed = [victim, *_descendants(victim)]
+        victim = next(pid for pid in descendants(cluster.proc.pid) if "taskmanager-0" in _cmdline(pid))
+        doomed = [victim, *descendants(victim)]
         for pid in doomed:
             os.kill(pid, signal.SIGKILL)
         killed_at = producer.sent
