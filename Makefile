@@ -2,6 +2,7 @@
 #   make test   bootstrap .venv + system packages, then the whole test suite
 #   make run    the demo (see below)
 #   make lint   syntax/compile check of the Python sources
+#   make flink  fetch (pinned, cached) Beam's Flink job server, a Flink 1.19 distribution and Beam's boot
 #   make clean  remove caches and build leftovers (make distclean also removes .venv)
 
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ PY := .venv/bin/python
 DATA := data/elecdemand.csv
 ARTIFACT := artifacts/default
 
-.PHONY: venv sysdeps test run bench compare lint clean distclean
+.PHONY: venv sysdeps flink test run bench compare lint clean distclean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -20,7 +21,11 @@ venv:
 sysdeps:
 	@bash scripts/install_system_deps.sh
 
-test: venv sysdeps
+# The Flink cluster of tests/test_flink.py (about 400 MB in ~/.cache/rnncast, a few minutes once).
+flink: venv
+	@bash scripts/fetch_flink.sh
+
+test: venv sysdeps flink
 	$(PY) -m pytest
 
 # The streaming demo: train the default model once (about a minute), print its offline evaluation,

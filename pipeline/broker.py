@@ -36,7 +36,7 @@ import weakref
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["BrokerError", "EmbeddedBroker", "find_tansu", "free_port"]
+__all__ = ["BrokerError", "EmbeddedBroker", "die_with_parent_hook", "find_tansu", "free_port"]
 
 # Environment variables Tansu reads as defaults for its flags (see `tansu broker --help`).
 _TANSU_ENV = (
@@ -108,7 +108,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _die_with_parent_hook():
+def die_with_parent_hook():
     """Returns a preexec_fn that makes the child get SIGTERM when its parent dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -310,7 +310,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not Tansu
-            preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
+            preexec_fn=die_with_parent_hook() if self._die_with_parent else None,
         )
 
     def _pump_log(self, proc: subprocess.Popen[bytes]) -> None:

@@ -119,6 +119,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     monitoring = parser.add_argument_group("monitoring")
     monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
     monitoring.add_argument("--metrics-port", type=_number(int, 0), default=9108, help="port of the /metrics server, 0 for any (default: %(default)s)")
+    monitoring.add_argument(
+        "--metrics-targets-dir", metavar="DIR",
+        help="distributed runners (Flink): each SDK worker serves its own /metrics on --metrics-host and a free port, "
+        "and registers it here as a Prometheus file_sd target file (default: rnncast-workers-GROUP in the temporary "
+        "directory)",
+    )
     parser.set_defaults(accepts_extra_args=True)
 
 
@@ -166,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         options = ServeOptions(
             artifact=str(args.artifact), kafka=settings, input_topic=args.input_topic, output_topic=args.output_topic,
             dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
-            metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+            metrics_targets_dir=args.metrics_targets_dir, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
             max_records=args.batch_size, state_shards=args.state_shards, commit_interval=args.commit_interval, artifact_poll_seconds=args.artifact_poll_seconds,
         )

@@ -25,12 +25,13 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipeline import local_runner
 from pipeline.coders import KafkaBatchCoder
 from pipeline.forecast_dofn import ForecastDoFn, RouteToShards, ServedModel
 from pipeline.kafka_sink import CommitOffsets, PublishOutcomes
-from pipeline.kafka_source import ReadPartitions, request_stop, reset_stop, start_offsets
+from pipeline.kafka_source import ReadPartitions, start_offsets
 from pipeline.messages import KafkaBatch
-from pipeline.metrics import JobMetrics, default_metrics
+from pipeline.metrics import JobMetrics, WorkerMetrics, clear_worker_targets, default_metrics
 from pipeline.options import ServeOptions, is_local_runner
 from pipeline.state_store import ChangelogRestore, ensure_changelog
 
@@ -136,14 +137,22 @@ def publish_and_commit(outcomes: Any, options: ServeOptions, layout: JobLayout, 
 
 
 class _StopOnSignal:
-    """SIGTERM/SIGINT: graceful stop (drain, flush, commit). Repeats are only logged.
+    """SIGTERM/SIGINT: stop the job. Repeats are only logged.
+
+    On the local runner: the graceful stop (drain, flush, commit; :mod:`pipeline.local_runner`). On a
+    distributed runner the job's stages run in workers the signal never reaches, so the launcher
+    cancels the job there (:meth:`cancel_on_signal`): what was committed stays committed, and a new
+    run continues from the group's committed offsets and the changelog (see deploy/flink/README.md).
 
     Repeats are not escalated to a hard exit: the same signal is often delivered twice (GNU
     ``timeout`` signals the child and then its process group). SIGKILL is always safe anyway.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, local: bool, flink_job: tuple[str, str] | None = None) -> None:
         self.received: int | None = None
+        self._local = local
+        self._flink_job = flink_job  # (flink_master, job name): cancelled through Flink's REST API too
+        self._result: Any = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopOnSignal":
@@ -156,128 +165,51 @@ class _StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def cancel_on_signal(self, result: Any) -> None:
+        """The running job's result: a signal (already received, or later) cancels it."""
+        self._result = result
+        if self.received is not None:
+            self._cancel()
+
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
             log.info("%s: already stopping", name)
             return
         self.received = signum
-        log.info("%s: draining, flushing and committing, then exiting", name)
-        request_stop()
+        if self._local:
+            log.info("%s: draining, flushing and committing, then exiting", name)
+            local_runner.request_stop()
+        else:
+            log.info("%s: cancelling the job (committed offsets and the changelog stay), then exiting", name)
+            if self._result is not None:
+                self._cancel()
+
+    def _cancel(self) -> None:
+        if self._flink_job is not None:
+            from pipeline.flink_cluster import cancel_job
+
+            try:
+                log.info("cancelled Flink job %s", ",".join(cancel_job(*self._flink_job)) or "(none running)")
+            except OSError:
+                log.warning("cancelling the job at Flink %s failed", self._flink_job[0], exc_info=True)
+        try:
+            self._result.cancel()
+        except Exception:  # noqa: BLE001 - the job may have ended meanwhile; wait_until_finish tells
+            log.warning("cancelling the job failed", exc_info=True)
 
 
-def _stop_monitoring_info_growth() -> None:
-    """Works around unbounded memory growth of Beam 2.77's FnApiRunner in an unbounded pipeline.
+def _flink_job(pipeline_options: Any, options: ServeOptions, layout: JobLayout) -> tuple[str, str] | None:
+    """(flink_master, job name) of a job on a Flink cluster, naming the job if the user did not; None for ``[local]``/``[auto]``."""
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, GoogleCloudOptions
 
-    After every bundle the FnApiRunner sets each stage's monitoring infos to
-    ``consolidate_monitoring_infos(itertools.chain(new, previous))``, and that function returns a
-    lazy generator: every bundle nests one more generator around all earlier bundles' results, so
-    nothing is ever freed (and each consolidation gets slower). With a source that checkpoints
-    several times a second the job grew by 7-10 MB a minute even when idle. Materializing the
-    consolidated infos as a list keeps one small list per stage (measured: RSS flat, and Beam's
-    own metrics unchanged).
-    """
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-    original = getattr(fn_runner, "consolidate_monitoring_infos", None)
-    if original is None:  # a newer Beam: nothing to patch (watch the job's memory over a few idle minutes)
-        log.warning("Beam's FnApiRunner changed: the monitoring-info workaround was not applied")
-    elif not getattr(original, "_rnncast_materialized", False):
-
-        def consolidate_to_list(monitoring_infos: Any) -> list[Any]:
-            return list(original(monitoring_infos))
-
-        consolidate_to_list._rnncast_materialized = True  # type: ignore[attr-defined]
-        fn_runner.consolidate_monitoring_infos = consolidate_to_list
-
-
-def _cheap_state_cache_sizing() -> None:
-    """Stops Beam's state cache from walking objects to size each state write (local runner).
-
-    Beam 2.77's ``statecache.get_deep_size`` calls ``objsize.get_deep_size`` with its default
-    ``exclude_modules_globals``, which first walks the globals of every loaded module (~1,500 in this
-    job) to exclude them: ~0.66 ms per committed state, a third of the job's CPU at saturation when
-    states were kept per stream (py-spy, benchmarks/README.md). Our states hold no module globals, so
-    that walk is skipped; and the job's cached values, lists of bytes (a shard's bag entries, its
-    version token), are sized from ``sys.getsizeof`` of each item, which is what objsize would find.
-    Every cached append re-sizes the whole list, so this matters more the larger a shard's bag grows.
-    """
-    import sys
-
-    from apache_beam.runners.worker import statecache
-
-    original = statecache.get_deep_size
-    if getattr(original, "_rnncast_cheap", False):
-        return
-
-    def walked_size(*objs: Any) -> int:
-        return statecache.objsize.get_deep_size(
-            *objs,
-            get_size_func=statecache._size_func,
-            get_referents_func=statecache._get_referents_func,
-            filter_func=statecache._filter_func,
-            exclude_modules_globals=False,
-        )
-
-    getsizeof = sys.getsizeof
-
-    def get_deep_size(*objs: Any) -> int:
-        if len(objs) == 1 and type(objs[0]) is list and all(type(item) is bytes for item in objs[0]):
-            return getsizeof(objs[0]) + sum(map(getsizeof, objs[0]))
-        return walked_size(*objs)
-
-    get_deep_size._rnncast_cheap = True  # type: ignore[attr-defined]
-    statecache.get_deep_size = get_deep_size
-
-
-def _no_state_sampler_thread() -> None:
-    """Stops every bundle from starting and joining a Beam state-sampler thread (local runner).
-
-    Each bundle of each stage starts a ``StateSampler`` thread that sleeps in growing steps (2 ms x
-    1.2 per step, up to 200 ms) and joins it at the bundle's end, so every bundle waits for the rest
-    of the sampler's current sleep and then for the GIL to let the thread exit: with three stages per
-    source checkpoint that was the largest item of the main thread's time at half load (py-spy
-    ``--idle``: 14% in ``Thread.join`` of the sampler; still 11% with a 5 ms cap on the sleep). The
-    sampler only feeds Beam's per-step time counters and stuck-bundle ("lull") logging, which this
-    job does not export; without the thread those counters stay at zero. Everything else about the
-    tracker (current state, transitions) is unchanged.
-    """
-    from apache_beam.runners.worker import statesampler
-
-    sampler = statesampler.StateSampler
-    if getattr(sampler.start, "_rnncast_threadless", False):
-        return
-    if not all(hasattr(sampler, name) for name in ("start", "stop", "stop_if_still_running", "reset")):
-        log.warning("Beam's StateSampler changed: the sampler-thread workaround was not applied")
-        return
-
-    def start(self: Any) -> None:
-        self.tracked_thread = threading.current_thread()
-        statesampler.set_current_tracker(self)
-        self.started = True
-
-    def stop(self: Any) -> None:
-        statesampler.set_current_tracker(None)
-        self.finished = True
-
-    start._rnncast_threadless = True  # type: ignore[attr-defined]
-    sampler.start = start
-    sampler.stop = stop
-
-
-def _freeze_startup_objects() -> None:
-    """Moves everything alive before the pipeline starts out of the garbage collector's reach.
-
-    The job's imports (Beam, kafka-python, numpy, prometheus) leave >110,000 objects that live as long as
-    the process; every full collection re-scanned them: 55-70 ms pauses every few seconds at half load
-    (gc.callbacks probe), a visible part of the p99 latency. ``gc.freeze()`` (the documented
-    pre-fork/long-lived-server idiom) keeps them out of later collections: full collections then took
-    under 20 ms. Cycles created later are still collected.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    master = pipeline_options.view_as(FlinkRunnerOptions).flink_master
+    if not master or master.startswith("["):
+        return None
+    names = pipeline_options.view_as(GoogleCloudOptions)
+    if not names.job_name:
+        names.job_name = f"rnncast-{options.group}-{layout.run_id[:8]}"
+    return master, names.job_name
 
 
 def run(
@@ -299,13 +231,14 @@ def run(
             failed bundle was committed.
     """
     metrics.set_model(model_name, model_version)
-    reset_stop()
+    local_runner.reset_stop()
     log.info(
         "serving %s %s: %s partitions %s (group %s, from offsets %s) -> %s, dead letters -> %s, state -> %s; "
-        "step %gs; runner %s; kafka %s (%s); metrics %s",
+        "step %gs; runner %s; kafka %s (%s); metrics %s%s",
         model_name, model_version, options.input_topic, ",".join(map(str, layout.partitions)), options.group,
         layout.start_offsets, options.output_topic, options.dlq_topic, options.changelog_topic, step_seconds, runner,
         options.kafka.bootstrap, options.kafka.security_protocol, metrics_url,
+        "" if is_local_runner(runner) else f" (the SDK workers' own: targets in {options.worker_targets_dir})",
     )
     if options.state_ttl is None or options.state_ttl > options.max_future:
         log.warning(
@@ -315,16 +248,30 @@ def run(
             options.max_future,
             " (never, and states of departed streams stay in memory)" if options.state_ttl is None else "",
         )
-    if is_local_runner(runner):
-        _stop_monitoring_info_growth()
-        _cheap_state_cache_sizing()
-        _no_state_sampler_thread()
-    with _StopOnSignal() as stopper:
+    local = is_local_runner(runner)
+    flink_job = _flink_job(pipeline_options, options, layout) if runner.rsplit(".", 1)[-1] == "FlinkRunner" else None
+    if local:
+        local_runner.apply_patches()
+    else:
+        clear_worker_targets(options.worker_targets_dir)  # files of an earlier run's workers
+    with _StopOnSignal(local, flink_job) as stopper:
         pipeline = beam.Pipeline(options=pipeline_options)
-        build_pipeline(pipeline, options, layout)
-        if is_local_runner(runner):
-            _freeze_startup_objects()
+        factory = default_metrics if local else WorkerMetrics(options.metrics_host, options.worker_targets_dir)
+        build_pipeline(pipeline, options, layout, factory)
+        if local:
+            local_runner.freeze_startup_objects()
         result = pipeline.run()
-        result.wait_until_finish()
+        if not local:
+            stopper.cancel_on_signal(result)
+        try:
+            result.wait_until_finish()
+        except Exception:
+            from apache_beam.runners.runner import PipelineState
+
+            if local or stopper.received is None or result.state != PipelineState.CANCELLED:
+                raise
+        finally:
+            if not local:
+                clear_worker_targets(options.worker_targets_dir)  # the job's workers are gone
     log.info("stopped after %s", signal.Signals(stopper.received).name if stopper.received else "the input ended")
     return 0

@@ -14,17 +14,16 @@ idle after records, every ``commit_interval`` seconds while it stays busy, and a
 writes its held state snapshots and releases offsets for commit when one reaches it
 (:mod:`pipeline.kafka_sink`).
 
-Stopping: :func:`request_stop` (the job's SIGTERM/SIGINT handler) makes every partition's next call
-claim the unread remainder of its range and return, so the restriction is done, the pipeline drains
-what is in flight and finishes. This works wherever the DoFn runs in the process that got the signal
-(the local runner); distributed runners have their own drain (Dataflow) or stop-with-savepoint (Flink).
+Stopping (local runner only, :mod:`pipeline.local_runner`): once the job's SIGTERM/SIGINT handler
+requested a stop in this process, every partition's next call claims the unread remainder of its
+range and returns, so the restriction is done, the pipeline drains what is in flight and finishes.
+Distributed runners have their own drain (Dataflow) or stop-with-savepoint (Flink).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from typing import Any, Iterator
 
@@ -33,32 +32,18 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
+from pipeline import local_runner
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
 from pipeline.messages import KafkaBatch, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
-__all__ = ["MAX_OFFSET", "ReadPartitions", "request_stop", "reset_stop", "start_offsets", "stop_requested"]
+__all__ = ["MAX_OFFSET", "ReadPartitions", "start_offsets"]
 
 log = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
 
-_STOP = threading.Event()
 _FETCH_MAX_WAIT_MS = 20
 _MAX_BUFFERED_BATCHES = 8  # fetched-but-unread records held at most, in units of max_records
-
-
-def request_stop() -> None:
-    """Asks every partition reader in this process to finish (graceful stop)."""
-    _STOP.set()
-
-
-def reset_stop() -> None:
-    """Clears a previous stop request (a new job in the same process)."""
-    _STOP.clear()
-
-
-def stop_requested() -> bool:
-    return _STOP.is_set()
 
 
 def start_offsets(settings: KafkaSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -225,7 +210,7 @@ class ReadPartitions(beam.DoFn):
     ) -> Iterator[KafkaBatch]:
         topic, partition, _ = element
         restriction = tracker.current_restriction()
-        if _STOP.is_set():
+        if local_runner.stop_requested():
             # Claiming the last offset of the range completes the restriction without reading it:
             # the runner then treats this partition as finished and the pipeline can drain.
             tracker.try_claim(restriction.stop - 1)

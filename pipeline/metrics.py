@@ -336,6 +336,7 @@ class JobMetrics:
 
 _default: JobMetrics | None = None
 _default_lock = threading.Lock()
+_worker_server: "MetricsServer | None" = None
 
 
 def default_metrics() -> JobMetrics:
@@ -380,3 +381,71 @@ def start_metrics_server(metrics: JobMetrics, host: str = "127.0.0.1", port: int
     """
     httpd, thread = start_http_server(port, addr=host, registry=metrics.registry)
     return MetricsServer(host=host, port=httpd.server_address[1], _httpd=httpd, _thread=thread)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    """The metrics factory of the job's DoFns on a distributed runner: each worker process serves its own /metrics.
+
+    On Flink (or any runner whose SDK workers are other processes) the DoFns count in the worker's
+    process-wide :class:`JobMetrics`, which the launcher's /metrics never sees. The first call in a
+    worker process starts a /metrics server there (``host``, a free port) and writes a Prometheus
+    file-based service discovery file, ``<targets_dir>/rnncast-worker-<pid>.json``, so Prometheus
+    (``file_sd_configs``) and tests find every worker (:func:`worker_targets`). Picklable: it travels
+    inside the DoFns.
+
+    Attributes:
+        host: Interface of the workers' /metrics servers (--metrics-host).
+        targets_dir: Where the discovery files go (a directory every worker can write: one machine,
+            or a shared volume).
+    """
+
+    host: str
+    targets_dir: str
+
+    def __call__(self) -> JobMetrics:
+        global _worker_server
+        metrics = default_metrics()
+        with _default_lock:
+            if _worker_server is None:
+                import json
+                import os
+                from pathlib import Path
+
+                _worker_server = start_metrics_server(metrics, host=self.host, port=0)
+                target = f"{self.host}:{_worker_server.port}" if ":" not in self.host else f"[{self.host}]:{_worker_server.port}"
+                directory = Path(self.targets_dir)
+                directory.mkdir(parents=True, exist_ok=True)
+                path = directory / f"rnncast-worker-{os.getpid()}.json"
+                temporary = path.with_suffix(".tmp")
+                temporary.write_text(json.dumps([{"targets": [target], "labels": {"worker_pid": str(os.getpid())}}]))
+                temporary.replace(path)  # Prometheus never reads a half-written file
+        return metrics
+
+
+def worker_targets(targets_dir: str) -> list[str]:
+    """The /metrics URLs of the workers that registered in ``targets_dir`` (see :class:`WorkerMetrics`)."""
+    import json
+    from pathlib import Path
+
+    urls = []
+    for path in sorted(Path(targets_dir).glob("rnncast-worker-*.json")):
+        try:
+            groups = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        urls.extend(f"http://{target}/metrics" for group in groups for target in group["targets"])
+    return urls
+
+
+def clear_worker_targets(targets_dir: str) -> None:
+    """Removes the discovery files of :class:`WorkerMetrics` from ``targets_dir`` (and the directory, once empty)."""
+    from pathlib import Path
+
+    directory = Path(targets_dir)
+    for path in directory.glob("rnncast-worker-*.json"):
+        path.unlink(missing_ok=True)
+    try:
+        directory.rmdir()  # only if nothing else is in it
+    except OSError:
+        pass

@@ -50,6 +50,9 @@ class ServeOptions:
         topic_partitions: Partitions of the topics this job creates.
         metrics_host: Interface of the /metrics server.
         metrics_port: Its port (0: any free port).
+        metrics_targets_dir: On a distributed runner, where each SDK worker registers its own /metrics
+            endpoint for Prometheus' file-based discovery (:class:`~pipeline.metrics.WorkerMetrics`);
+            None: a directory under the system's temporary directory, named for the group.
         min_history: Readings before a stream's first forecast (None: the artifact's).
         max_gap: Longest gap, in steps, that is imputed (None: the artifact's).
         state_ttl: Seconds of event time after which a silent stream's state expires (None: never).
@@ -70,6 +73,7 @@ class ServeOptions:
     topic_partitions: int = 4
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
+    metrics_targets_dir: str | None = None
     min_history: int | None = None
     max_gap: int | None = None
     state_ttl: float | None = None
@@ -99,6 +103,14 @@ class ServeOptions:
             raise ValueError("--max-future must be positive")
         if self.partitions is not None and (not self.partitions or min(self.partitions) < 0):
             raise ValueError("--partitions must list partition numbers >= 0")
+
+    @property
+    def worker_targets_dir(self) -> str:
+        """:attr:`metrics_targets_dir`, or its default."""
+        import tempfile
+        from pathlib import Path
+
+        return self.metrics_targets_dir or str(Path(tempfile.gettempdir()) / f"rnncast-workers-{self.group}")
 
     @property
     def changelog_topic(self) -> str:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,14 @@ class ServeProcess:
             time.sleep(0.05)
         raise TimeoutError(f"serve printed no startup line in {timeout:g}s:\n{self.log[-3000:]}")
 
+    def worker_targets_dir(self, timeout: float = 60.0) -> str:
+        """Where the SDK workers of a distributed job register their /metrics, from the startup line."""
+        self.metrics_url(timeout)
+        match = re.search(r"targets in (\S+)\)", self.log)
+        if match is None:
+            raise RuntimeError(f"serve names no worker targets directory:\n{self.log[-3000:]}")
+        return match.group(1)
+
     def wait_restored(self, timeout: float = 60.0) -> None:
         """Until the stateful step has read the changelog (the pipeline is running)."""
         deadline = time.monotonic() + timeout
@@ -156,6 +165,15 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def scrape_sum(urls: Iterable[str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample summed over several /metrics endpoints (the SDK workers of a distributed job)."""
+    total: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for url in urls:
+        for key, value in scrape(url).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
 
 
 def metric(samples: dict, name: str, **labels: str) -> float:
@@ -427,3 +445,182 @@ class PacedProducer(threading.Thread):
         if self.error is not None:
             raise self.error
         assert self.sent == len(self.messages), f"published {self.sent} of {len(self.messages)}"
+
+
+# --- the serve contract's input: valid readings with hostile records interleaved ------------------
+
+
+def _doc(stream_id: str, timestamp: object = "2014-01-01T00:00:00Z", value: object = 1.0, **extra: object) -> bytes:
+    body = {"stream_id": stream_id, "timestamp": timestamp, "value": value, "temperature": 20.0, "workday": 1.0}
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def bad_messages(stream: str) -> list[tuple[str, bytes | None, bytes | None]]:
+    """(expected reason, key, value) of every record that decoding must reject."""
+    key = stream.encode()
+    missing_covariate = json.dumps({"stream_id": stream, "timestamp": "2014-01-01T00:00:00Z", "value": 1.0, "workday": 1}).encode()
+    return [
+        ("not_utf8", key, b"\xff\xfe{\"stream_id\": 1}"),
+        ("not_json", key, b'{"stream_id": "x", '),
+        ("not_json", key, None),
+        ("not_object", key, b"[1, 2, 3]"),
+        ("missing_field", key, json.dumps({"stream_id": stream, "timestamp": "2014-01-01T00:00:00Z"}).encode()),
+        ("missing_field", key, missing_covariate),
+        ("bad_type", key, _doc(stream, value="3.5")),
+        ("bad_type", key, _doc(stream, temperature=True)),
+        ("bad_value", key, _doc(stream).replace(b'"value": 1.0', b'"value": NaN')),
+        ("bad_value", key, _doc(stream).replace(b'"value": 1.0', b'"value": 1e309')),
+        ("too_large", key, _doc(stream, padding="x" * 1_000_001)),
+        ("bad_stream_id", b"", _doc("")),
+        ("bad_stream_id", b"s" * 300, _doc("s" * 300)),
+        ("bad_timestamp", key, _doc(stream, timestamp="yesterday")),
+        ("bad_timestamp", key, _doc(stream, timestamp="1969-12-31T23:59:59Z")),
+        ("key_mismatch", b"someone-else", _doc(stream)),
+    ]
+
+
+def contract_messages(readings: Sequence[Any], data_covariates: Sequence[str]) -> tuple[list[tuple[bytes | None, bytes | None]], Counter]:
+    """The valid readings in order, with hostile records interleaved, and the dead letters they must cause.
+
+    Decoding failures early on (after the 26th reading), and for stream #1 a duplicate, an out-of-order
+    and a far-future reading once it has 100 readings.
+    """
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    expected_dead: Counter = Counter()
+    seen_1 = []
+    for i, reading in enumerate(readings):
+        messages.append(reading_message(reading, data_covariates))
+        if i == 25:
+            for reason, key, value in bad_messages("vic_demand#3"):
+                messages.append((key, value))
+                expected_dead[reason] += 1
+        if reading.stream_id == "vic_demand#1":
+            seen_1.append(reading)
+            if len(seen_1) == 100:
+                for reason, bad in (("duplicate", seen_1[-1]), ("out_of_order", seen_1[50])):
+                    messages.append(reading_message(bad, data_covariates))
+                    expected_dead[reason] += 1
+                future = type(reading)(reading.stream_id, reading.timestamp + 3 * 86_400, reading.value, reading.covariates)
+                messages.append(reading_message(future, data_covariates))
+                expected_dead["future_timestamp"] += 1
+    return messages, expected_dead
+
+
+def serve_contract(
+    bootstrap: str, artifact: Path, tmp_path: Path, *, rows: int, streams: int, more_rows: int,
+    extra: Sequence[str] = (), worker_metrics: bool = False,
+) -> None:
+    """The serve end-to-end contract (tests/test_serve_e2e.py), for any runner given by ``extra``.
+
+    The job reads ``rows`` CSV rows cloned into ``streams`` streams with hostile records interleaved:
+    the forecasts topic must hold exactly one forecast per reading after warm-up, equal to the offline
+    engine; the dead-letter topic one record per bad record with its reason; /metrics must agree with
+    the topics (with ``worker_metrics``, the sum over the SDK workers' own endpoints: a distributed
+    runner). Then ``more_rows`` more are published (still consuming), every offset gets committed,
+    and SIGTERM stops the job with exit status 0.
+    """
+    import math
+
+    from models.artifact import load_artifact
+    from models.timeutil import parse_timestamp
+    from pipeline.metrics import worker_targets
+
+    ROWS, STREAMS, MORE_ROWS = rows, streams, more_rows
+    suffix = uuid.uuid4().hex[:8]
+    readings_topic, forecasts_topic, dlq_topic, group = f"readings-{suffix}", f"forecasts-{suffix}", f"dlq-{suffix}", f"g-{suffix}"
+    served = load_artifact(artifact)
+    covariates = served.features.covariate_names
+    readings, data_covariates = dataset_readings(ROWS, STREAMS)
+
+    messages, expected_dead = contract_messages(readings, data_covariates)
+
+    job = ServeProcess(
+        serve_args(artifact, bootstrap, input_topic=readings_topic, output_topic=forecasts_topic,
+                     dlq_topic=dlq_topic, group=group, extra=["--topic-partitions", "4", *extra]),
+        tmp_path / "serve.log",
+    )
+    try:
+        url = job.metrics_url()
+        targets_dir = job.worker_targets_dir() if worker_metrics else None
+
+        def scrape_job() -> dict:
+            if targets_dir is None:
+                return scrape(url)
+            return scrape_sum(worker_targets(targets_dir))
+
+        produce(bootstrap, readings_topic, messages)
+        reference = offline_forecasts(artifact, readings, covariates, data_covariates)
+        assert len(reference) == STREAMS * (ROWS - served.season)
+
+        forecasts = forecast_docs(read_records(bootstrap, forecasts_topic, at_least=len(reference), timeout=120))
+        dead = read_records(bootstrap, dlq_topic, at_least=sum(expected_dead.values()), timeout=30)
+        result = compare(forecasts, reference)
+        assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
+        assert result["max_diff"] <= 1e-6, result
+        # The trained artifact has prediction intervals (train's default levels): every forecast carries them,
+        # so max_diff above compared them too.
+        assert served.intervals is not None and served.intervals.levels == (0.8, 0.95)
+        assert all(set(doc["intervals"]) == {"0.8", "0.95"} for doc in forecasts)
+
+        # Fields and timestamps of every forecast.
+        for doc in forecasts:
+            assert doc["_key"] == doc["stream_id"].encode()
+            assert doc["model"] == served.cell and doc["model_version"] == served.version
+            assert doc["timestamp"].endswith("Z")
+            t = parse_timestamp(doc["timestamp"])
+            assert len(doc["forecast"]) == len(doc["forecast_timestamps"]) == served.horizon
+            assert [parse_timestamp(x) for x in doc["forecast_timestamps"]] == [
+                t + served.step_seconds * k for k in range(1, served.horizon + 1)
+            ]
+            assert all(isinstance(x, float) and math.isfinite(x) for x in doc["forecast"])
+
+        # One dead letter per bad record, with its reason and where it came from.
+        letters = [json.loads(r.value) for r in dead]
+        assert Counter(letter["reason"] for letter in letters) == expected_dead
+        for letter, record in zip(letters, dead):
+            assert set(letter) >= {"reason", "detail", "raw", "topic", "partition", "offset"}
+            assert letter["topic"] == readings_topic and isinstance(letter["offset"], int)
+        by_reason = {letter["reason"]: letter for letter in letters}
+        assert by_reason["not_utf8"]["raw_base64"] is True
+        assert by_reason["too_large"]["raw_truncated"] is True
+        assert by_reason["duplicate"]["raw"].startswith('{"stream_id":"vic_demand#1"')
+
+        # /metrics agrees with the topics.
+        wait_for(lambda: metric(scrape_job(), "rnncast_forecasts_total") >= len(forecasts), 30, what="metrics")
+        samples = scrape_job()
+        assert metric(samples, "rnncast_readings_total") == len(readings)
+        assert metric(samples, "rnncast_forecasts_total") == len(forecasts)
+        for reason, count in expected_dead.items():
+            assert metric(samples, "rnncast_dead_letters_total", reason=reason) == count, reason
+        assert sum(v for (name, _), v in samples.items() if name == "rnncast_dead_letters_total") == len(letters)
+        assert metric(samples, "rnncast_forecast_latency_seconds_count") == len(forecasts)
+        assert metric(samples, "rnncast_active_streams") == STREAMS
+        processes = 1 if targets_dir is None else len(worker_targets(targets_dir))
+        assert metric(samples, "rnncast_model_info", model=served.cell, version=served.version) == processes
+        assert metric(samples, "rnncast_skipped_replayed_total") == 0
+        assert metric(samples, "rnncast_step_seconds_count") >= len(readings)
+        ends = end_offsets(bootstrap, readings_topic)
+        assert sum(ends.values()) == len(messages)
+        for partition, end in ends.items():
+            assert metric(samples, "rnncast_consumed_offset", partition=str(partition)) == end
+            assert metric(samples, "rnncast_consumer_lag", partition=str(partition)) == 0
+
+        # Still consuming: more readings, more forecasts, still exactly one each.
+        more, _ = dataset_readings(MORE_ROWS, STREAMS, start_row=ROWS)
+        produce(bootstrap, readings_topic, [reading_message(r, data_covariates) for r in more])
+        reference = offline_forecasts(artifact, readings + more, covariates, data_covariates)
+        forecasts = forecast_docs(read_records(bootstrap, forecasts_topic, at_least=len(reference), timeout=60, settle=1.0))
+        result = compare(forecasts, reference)
+        assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
+        assert result["max_diff"] <= 1e-6, result
+
+        # SIGTERM: drain, commit everything, exit 0.
+        wait_for(lambda: committed(bootstrap, group, readings_topic, ends) == end_offsets(bootstrap, readings_topic),
+                   30, what="offsets committed")
+        assert job.stop() == 0, job.log[-3000:]
+        assert "stopped after SIGTERM" in job.log
+        assert job.log.count("serving ") == 1  # one startup line
+    finally:
+        if job.alive():
+            job.kill()

@@ -6,7 +6,7 @@ import numpy as np
 import objsize
 from apache_beam.runners.worker import statecache
 
-from pipeline.job import _cheap_state_cache_sizing
+from pipeline.local_runner import cheap_state_cache_sizing
 
 
 def _walked(*objs: object) -> int:
@@ -17,7 +17,7 @@ def _walked(*objs: object) -> int:
 
 
 def test_cached_shard_entries_are_sized_like_objsize_would() -> None:
-    _cheap_state_cache_sizing()
+    cheap_state_cache_sizing()
     rng = np.random.default_rng(3)
     for count, size in ((1, 16), (300, 1500), (5000, 700)):
         entries = [rng.bytes(size + int(rng.integers(0, 50))) for _ in range(count)]
@@ -28,15 +28,15 @@ def test_cached_shard_entries_are_sized_like_objsize_would() -> None:
     assert statecache.get_deep_size(b"x" * 1000) == _walked(b"x" * 1000)
 
 
-def test_bundles_start_no_state_sampler_thread() -> None:
+def test_bundles_startno_state_sampler_thread() -> None:
     import threading
 
     from apache_beam.runners.worker import statesampler
     from apache_beam.utils.counters import CounterFactory
 
-    from pipeline.job import _no_state_sampler_thread
+    from pipeline.local_runner import no_state_sampler_thread
 
-    _no_state_sampler_thread()
+    no_state_sampler_thread()
     sampler = statesampler.StateSampler("stage", CounterFactory())
     threads = threading.active_count()
     for _ in range(3):  # what the bundle processor does per bundle

@@ -6,6 +6,11 @@
 #   ENVIRONMENT_TYPE=EXTERNAL ENVIRONMENT_CONFIG=localhost:50000 \
 #   RNNCAST_KAFKA_PASSWORD=... deploy/flink/launch.sh [extra Beam options]
 #
+# What ran here (README "Run here"): `rnncast flink-cluster` prints the options of its cluster; with
+#   JOB_ENDPOINT=127.0.0.1:<job port> ENVIRONMENT_TYPE=PROCESS \
+#   ENVIRONMENT_CONFIG='{"command":"<make flink's boot>"}' CHECKPOINTING_INTERVAL=5000
+# this script builds the same command.
+#
 # DRY_RUN=1 prints the command instead of running it.
 set -euo pipefail
 
@@ -13,7 +18,7 @@ set -euo pipefail
 : "${BOOTSTRAP:?set BOOTSTRAP (Kafka bootstrap servers host:port,...)}"
 
 ARTIFACT=${ARTIFACT:-/artifacts/current}
-FLINK_VERSION=${FLINK_VERSION:-1.20} # must match the cluster; Beam 2.77 publishes 1.19, 1.20, 2.0, 2.1, 2.2
+FLINK_VERSION=${FLINK_VERSION:-1.19} # must match the cluster and the job server (make flink builds Beam 2.62.0's, for 1.19)
 ENVIRONMENT_TYPE=${ENVIRONMENT_TYPE:-EXTERNAL}  # EXTERNAL | DOCKER | PROCESS | LOOPBACK
 ENVIRONMENT_CONFIG=${ENVIRONMENT_CONFIG:-localhost:50000}
 PARALLELISM=${PARALLELISM:-2}
@@ -26,6 +31,8 @@ SECURITY_PROTOCOL=${SECURITY_PROTOCOL:-PLAINTEXT}
 SASL_MECHANISM=${SASL_MECHANISM:-SCRAM-SHA-512}
 SASL_USERNAME=${SASL_USERNAME:-rnncast}
 SASL_PASSWORD_FILE=${SASL_PASSWORD_FILE:-}
+JOB_ENDPOINT=${JOB_ENDPOINT:-}  # a running Beam job server (host:port); empty: Beam starts one from FLINK_JOB_SERVER_JAR
+CHECKPOINTING_INTERVAL=${CHECKPOINTING_INTERVAL:-}  # ms; options of the job server, not of the Python SDK
 
 cmd=(
   rnncast serve
@@ -58,6 +65,12 @@ cmd+=(
 )
 # The Flink job server jar is downloaded from Maven Central unless given (offline clusters).
 [[ -n "${FLINK_JOB_SERVER_JAR:-}" ]] && cmd+=(--flink_job_server_jar="$FLINK_JOB_SERVER_JAR")
+[[ -n "$JOB_ENDPOINT" ]] && cmd+=(--job_endpoint="$JOB_ENDPOINT")
+if [[ -n "$CHECKPOINTING_INTERVAL" ]]; then
+  # Beam 2.62's Flink operators must finish the open SDK bundle at each checkpoint, or streaming
+  # pipelines stall after their first element (deploy/flink/README.md).
+  cmd+=(--checkpointing_interval="$CHECKPOINTING_INTERVAL" --finish_bundle_before_checkpointing)
+fi
 cmd+=("$@")
 
 if [[ -n "${DRY_RUN:-}" ]]; then
