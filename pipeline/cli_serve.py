@@ -13,8 +13,11 @@ _EPILOG = """\
 Any other argument is a Beam pipeline option, e.g. --runner=FlinkRunner --flink_master=HOST:8081
 --environment_type=EXTERNAL --environment_config=localhost:50000. Without --runner the job runs on
 Beam's local FnApiRunner in this process. The job runs until SIGTERM or SIGINT, then drains what is in
-flight, flushes, commits its offsets and exits 0. Delivery is
-at-least-once; stream state survives crashes through the changelog topic <group>.rnncast-state.
+flight, flushes, commits its offsets and exits 0. Stream state survives crashes through the changelog
+topic <group>.rnncast-state. --guarantee at-least-once publishes forecasts at once and may publish some
+again after a crash; exactly-once writes each partition's forecasts, dead letters, state and input
+offsets in one Kafka transaction per commit interval (consumers read with isolation.level=read_committed
+and see each forecast once; needs Apache Kafka, not Tansu).
 """
 
 
@@ -54,6 +57,7 @@ def _number(kind: type, minimum: float, *, strictly: bool = False):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``serve`` options; unknown arguments are Beam pipeline options."""
     from pipeline.messages import DEFAULT_STATE_SHARDS
+    from pipeline.options import COMMIT_INTERVALS, DEFAULT_GUARANTEE, GUARANTEES
 
     parser.allow_abbrev = False  # "--part" must not silently mean --partitions; Beam options pass through
     parser.epilog = _EPILOG
@@ -106,10 +110,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "one local worker)",
     )
     serving.add_argument(
-        "--commit-interval", type=_number(float, 0, strictly=True), default=5.0, metavar="SECONDS",
+        "--guarantee", choices=GUARANTEES, default=DEFAULT_GUARANTEE,
+        help="at-least-once: forecasts are published at once, a crash may publish some again (identical); "
+        "exactly-once: forecasts, dead letters, state snapshots and input offsets of a partition go into one "
+        "Kafka transaction per commit interval, read_committed consumers see each forecast once, after its "
+        "commit (needs a broker with reliable transactions: Apache Kafka, not Tansu) (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--commit-interval", type=_number(float, 0, strictly=True), metavar="SECONDS",
         help="while a partition is busy, state snapshots are written and offsets committed this often (and "
-        "whenever it goes idle, and at stop): longer means less changelog traffic, more readings replayed "
-        "(never applied twice) after a crash (default: %(default)g)",
+        "whenever it goes idle, and at stop); with exactly-once this is how often its transaction commits, "
+        "so it bounds how long a forecast stays invisible. Longer means less changelog traffic, more readings "
+        "replayed (never applied twice) after a crash (default: "
+        + ", ".join(f"{interval:g} with {guarantee}" for guarantee, interval in COMMIT_INTERVALS.items()) + ")",
     )
     serving.add_argument(
         "--artifact-poll-seconds", type=_number(float, 0), default=10.0, metavar="SECONDS",
@@ -160,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.artifact import ArtifactError, load_artifact
     from pipeline.messages import reserved_covariates
-    from pipeline.options import ServeOptions, beam_options
+    from pipeline.options import COMMIT_INTERVALS, ServeOptions, beam_options
 
     try:
         options = ServeOptions(
@@ -168,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
             dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
-            max_records=args.batch_size, state_shards=args.state_shards, commit_interval=args.commit_interval, artifact_poll_seconds=args.artifact_poll_seconds,
+            max_records=args.batch_size, state_shards=args.state_shards, artifact_poll_seconds=args.artifact_poll_seconds,
+            commit_interval=COMMIT_INTERVALS[args.guarantee] if args.commit_interval is None else args.commit_interval,
+            guarantee=args.guarantee,
         )
         from pipeline.topics import validate_topic_name
 
@@ -194,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.kafka_config import unreachable
     from pipeline.topics import TopicError
+    from pipeline.transactions import TransactionError
 
     reason = unreachable(settings)
     if reason:
@@ -205,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         layout = job.prepare(options, covariates)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    except (KafkaError, TopicError) as err:
+    except (KafkaError, TopicError, TransactionError) as err:
         print(f"error: Kafka at {settings.bootstrap}: {err}", file=sys.stderr)
         return 1
     from apache_beam.options.pipeline_options import StandardOptions

@@ -9,8 +9,8 @@ The start offset is the group's committed offset, read once when the job starts
 (:func:`start_offsets`); this source commits nothing itself (:mod:`pipeline.kafka_sink` does, after
 the outputs are acknowledged).
 
-Commit requests: a partition's batch is also a commit request (``commit``) when the partition goes
-idle after records, every ``commit_interval`` seconds while it stays busy, and at stop; the sink
+Commit requests: a partition's batch is also a commit request (``commit``) on its first call, when the
+partition goes idle after records, every ``commit_interval`` seconds while it stays busy, and at stop; the sink
 writes its held state snapshots and releases offsets for commit when one reaches it
 (:mod:`pipeline.kafka_sink`).
 
@@ -152,6 +152,7 @@ class ReadPartitions(beam.DoFn):
         self._positions: dict[tuple[str, int], int] = {}  # where each partition's restriction will continue
         self._next_sweep: dict[int, float] = {}
         self._commit_due: dict[int, float] = {}  # partitions with records not yet followed by a commit request
+        self._announced: set[int] = set()  # partitions that had their first commit request
         self._metrics: JobMetrics = self._metrics_factory()
 
     def teardown(self) -> None:
@@ -271,6 +272,10 @@ class ReadPartitions(beam.DoFn):
         tracker.defer_remainder(None if messages else Duration.of(self._idle_delay))
 
     def _commit_request(self, partition: int, busy: bool) -> bool:
+        # A partition's first call is a commit request too: with exactly-once the sink then sets up the
+        # partition's transactional producer when the job starts (see pipeline/transactions.py).
+        first = partition not in self._announced
+        self._announced.add(partition)
         now = time.monotonic()
         due = self._commit_due.get(partition)
         if due is None:
@@ -279,7 +284,7 @@ class ReadPartitions(beam.DoFn):
         elif not busy or now >= due:
             del self._commit_due[partition]
             return True
-        return False
+        return first
 
     def _sweeps(self, partition: int) -> tuple[SweepRequest, ...]:
         if self._state_ttl is None or self._run_id is None:

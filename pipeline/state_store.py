@@ -104,7 +104,8 @@ def ensure_changelog(settings: KafkaSettings, topic: str, partitions: int, timeo
 def read_changelog(settings: KafkaSettings, topic: str, timeout: float = 120.0) -> dict[str, bytes | None]:
     """Reads a whole topic and returns the latest value per key (None for a tombstone).
 
-    The end of each partition is the high watermark reported by fetch responses: the broker's
+    Only committed records count (``read_committed``): with exactly-once, snapshots of an aborted
+    transaction were never part of the job's state. The end of each partition is the high watermark reported by fetch responses: the broker's
     ListOffsets "latest" answer is not used, as Tansu 0.6 can report less than the true end.
 
     Raises:
@@ -117,6 +118,7 @@ def read_changelog(settings: KafkaSettings, topic: str, timeout: float = 120.0) 
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",
         max_poll_records=5000,
         **client_kwargs(settings),
     )
