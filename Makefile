@@ -1,5 +1,6 @@
 # rnncast developer entry points. Recipes stay short: the logic lives in scripts/.
-#   make test   bootstrap .venv + system packages, then the whole test suite
+#   make test   bootstrap .venv + system packages + Apache Kafka's jars, then the whole test suite
+#   make kafka  fetch the pinned Apache Kafka broker's jars with Maven (cached; a no-op when present)
 #   make run    the demo (see below)
 #   make lint   syntax/compile check of the Python sources
 #   make clean  remove caches and build leftovers (make distclean also removes .venv)
@@ -12,7 +13,7 @@ PY := .venv/bin/python
 DATA := data/elecdemand.csv
 ARTIFACT := artifacts/default
 
-.PHONY: venv sysdeps test run bench compare lint clean distclean
+.PHONY: venv sysdeps kafka test run bench compare lint clean distclean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -20,7 +21,10 @@ venv:
 sysdeps:
 	@bash scripts/install_system_deps.sh
 
-test: venv sysdeps
+kafka: sysdeps
+	@bash scripts/fetch_kafka.sh
+
+test: venv sysdeps kafka
 	$(PY) -m pytest
 
 # The streaming demo: train the default model once (about a minute), print its offline evaluation,
