@@ -239,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
             options, pipeline_options, layout, metrics=metrics, metrics_url=server.url, model_name=artifact.cell,
             model_version=artifact.version, step_seconds=artifact.step_seconds, runner=runner,
         )
+    except TransactionError as err:  # fenced by another instance, or a commit failed: nothing of it is visible
+        logging.getLogger("rnncast.serve").error("the job stopped: %s", err)
+        return 1
     except Exception:  # noqa: BLE001 - a failed pipeline: log why, exit 1 (the committed offsets are safe)
         logging.getLogger("rnncast.serve").exception("the job failed")
         return 1

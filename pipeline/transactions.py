@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -196,8 +197,9 @@ def _unit(batch: OutcomeBatch) -> _Unit:
 class _PartitionTransaction:
     """One partition's producer, its open transaction and what waits for it (see the module docstring)."""
 
-    def __init__(self, writer: OutcomeWriter, frontier: int, now: float) -> None:
+    def __init__(self, writer: OutcomeWriter, ready: Future, frontier: int, now: float) -> None:
         self.writer = writer
+        self.ready = ready  # init_transactions, run in the background: partitions initialise in parallel
         self.frontier = frontier  # end of the released prefix
         self.committed = frontier  # the offset of the last commit
         self.held: list[_Unit] = []  # units beyond a hole in the prefix
@@ -231,6 +233,7 @@ class _PartitionTransaction:
 
     def _begin(self) -> None:
         if not self.open:
+            self.ready.result()
             self.writer.producer.begin_transaction()
             self.open = True
 
@@ -287,6 +290,8 @@ class PublishTransactions(beam.DoFn):
 
         self._metrics: JobMetrics = self._metrics_factory()
         self._transactions: dict[int, _PartitionTransaction] = {}
+        # Transaction calls wait for the broker with the GIL released: partitions' inits and commits overlap.
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rnncast-txn")
         # Never subscribed: its group metadata says "no member, generation -1", a simple consumer's commit.
         consumer = Consumer({**librdkafka_config(self._settings), "group.id": self._group, "enable.auto.commit": False})
         try:
@@ -302,6 +307,9 @@ class PublishTransactions(beam.DoFn):
                 except Exception:  # noqa: BLE001 - best effort; the broker aborts it after the timeout
                     log.debug("aborting the transaction of partition %s failed", partition, exc_info=True)
         self._transactions = {}
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def _transaction(self, partition: int, released: Any) -> _PartitionTransaction:
         txn = self._transactions.get(partition)
@@ -316,14 +324,19 @@ class PublishTransactions(beam.DoFn):
             self._settings, **self._topics,
             extra_config=_producer_config(self._settings, self._group, self._input_topic, partition),
         )
+        ready = self._pool.submit(self._init, writer, partition)
+        txn = self._transactions[partition] = _PartitionTransaction(writer, ready, self._start_offsets[partition], self._clock())
+        return txn
+
+    def _init(self, writer: OutcomeWriter, partition: int) -> None:
+        started = time.monotonic()
         try:
             writer.producer.init_transactions(self._timeout)
         except Exception as err:  # noqa: BLE001 - named and re-raised
             raise TransactionError(
                 f"transactional.id {transactional_id(self._group, self._input_topic, partition)!r}: {_describe(err)}"
             ) from None
-        txn = self._transactions[partition] = _PartitionTransaction(writer, self._start_offsets[partition], self._clock())
-        return txn
+        log.info("partition %s: transactional producer ready in %.2f s", partition, time.monotonic() - started)
 
     def process(self, element: tuple[int, OutcomeBatch], released: Any = beam.DoFn.StateParam(RELEASED)) -> None:
         partition, batch = element
@@ -335,11 +348,14 @@ class PublishTransactions(beam.DoFn):
 
     def finish_bundle(self) -> None:
         now = self._clock()
+        commits = []
         for partition, txn in self._transactions.items():
             if not txn.has_work:
                 txn.commit_requested = False
             elif txn.commit_requested or now - txn.last_commit >= self._commit_interval:
-                self._commit(partition, txn)
+                commits.append(self._pool.submit(self._commit, partition, txn))
+        for commit in commits:
+            commit.result()  # the first failure fails the bundle
 
     def _commit(self, partition: int, txn: _PartitionTransaction) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -347,7 +363,9 @@ class PublishTransactions(beam.DoFn):
         writer = txn.writer
         producer = writer.producer
         tid = transactional_id(self._group, self._input_topic, partition)
+        started = time.monotonic()
         try:
+            txn.ready.result()
             txn._begin()
             writer.write_snapshots(txn.snapshots)
             producer.send_offsets_to_transaction(
@@ -370,3 +388,4 @@ class PublishTransactions(beam.DoFn):
         txn.committed = txn.frontier
         txn.last_commit = self._clock()
         writer.observe(self._metrics, txn.last_commit)
+        log.debug("partition %s: committed up to %s in %.3f s", partition, txn.frontier, time.monotonic() - started)
