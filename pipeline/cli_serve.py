@@ -164,6 +164,25 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+def _not_authorized(err: BaseException, options: "ServeOptions") -> str | None:  # noqa: F821
+    """One line naming what the job's principal may not do, if ``err`` (or a cause of it) is a Kafka ACL refusal."""
+    from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+
+    from pipeline.topics import TopicError
+    from pipeline.transactions import TransactionError
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, GroupAuthorizationFailedError):
+            return f"not authorized to use consumer group {options.group!r} (the principal needs READ on it)"
+        if isinstance(cause, TopicAuthorizationFailedError):
+            return str(err) if isinstance(err, TopicError) else f"not authorized for a topic of this job: {cause}"
+        if isinstance(cause, TransactionError) and "authorization" in str(cause).lower():
+            return f"not authorized: {cause} (exactly-once needs WRITE and DESCRIBE on these transactional ids)"
+        cause = cause.__cause__
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Validates the options, prepares topics and offsets, and runs the job until stopped."""
     from pipeline.cli import UsageError
@@ -207,13 +226,16 @@ def run(args: argparse.Namespace) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipeline.kafka_config import unreachable
+    from pipeline.kafka_config import login_failure, unreachable
     from pipeline.topics import TopicError
     from pipeline.transactions import TransactionError
 
     reason = unreachable(settings)
     if reason:
         raise UsageError(f"cannot reach Kafka at {settings.bootstrap} ({reason})")
+    reason = login_failure(settings)
+    if reason:
+        raise UsageError(f"Kafka at {settings.bootstrap}: {reason}")
     from pipeline import job
     from pipeline.options import LOCAL_RUNNER
 
@@ -222,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     except (KafkaError, TopicError, TransactionError) as err:
+        denied = _not_authorized(err, options)
+        if denied:
+            raise UsageError(f"Kafka at {settings.bootstrap}: {denied}") from None
         print(f"error: Kafka at {settings.bootstrap}: {err}", file=sys.stderr)
         return 1
     from apache_beam.options.pipeline_options import StandardOptions

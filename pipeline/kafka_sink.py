@@ -305,8 +305,8 @@ class _DeliveryCheck:
     def __call__(self, error: Any, message: Any) -> None:
         if error is not None:
             self.failed += 1
-            if self.first_error is None:
-                self.first_error = error
+            if self.first_error is None:  # named with its topic: an ACL refusal says which one
+                self.first_error = f"{message.topic()}: {error.str() if hasattr(error, 'str') else error}"
 
     def take(self) -> tuple[int, int, Any]:
         taken = (self.sent, self.failed, self.first_error)
