@@ -73,13 +73,14 @@ class ServeProcess:
 
     args: list[str]
     log_path: Path
+    env: dict[str, str] | None = None  # more environment (e.g. the SASL password)
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", *self.args],
-            cwd=REPO, env=_env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env={**_env(), **(self.env or {})}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     @property
