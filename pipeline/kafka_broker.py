@@ -308,6 +308,8 @@ class KafkaBroker(BrokerProcess):
             # Two shared cores: one GC thread family, no parallel young collections.
             "-XX:+UseSerialGC",
             "-Djava.awt.headless=true",
+            # Else the JVM listens on ::ffff:127.0.0.1, an IPv6 socket for an IPv4 address.
+            *([] if ":" in self.host else ["-Djava.net.preferIPv4Stack=true"]),
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             *self.jvm_args,
             "-cp",

@@ -1,14 +1,18 @@
-"""Shared fixtures: one embedded Tansu broker per test session, and Kafka helpers.
+"""Shared fixtures: one Apache Kafka broker per test session (and a Tansu one for its smoke set).
 
 Fixtures:
-    broker: session-scoped :class:`pipeline.broker.EmbeddedBroker` on a free loopback port.
+    broker: session-scoped :class:`pipeline.kafka_broker.KafkaBroker` (single-node Apache
+        Kafka, ``make kafka`` fetches it) on free loopback ports: the broker the job is
+        proven on.
+    tansu_broker: session-scoped :class:`pipeline.broker.EmbeddedBroker` (Tansu, in memory),
+        for the smaller set of tests that keep the embedded default working.
     kafka_settings: :class:`pipeline.kafka_config.KafkaSettings` pointing at ``broker``.
     unique_topic: factory ``unique_topic(prefix="t") -> str`` (uuid suffix, so tests
         sharing the broker never collide).
     read_topic: the :func:`read_topic` helper below.
     elec_30_days_csv: the bundled demand data cut to its first 30 days (a small training set).
 
-Tests that use ``broker`` are marked ``integration`` automatically.
+Tests that use ``broker`` or ``tansu_broker`` are marked ``integration`` automatically.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import pytest
 
 from pipeline.broker import EmbeddedBroker
+from pipeline.kafka_broker import KafkaBroker
 from pipeline.kafka_config import KafkaSettings
 
 
@@ -94,19 +99,26 @@ def read_topic(
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "broker" in getattr(item, "fixturenames", ()):
+        if {"broker", "tansu_broker"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """One Tansu broker (in-memory) on a free 127.0.0.1 port for the whole session."""
+def broker() -> Iterator[KafkaBroker]:
+    """One Apache Kafka broker on free 127.0.0.1 ports for the whole session (temporary log)."""
+    with KafkaBroker(host="127.0.0.1", port=0) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[EmbeddedBroker]:
+    """One Tansu broker (in-memory) on a free 127.0.0.1 port, for the Tansu smoke set."""
     with EmbeddedBroker(host="127.0.0.1", port=0) as running:
         yield running
 
 
 @pytest.fixture
-def kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
+def kafka_settings(broker: KafkaBroker) -> KafkaSettings:
     """Plaintext settings for the session broker."""
     return KafkaSettings(bootstrap=broker.bootstrap)
 
