@@ -49,6 +49,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
+from pipeline.kafka_health import ClientHealth
 from pipeline.messages import OutcomeBatch
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -73,7 +74,14 @@ SINK_PRODUCER_CONFIG: dict[str, Any] = {
     # Keyed records land where kafka-python and Java clients put them (the changelog's tombstones,
     # written by kafka-python at restore, must meet the snapshots of the same key).
     "partitioner": "murmur2_random",
+    # While no broker answers (an outage, a restart) records wait in librdkafka's queue and are retried;
+    # only after this long do they fail, and with them the bundle (the job then exits 1).
+    "message.timeout.ms": 300_000,
 }
+# Waiting on acknowledgements: a bit longer than message.timeout.ms, so undeliverable records are
+# reported by librdkafka itself before this deadline.
+FLUSH_TIMEOUT = 330.0
+_FLUSH_LOG_EVERY = 10.0
 
 
 class DeliveryError(RuntimeError):
@@ -140,7 +148,7 @@ class PublishOutcomes(beam.DoFn):
         changelog_topic: str,
         commit_interval: float = 5.0,
         encode_snapshot: Callable[[Any], bytes] = encode_state,
-        flush_timeout: float = 60.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
         metrics: Any = default_metrics,
         clock: Any = time.time,
     ) -> None:
@@ -157,11 +165,12 @@ class PublishOutcomes(beam.DoFn):
     def setup(self) -> None:
         from confluent_kafka import Producer
 
+        self._metrics: JobMetrics = self._metrics_factory()
         self._producer = Producer(
-            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings)}, logger=logging.getLogger("rnncast.kafka")
+            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings), **ClientHealth("sink", self._metrics).config()},
+            logger=logging.getLogger("rnncast.kafka"),
         )
         self._delivery = _DeliveryCheck()
-        self._metrics: JobMetrics = self._metrics_factory()
         # Forecasts go to the input record's partition (co-partitioned with the readings) when the
         # forecasts topic has that partition; otherwise the key decides (murmur2, as Java clients).
         metadata = self._producer.list_topics(self._output_topic, timeout=30).topics.get(self._output_topic)
@@ -234,7 +243,12 @@ class PublishOutcomes(beam.DoFn):
             yield WindowedValue((partition, tuple(merge_intervals(intervals))), MIN_TIMESTAMP, [GlobalWindow()])
 
     def _flush(self, what: str) -> None:
-        remaining = self._producer.flush(self._flush_timeout)
+        deadline = time.monotonic() + self._flush_timeout
+        remaining = self._producer.flush(min(_FLUSH_LOG_EVERY, self._flush_timeout))
+        while remaining and time.monotonic() < deadline:
+            log.warning("waiting for Kafka to acknowledge %d %s (retried until acknowledged or %g s)",
+                        remaining, what, SINK_PRODUCER_CONFIG["message.timeout.ms"] / 1000)
+            remaining = self._producer.flush(max(0.0, min(_FLUSH_LOG_EVERY, deadline - time.monotonic())))
         sent, failed, first_error = self._delivery.take()
         if remaining:
             raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")
