@@ -6,22 +6,57 @@ client's ``error_cb`` and ``stats_cb``: errors are counted by name in ``rnncast_
 and logged (once per name per 10 s); ``_ALL_BROKERS_DOWN`` sets ``rnncast_kafka_connected`` to 0 at
 once, and the statistics (every 5 s) set it from the brokers' connection states, so it returns to 1
 within seconds of a reconnect. Both callbacks run inside the client's poll/consume/flush calls.
+
+librdkafka's own log lines (logger ``rnncast.kafka``) repeat every reconnect attempt, several a
+second while a broker is down; :class:`RepeatFilter` lets each kind through once per 10 s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
 from pipeline.metrics import JobMetrics
 
-__all__ = ["ClientHealth"]
+__all__ = ["LIBRDKAFKA_LOGGER", "ClientHealth", "RepeatFilter", "librdkafka_logger"]
 
 log = logging.getLogger(__name__)
 STATS_INTERVAL_MS = 5000
 _LOG_EVERY = 10.0
+LIBRDKAFKA_LOGGER = "rnncast.kafka"
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Passes a log line unless one equal to it up to its numbers passed less than ``every`` seconds ago."""
+
+    def __init__(self, every: float = _LOG_EVERY, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", record.getMessage())[:300]
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last < self._every:
+            return False
+        if len(self._seen) > 1000:  # bounded: forget everything now and then
+            self._seen.clear()
+        self._seen[key] = now
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger given to the job's librdkafka clients, with a :class:`RepeatFilter` (installed once)."""
+    logger = logging.getLogger(LIBRDKAFKA_LOGGER)
+    if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+        logger.addFilter(RepeatFilter())
+    return logger
 
 
 class ClientHealth:

@@ -49,7 +49,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
-from pipeline.kafka_health import ClientHealth
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.messages import OutcomeBatch
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -168,7 +168,7 @@ class PublishOutcomes(beam.DoFn):
         self._metrics: JobMetrics = self._metrics_factory()
         self._producer = Producer(
             {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings), **ClientHealth("sink", self._metrics).config()},
-            logger=logging.getLogger("rnncast.kafka"),
+            logger=librdkafka_logger(),
         )
         self._delivery = _DeliveryCheck()
         # Forecasts go to the input record's partition (co-partitioned with the readings) when the

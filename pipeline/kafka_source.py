@@ -34,7 +34,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
-from pipeline.kafka_health import ClientHealth
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.messages import KafkaBatch, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -193,7 +193,7 @@ class ReadPartitions(beam.DoFn):
                     "fetch.wait.max.ms": _FETCH_MAX_WAIT_MS,
                     **ClientHealth("source", self._metrics).config(),
                 },
-                logger=logging.getLogger("rnncast.kafka"),
+                logger=librdkafka_logger(),
             )
         consumer = self._consumer
         key = (topic, partition)

@@ -143,10 +143,11 @@ def test_kill_then_restart_keeps_acknowledged_records(tmp_path: Path, unique_top
                 producer.send(topic, value=str(i).encode()).get(timeout=60)
         finally:
             producer.close(timeout=5)
-        pid = broker.pid
+        pid, bootstrap = broker.pid, broker.bootstrap
         assert broker.kill() == -signal.SIGKILL
         assert _gone(pid)
         broker.start()
+        assert broker.bootstrap == bootstrap  # the port of the data dir's first run
         assert read_topic(broker.bootstrap, topic, timeout=60)[-1].value == b"19"
         assert len(read_topic(broker.bootstrap, topic, timeout=60)) == 20
     assert tmp_path.is_dir()  # a given data dir is never removed

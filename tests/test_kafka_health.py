@@ -75,3 +75,20 @@ def test_statistics_set_the_state_from_the_learned_brokers(metrics: JobMetrics) 
 def test_unknown_client_names_are_refused(metrics: JobMetrics) -> None:
     with pytest.raises(ValueError, match="unknown Kafka client"):
         ClientHealth("other", metrics)
+
+
+def test_repeated_librdkafka_lines_pass_once_per_interval() -> None:
+    from pipeline.kafka_health import RepeatFilter
+
+    now = [0.0]
+    repeat = RepeatFilter(every=10.0, clock=lambda: now[0])
+
+    def passes(message: str) -> bool:
+        return repeat.filter(logging.LogRecord("rnncast.kafka", logging.ERROR, __file__, 1, message, None, None))
+
+    fail = "FAIL [rnncast-serve#producer-1]: 127.0.0.1:{}/bootstrap: Connect failed (after {}ms in state CONNECT)"
+    assert passes(fail.format(9092, 0))
+    assert not passes(fail.format(9092, 3))  # the same line up to its numbers
+    assert passes("another kind of line")
+    now[0] = 10.5
+    assert passes(fail.format(9092, 1))
