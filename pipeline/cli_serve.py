@@ -129,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how often --artifact is checked for a new model; an invalid one is refused and the current model "
         "keeps serving; 0: never (default: %(default)g)",
     )
+    parser.add_argument(
+        "--connect-timeout", type=_number(float, 0), default=60.0, metavar="SECONDS",
+        help="when Kafka cannot be reached at start, retry this long (logging why) before exiting 2; "
+        "0 fails at once. Once running, the job rides out broker outages by itself (default: %(default)g)",
+    )
     monitoring = parser.add_argument_group("monitoring")
     monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
     monitoring.add_argument("--metrics-port", type=_number(int, 0), default=9108, help="port of the /metrics server, 0 for any (default: %(default)s)")
@@ -183,6 +188,29 @@ def _not_authorized(err: BaseException, options: "ServeOptions") -> str | None: 
     return None
 
 
+def _wait_for_kafka(settings, timeout: float, reason: str) -> str | None:
+    """Retries the bootstrap servers for ``timeout`` seconds; returns None once one answers, else the last reason."""
+    import time
+
+    from pipeline.kafka_config import unreachable
+
+    log = logging.getLogger("rnncast.serve")
+    deadline = time.monotonic() + timeout
+    next_line = 0.0
+    while reason:
+        now = time.monotonic()
+        if now >= deadline:
+            return reason
+        if now >= next_line:  # the first failure, then one line per 10 s
+            log.warning("waiting for Kafka at %s (%s); retrying for %.0f s more (--connect-timeout)",
+                        settings.bootstrap, reason, deadline - now)
+            next_line = now + 10.0
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        reason = unreachable(settings, timeout=min(3.0, max(deadline - time.monotonic(), 0.1)))
+    log.info("Kafka at %s is reachable", settings.bootstrap)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Validates the options, prepares topics and offsets, and runs the job until stopped."""
     from pipeline.cli import UsageError
@@ -231,8 +259,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.transactions import TransactionError
 
     reason = unreachable(settings)
+    if reason and args.connect_timeout > 0:
+        reason = _wait_for_kafka(settings, args.connect_timeout, reason)
     if reason:
-        raise UsageError(f"cannot reach Kafka at {settings.bootstrap} ({reason})")
+        waited = f" after {args.connect_timeout:g}s" if args.connect_timeout > 0 else ""
+        raise UsageError(f"cannot reach Kafka at {settings.bootstrap}{waited} ({reason})")
     reason = login_failure(settings)
     if reason:
         raise UsageError(f"Kafka at {settings.bootstrap}: {reason}")

@@ -178,9 +178,6 @@ class KafkaBroker(BrokerProcess):
     ) -> None:
         self.data_dir: Path | None = Path(data_dir).resolve() if data_dir is not None else None
         self._temporary = data_dir is None
-        recorded = self._recorded_ports()
-        if port == 0 and _CLIENT in recorded:
-            port = recorded[_CLIENT]
         super().__init__(
             host,
             port,
@@ -218,6 +215,18 @@ class KafkaBroker(BrokerProcess):
         if listener not in self._ports:
             raise BrokerError(f"no listener {listener!r} (known: {sorted(self._ports)}); has the broker started?")
         return f"{_url_host(self.advertised_host)}:{self._ports[listener]}"
+
+    def start(self) -> KafkaBroker:
+        """Starts the broker (formatting a new data directory first) and waits until it answers.
+
+        With ``port=0`` and a data directory that ran before, the client port of that run is
+        taken again, so a restart keeps the address clients know.
+        """
+        recorded = self._recorded_ports()
+        if self._requested_port == 0 and _CLIENT in recorded:
+            self._requested_port = recorded[_CLIENT]
+        super().start()
+        return self
 
     # -- engine hooks -------------------------------------------------------------
 
@@ -308,6 +317,8 @@ class KafkaBroker(BrokerProcess):
             # Two shared cores: one GC thread family, no parallel young collections.
             "-XX:+UseSerialGC",
             "-Djava.awt.headless=true",
+            # Else the JVM listens on ::ffff:127.0.0.1, an IPv6 socket for an IPv4 address.
+            *([] if ":" in self.host else ["-Djava.net.preferIPv4Stack=true"]),
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             *self.jvm_args,
             "-cp",

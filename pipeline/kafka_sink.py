@@ -49,6 +49,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.messages import OutcomeBatch
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -73,7 +74,14 @@ SINK_PRODUCER_CONFIG: dict[str, Any] = {
     # Keyed records land where kafka-python and Java clients put them (the changelog's tombstones,
     # written by kafka-python at restore, must meet the snapshots of the same key).
     "partitioner": "murmur2_random",
+    # While no broker answers (an outage, a restart) records wait in librdkafka's queue and are retried;
+    # only after this long do they fail, and with them the bundle (the job then exits 1).
+    "message.timeout.ms": 300_000,
 }
+# Waiting on acknowledgements: a bit longer than message.timeout.ms, so undeliverable records are
+# reported by librdkafka itself before this deadline.
+FLUSH_TIMEOUT = 330.0
+_FLUSH_LOG_EVERY = 10.0
 
 
 class DeliveryError(RuntimeError):
@@ -140,7 +148,7 @@ class PublishOutcomes(beam.DoFn):
         changelog_topic: str,
         commit_interval: float = 5.0,
         encode_snapshot: Callable[[Any], bytes] = encode_state,
-        flush_timeout: float = 60.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
         metrics: Any = default_metrics,
         clock: Any = time.time,
     ) -> None:
@@ -155,11 +163,12 @@ class PublishOutcomes(beam.DoFn):
         self._clock = clock
 
     def setup(self) -> None:
+        self._metrics: JobMetrics = self._metrics_factory()
         self._writer = OutcomeWriter(
             self._settings, output_topic=self._output_topic, dlq_topic=self._dlq_topic,
             changelog_topic=self._changelog_topic, encode_snapshot=self._encode_snapshot, flush_timeout=self._flush_timeout,
+            extra_config=ClientHealth("sink", self._metrics).config(),
         )
-        self._metrics: JobMetrics = self._metrics_factory()
         self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
         self._done: dict[int, list[Interval]] = {}  # partition -> intervals done since the last write
         self._last_write = self._clock()
@@ -224,14 +233,14 @@ class OutcomeWriter:
         dlq_topic: str,
         changelog_topic: str,
         encode_snapshot: Callable[[Any], bytes] = encode_state,
-        flush_timeout: float = 60.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
         self.producer = Producer(
             {**SINK_PRODUCER_CONFIG, **librdkafka_config(settings), **(extra_config or {})},
-            logger=logging.getLogger("rnncast.kafka"),
+            logger=librdkafka_logger(),
         )
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
@@ -285,7 +294,12 @@ class OutcomeWriter:
 
     def flush(self, what: str) -> None:
         """Waits for every acknowledgement; raises :class:`DeliveryError` if one is missing or failed."""
-        remaining = self.producer.flush(self._flush_timeout)
+        deadline = time.monotonic() + self._flush_timeout
+        remaining = self.producer.flush(min(_FLUSH_LOG_EVERY, self._flush_timeout))
+        while remaining and time.monotonic() < deadline:
+            log.warning("waiting for Kafka to acknowledge %d %s (retried until acknowledged or %g s)",
+                        remaining, what, SINK_PRODUCER_CONFIG["message.timeout.ms"] / 1000)
+            remaining = self.producer.flush(max(0.0, min(_FLUSH_LOG_EVERY, deadline - time.monotonic())))
         sent, failed, first_error = self.delivery.take()
         if remaining:
             raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")

@@ -34,6 +34,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.messages import KafkaBatch, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -191,8 +192,9 @@ class ReadPartitions(beam.DoFn):
                     # rest of the client's default 500 ms (measured: 50-240 ms from produce to poll,
                     # 3-8 ms with 10 ms). Idle partitions cost a fetch per 20 ms.
                     "fetch.wait.max.ms": _FETCH_MAX_WAIT_MS,
+                    **ClientHealth("source", self._metrics).config(),
                 },
-                logger=logging.getLogger("rnncast.kafka"),
+                logger=librdkafka_logger(),
             )
         consumer = self._consumer
         key = (topic, partition)
