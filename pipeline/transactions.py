@@ -57,6 +57,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from models.state import decode_state
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.kafka_sink import DeliveryError, Interval, OffsetLedger, OutcomeWriter
 from pipeline.messages import Outcome, OutcomeBatch
 from pipeline.metrics import JobMetrics, default_metrics
@@ -75,7 +76,9 @@ log = logging.getLogger(__name__)
 
 _WRITE_TXN_MARKERS = 27  # the API through which a Kafka transaction coordinator writes commit/abort markers
 # An open transaction of a job that died and is never restarted holds read_committed consumers back
-# this long (a restart aborts it at once, by fencing).
+# this long (a restart aborts it at once, by fencing). librdkafka requires message.timeout.ms (300 s for
+# the at-least-once sink, which rides out broker outages) to be at most this: a record not delivered
+# within it fails its transaction, the job exits and a restart replays it.
 TRANSACTION_TIMEOUT_MS = 60_000
 
 
@@ -122,6 +125,7 @@ def _producer_config(settings: KafkaSettings, group: str, topic: str, partition:
         **librdkafka_config(settings),
         "transactional.id": transactional_id(group, topic, partition),
         "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
     }
 
 
@@ -143,7 +147,7 @@ def fence(settings: KafkaSettings, group: str, topic: str, partitions: list[int]
     for partition in partitions:
         producer = Producer(
             {**_producer_config(settings, group, topic, partition), "client.id": "rnncast-fence"},
-            logger=logging.getLogger("rnncast.kafka"),
+            logger=librdkafka_logger(),
         )
         try:
             producer.init_transactions(timeout)
@@ -224,14 +228,14 @@ class _PartitionTransaction:
         for unit in candidates:
             for outcome in unit.outcomes:
                 if outcome.forecast is not None or outcome.dead_letter is not None:
-                    self._begin()
+                    self.begin()
                     self.writer.publish(outcome)
                 elif outcome.commit:
                     self.commit_requested = True
             self.snapshots.update(unit.snapshots)
         self.frontier = ledger.committed
 
-    def _begin(self) -> None:
+    def begin(self) -> None:
         if not self.open:
             self.ready.result()
             self.writer.producer.begin_transaction()
@@ -293,7 +297,10 @@ class PublishTransactions(beam.DoFn):
         # Transaction calls wait for the broker with the GIL released: partitions' inits and commits overlap.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rnncast-txn")
         # Never subscribed: its group metadata says "no member, generation -1", a simple consumer's commit.
-        consumer = Consumer({**librdkafka_config(self._settings), "group.id": self._group, "enable.auto.commit": False})
+        consumer = Consumer(
+            {**librdkafka_config(self._settings), "group.id": self._group, "enable.auto.commit": False},
+            logger=librdkafka_logger(),
+        )
         try:
             self._group_metadata = consumer.consumer_group_metadata()
         finally:
@@ -322,7 +329,10 @@ class PublishTransactions(beam.DoFn):
             )
         writer = OutcomeWriter(
             self._settings, **self._topics,
-            extra_config=_producer_config(self._settings, self._group, self._input_topic, partition),
+            extra_config={
+                **_producer_config(self._settings, self._group, self._input_topic, partition),
+                **ClientHealth("sink", self._metrics).config(),
+            },
         )
         ready = self._pool.submit(self._init, writer, partition)
         txn = self._transactions[partition] = _PartitionTransaction(writer, ready, self._start_offsets[partition], self._clock())
@@ -366,7 +376,7 @@ class PublishTransactions(beam.DoFn):
         started = time.monotonic()
         try:
             txn.ready.result()
-            txn._begin()
+            txn.begin()
             writer.write_snapshots(txn.snapshots)
             producer.send_offsets_to_transaction(
                 [TopicPartition(self._input_topic, partition, txn.frontier)], self._group_metadata, self._timeout

@@ -135,11 +135,17 @@ def grant(broker: KafkaBroker, principal: str, grants: Iterable[tuple[str, str, 
         admin.close()
 
 
-def job_grants(*, input_topic: str, output_topic: str, dlq_topic: str, group: str) -> list[tuple[str, str, str, str]]:
-    """What ``rnncast serve`` (at-least-once) needs: read its input, write its outputs, read and write its
-    changelog, use its group. Nothing else: the topics exist before it starts."""
+def job_grants(
+    *, input_topic: str, output_topic: str, dlq_topic: str, group: str, exactly_once: bool = False
+) -> list[tuple[str, str, str, str]]:
+    """What ``rnncast serve`` needs: read its input, write its outputs, read and write its changelog, use its
+    group (and with exactly-once its transactional ids). Nothing else: the topics exist before it starts."""
     changelog = f"{group}.rnncast-state"
-    return [
+    transactions = [
+        ("TRANSACTIONAL_ID", f"{group}.rnncast-txn.", "PREFIXED", "WRITE"),
+        ("TRANSACTIONAL_ID", f"{group}.rnncast-txn.", "PREFIXED", "DESCRIBE"),
+    ]
+    return (transactions if exactly_once else []) + [
         ("TOPIC", input_topic, "LITERAL", "READ"),
         ("TOPIC", output_topic, "LITERAL", "WRITE"),
         ("TOPIC", dlq_topic, "LITERAL", "WRITE"),

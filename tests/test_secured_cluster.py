@@ -51,8 +51,9 @@ def _topics(broker) -> dict[str, str]:
     return topics
 
 
-def _serve(broker, directory: Path, artifact: Path, topics: dict[str, str], log: Path, password: str) -> h.ServeProcess:
-    args = ["--artifact", str(artifact), *sk.cli_args(broker, directory, "job"), "--metrics-port", "0"]
+def _serve(broker, directory: Path, artifact: Path, topics: dict[str, str], log: Path, password: str,
+           extra: tuple[str, ...] = ()) -> h.ServeProcess:
+    args = ["--artifact", str(artifact), *sk.cli_args(broker, directory, "job"), "--metrics-port", "0", *extra]
     for name, value in topics.items():
         args += [f"--{name.replace('_', '-')}", value]
     return h.ServeProcess(args, log, env={PASSWORD_ENV: password})
@@ -152,3 +153,25 @@ def test_a_missing_acl_is_one_line_naming_the_group_or_topic(secured, artifact: 
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(errors) == 1 and needle in errors[0], done.stderr[-3000:]
     assert "Traceback" not in done.stderr and JOB_PASSWORD not in done.stderr + done.stdout
+
+
+def test_exactly_once_needs_only_its_transactional_ids_more(secured, artifact: Path, tmp_path: Path) -> None:
+    broker, directory = secured
+    topics = _topics(broker)
+    sk.grant(broker, "job", sk.job_grants(**topics, exactly_once=True))
+    served = load_artifact(artifact)
+    readings, data_covariates = h.dataset_readings(80, 4)
+    reference = h.offline_forecasts(artifact, readings, served.features.covariate_names, data_covariates)
+    job = _serve(broker, directory, artifact, topics, tmp_path / "serve.log", JOB_PASSWORD, ("--guarantee", "exactly-once"))
+    try:
+        job.wait_restored(120)
+        h.produce(broker.bootstrap, topics["input_topic"], [h.reading_message(r, data_covariates) for r in readings])
+        docs = h.forecast_docs(h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(reference),
+                                              timeout=120, settle=1.0, read_committed=True))
+        result = h.compare(docs, reference)
+        assert result["missing"] == [] and result["duplicates"] == 0 and result["differing"] == 0, result
+        assert job.stop() == 0, job.log[-3000:]
+    finally:
+        if job.alive():
+            job.kill()
+    assert JOB_PASSWORD not in job.log
