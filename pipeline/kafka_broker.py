@@ -121,9 +121,12 @@ def _java() -> str:
 
 
 def _cluster_id() -> str:
-    # Kafka's Uuid.randomUuid().toString(): URL-safe base64 of 16 random bytes, unpadded
-    # (generated here to save a JVM start).
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Kafka's Uuid.randomUuid().toString(): URL-safe base64 of 16 random bytes, unpadded, never
+    # starting with "-" (the tool would read it as an option). Generated here to save a JVM start.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 class KafkaBroker(BrokerProcess):

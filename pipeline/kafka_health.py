@@ -7,8 +7,9 @@ and logged (once per name per 10 s); ``_ALL_BROKERS_DOWN`` sets ``rnncast_kafka_
 once, and the statistics (every 5 s) set it from the brokers' connection states, so it returns to 1
 within seconds of a reconnect. Both callbacks run inside the client's poll/consume/flush calls.
 
-librdkafka's own log lines (logger ``rnncast.kafka``) repeat every reconnect attempt, several a
-second while a broker is down; :class:`RepeatFilter` lets each kind through once per 10 s.
+librdkafka's own log lines (logger ``rnncast.kafka``) and kafka-python's (``kafka.*``, with
+tracebacks of connection resets) repeat every reconnect attempt, several a second while a broker
+is down; :class:`RepeatFilter` lets each kind through once per 10 s.
 """
 
 from __future__ import annotations
@@ -31,16 +32,30 @@ _DIGITS = re.compile(r"\d+")
 
 
 class RepeatFilter(logging.Filter):
-    """Passes a log line unless one equal to it up to its numbers passed less than ``every`` seconds ago."""
+    """Passes a log line unless one equal to it up to its numbers passed less than ``every`` seconds ago.
 
-    def __init__(self, every: float = _LOG_EVERY, clock: Any = time.monotonic) -> None:
+    Args:
+        every: Seconds between two equal lines.
+        prefixes: Only records of loggers named so (or below) are filtered, and their tracebacks
+            dropped (a client library's connection errors say what failed in the message); others
+            pass unchanged. None: every record.
+        clock: Monotonic seconds.
+    """
+
+    def __init__(self, every: float = _LOG_EVERY, prefixes: tuple[str, ...] | None = None, clock: Any = time.monotonic) -> None:
         super().__init__()
         self._every = every
+        self._prefixes = prefixes
         self._clock = clock
         self._seen: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = _DIGITS.sub("#", record.getMessage())[:300]
+        if self._prefixes is not None:
+            if not any(record.name == p or record.name.startswith(p + ".") for p in self._prefixes):
+                return True
+            record.exc_info = None
+            record.exc_text = None
+        key = _DIGITS.sub("#", f"{record.name} {record.getMessage()}")[:300]
         now = self._clock()
         last = self._seen.get(key)
         if last is not None and now - last < self._every:

@@ -92,3 +92,25 @@ def test_repeated_librdkafka_lines_pass_once_per_interval() -> None:
     assert passes("another kind of line")
     now[0] = 10.5
     assert passes(fail.format(9092, 1))
+
+
+def test_client_library_lines_lose_their_tracebacks_and_repeats() -> None:
+    import sys
+
+    from pipeline.kafka_health import RepeatFilter
+
+    repeat = RepeatFilter(every=10.0, prefixes=("kafka",), clock=lambda: 0.0)
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        exc_info = sys.exc_info()
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, message, None, exc_info)
+
+    first = record("kafka.net.transport", "Error receiving network data closing socket")
+    assert repeat.filter(first) and first.exc_info is None
+    assert not repeat.filter(record("kafka.net.transport", "Error receiving network data closing socket"))
+    own = record("rnncast.serve", "Error receiving network data closing socket")
+    assert repeat.filter(own) and repeat.filter(own) and own.exc_info is not None  # not a client library's
+    assert repeat.filter(record("kafkaesque", "x")) and repeat.filter(record("kafkaesque", "x"))
