@@ -4,8 +4,11 @@ librdkafka reconnects by itself and keeps undelivered records queued (up to ``me
 so a lost broker does not stop the job; it only has to be visible. :class:`ClientHealth` supplies a
 client's ``error_cb`` and ``stats_cb``: errors are counted by name in ``rnncast_kafka_errors_total``
 and logged (once per name per 10 s); ``_ALL_BROKERS_DOWN`` sets ``rnncast_kafka_connected`` to 0 at
-once, and the statistics (every 5 s) set it from the brokers' connection states, so it returns to 1
-within seconds of a reconnect. Both callbacks run inside the client's poll/consume/flush calls.
+once, and the statistics (every 5 s) set it from the brokers' connection states. Both callbacks run
+only inside the client's poll/consume/flush calls, so an idle client would keep a stale value: the
+clients also report success (:meth:`ClientHealth.reached`: records fetched, outputs acknowledged),
+and an ``_ALL_BROKERS_DOWN`` delivered after the reconnect ("0/1 brokers are down") is not taken
+as an outage.
 
 librdkafka's own log lines (logger ``rnncast.kafka``) and kafka-python's (``kafka.*``, with
 tracebacks of connection resets) repeat every reconnect attempt, several a second while a broker
@@ -29,6 +32,7 @@ STATS_INTERVAL_MS = 5000
 _LOG_EVERY = 10.0
 LIBRDKAFKA_LOGGER = "rnncast.kafka"
 _DIGITS = re.compile(r"\d+")
+_DOWN_COUNT = re.compile(r"(\d+)/(\d+) brokers are down")
 
 
 class RepeatFilter(logging.Filter):
@@ -99,11 +103,17 @@ class ClientHealth:
         code = error.name()
         self._metrics.kafka_error(self._client, code)
         if code == "_ALL_BROKERS_DOWN":
-            self._metrics.set_kafka_connected(self._client, False)
+            counts = _DOWN_COUNT.search(error.str())
+            if counts is None or int(counts.group(1)) >= int(counts.group(2)):
+                self._metrics.set_kafka_connected(self._client, False)
         now = self._clock()
         if now >= self._logged.get(code, -_LOG_EVERY) + _LOG_EVERY:
             self._logged[code] = now
             log.warning("Kafka %s: %s (%s); librdkafka retries by itself", self._client, error.str(), code)
+
+    def reached(self) -> None:
+        """The client just heard from a broker (records fetched, outputs acknowledged)."""
+        self._metrics.set_kafka_connected(self._client, True)
 
     def on_stats(self, stats_json: str) -> None:
         """librdkafka's statistics callback: connected when any real broker (not a bootstrap address) is UP."""

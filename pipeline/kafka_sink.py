@@ -166,8 +166,9 @@ class PublishOutcomes(beam.DoFn):
         from confluent_kafka import Producer
 
         self._metrics: JobMetrics = self._metrics_factory()
+        self._health = ClientHealth("sink", self._metrics)
         self._producer = Producer(
-            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings), **ClientHealth("sink", self._metrics).config()},
+            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings), **self._health.config()},
             logger=librdkafka_logger(),
         )
         self._delivery = _DeliveryCheck()
@@ -254,6 +255,8 @@ class PublishOutcomes(beam.DoFn):
             raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")
         if failed:
             raise DeliveryError(f"{failed} of {sent} {what} were not acknowledged: {first_error}")
+        if sent:
+            self._health.reached()
 
 
 class _DeliveryCheck:

@@ -72,6 +72,17 @@ def test_statistics_set_the_state_from_the_learned_brokers(metrics: JobMetrics) 
     assert _value(metrics, "rnncast_kafka_connected", client="source") == 0
 
 
+def test_a_late_all_brokers_down_and_success_reports(metrics: JobMetrics) -> None:
+    health = ClientHealth("sink", metrics)
+    health.on_error(_Error("_ALL_BROKERS_DOWN", "0/2 brokers are down"))  # delivered after the reconnect
+    assert _value(metrics, "rnncast_kafka_connected", client="sink") == 1
+    assert _value(metrics, "rnncast_kafka_errors_total", client="sink", code="_ALL_BROKERS_DOWN") == 1
+    health.on_error(_Error("_ALL_BROKERS_DOWN", "2/2 brokers are down"))
+    assert _value(metrics, "rnncast_kafka_connected", client="sink") == 0
+    health.reached()  # outputs acknowledged: a broker answered
+    assert _value(metrics, "rnncast_kafka_connected", client="sink") == 1
+
+
 def test_unknown_client_names_are_refused(metrics: JobMetrics) -> None:
     with pytest.raises(ValueError, match="unknown Kafka client"):
         ClientHealth("other", metrics)
