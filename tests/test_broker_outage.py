@@ -166,7 +166,7 @@ def test_the_job_rides_out_a_killed_and_restarted_broker(artifact: Path, tmp_pat
         _wait_for(lambda: _connected(url) == {"source": 1, "sink": 1}, 120, "rnncast_kafka_connected 1", job)
         samples = h.scrape(url)
         result = h.compare(served_docs, reference)
-        errors = {code: h.metric(samples, "rnncast_kafka_errors_total", client=c, code=code)
+        errors = {f"{c}:{code}": h.metric(samples, "rnncast_kafka_errors_total", client=c, code=code)
                   for c in ("source", "sink") for code in ("_ALL_BROKERS_DOWN", "_TRANSPORT")}
         values = dict(
             readings=len(readings), expected_forecasts=len(reference), published_forecasts=len(served_docs),
