@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Self, TextIO
+from typing import Any, Self, TextIO
 
 __all__ = ["BrokerError", "BrokerProcess", "EmbeddedBroker", "find_tansu", "free_port"]
 
@@ -404,34 +404,17 @@ class EmbeddedBroker(BrokerProcess):
             produce_to(broker.bootstrap)
 
     Args:
-        host, port, advertised_host, startup_timeout, stop_timeout, log_stream,
-            die_with_parent: As for :class:`BrokerProcess`.
+        host: Interface to listen on; loopback by default.
+        port: TCP port; 0 picks a free one.
         tansu: Path of the binary; found with :func:`find_tansu` when omitted.
+        **options: ``advertised_host``, ``startup_timeout`` (20 s), ``stop_timeout`` (5 s),
+            ``log_stream``, ``die_with_parent``: as for :class:`BrokerProcess`.
     """
 
     engine = "tansu"
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        advertised_host: str | None = None,
-        startup_timeout: float = 20.0,
-        stop_timeout: float = 5.0,
-        log_stream: TextIO | None = None,
-        die_with_parent: bool = True,
-        tansu: Path | None = None,
-    ) -> None:
-        super().__init__(
-            host,
-            port,
-            advertised_host=advertised_host,
-            startup_timeout=startup_timeout,
-            stop_timeout=stop_timeout,
-            log_stream=log_stream,
-            die_with_parent=die_with_parent,
-        )
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tansu: Path | None = None, **options: Any) -> None:
+        super().__init__(host, port, **options)
         self._tansu = tansu
         self._binary: Path | None = None
 

@@ -159,11 +159,14 @@ class _DropNoise(logging.Filter):
 
 def _configure_logging() -> None:
     """rnncast's INFO lines and everyone's warnings to stderr (once; other handlers are left alone)."""
+    from pipeline.kafka_health import RepeatFilter
+
     root = logging.getLogger()
     if not any(isinstance(f, _DropNoise) for handler in root.handlers for f in handler.filters):
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(_DropNoise())
+        handler.addFilter(RepeatFilter(prefixes=("kafka",)))  # kafka-python's lines during a broker outage
         root.addHandler(handler)
     for name in ("rnncast", "pipeline", "models"):
         logging.getLogger(name).setLevel(logging.INFO)

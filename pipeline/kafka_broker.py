@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TextIO
+from typing import Any
 
 from pipeline.broker import BrokerError, BrokerProcess, _port_is_free, _url_host, free_port
 
@@ -121,9 +121,12 @@ def _java() -> str:
 
 
 def _cluster_id() -> str:
-    # Kafka's Uuid.randomUuid().toString(): URL-safe base64 of 16 random bytes, unpadded
-    # (generated here to save a JVM start).
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Kafka's Uuid.randomUuid().toString(): URL-safe base64 of 16 random bytes, unpadded, never
+    # starting with "-" (the tool would read it as an option). Generated here to save a JVM start.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 class KafkaBroker(BrokerProcess):
@@ -136,7 +139,6 @@ class KafkaBroker(BrokerProcess):
         host: Interface of every listener; loopback by default.
         port: PLAINTEXT client port; 0 picks a free one (or, with a ``data_dir`` that ran
             before, the port of that first run, so clients reconnect after a restart).
-        advertised_host: Host advertised to clients; defaults to ``host``.
         data_dir: Where the configuration and the log live; kept across stop/start. None:
             a temporary directory, removed on stop.
         extra_listeners: More listeners, ``{name: security protocol}`` (e.g.
@@ -148,12 +150,11 @@ class KafkaBroker(BrokerProcess):
             data directory (e.g. ``["--add-scram", "SCRAM-SHA-512=[name=u,password=p]"]``).
         jvm_args: Extra JVM arguments (system properties, ...).
         heap: The JVM's ``-Xmx``.
-        startup_timeout: Seconds to wait for the first metadata answer (the format step
-            included); a JVM on a loaded 2-core machine needs tens of seconds.
-        stop_timeout: Seconds between SIGTERM (controlled shutdown) and SIGKILL.
-        log_stream: When given, every broker log line is copied there.
-        die_with_parent: As for :class:`pipeline.broker.BrokerProcess`.
         kafka_lib: The jar directory; :func:`find_kafka_lib` when omitted.
+        **options: ``advertised_host``, ``log_stream``, ``die_with_parent``, ``startup_timeout``
+            (default 120 s: the format step included, a JVM on a loaded 2-core machine needs tens
+            of seconds) and ``stop_timeout`` (between SIGTERM, a controlled shutdown, and SIGKILL;
+            default 30 s), as for :class:`pipeline.broker.BrokerProcess`.
     """
 
     engine = "kafka"
@@ -163,30 +164,20 @@ class KafkaBroker(BrokerProcess):
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        advertised_host: str | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         extra_listeners: dict[str, str] | None = None,
         extra_properties: dict[str, str] | None = None,
         format_args: list[str] | None = None,
         jvm_args: list[str] | None = None,
         heap: str = "512m",
-        startup_timeout: float = 120.0,
-        stop_timeout: float = 30.0,
-        log_stream: TextIO | None = None,
-        die_with_parent: bool = True,
         kafka_lib: Path | None = None,
+        **options: Any,
     ) -> None:
         self.data_dir: Path | None = Path(data_dir).resolve() if data_dir is not None else None
         self._temporary = data_dir is None
-        super().__init__(
-            host,
-            port,
-            advertised_host=advertised_host,
-            startup_timeout=startup_timeout,
-            stop_timeout=stop_timeout,
-            log_stream=log_stream,
-            die_with_parent=die_with_parent,
-        )
+        options.setdefault("startup_timeout", 120.0)
+        options.setdefault("stop_timeout", 30.0)
+        super().__init__(host, port, **options)
         for name in extra_listeners or {}:
             if name in (_CLIENT, _CONTROLLER) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
                 raise ValueError(f"listener name must be upper case and not {_CLIENT}/{_CONTROLLER}: {name!r}")

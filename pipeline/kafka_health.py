@@ -4,11 +4,15 @@ librdkafka reconnects by itself and keeps undelivered records queued (up to ``me
 so a lost broker does not stop the job; it only has to be visible. :class:`ClientHealth` supplies a
 client's ``error_cb`` and ``stats_cb``: errors are counted by name in ``rnncast_kafka_errors_total``
 and logged (once per name per 10 s); ``_ALL_BROKERS_DOWN`` sets ``rnncast_kafka_connected`` to 0 at
-once, and the statistics (every 5 s) set it from the brokers' connection states, so it returns to 1
-within seconds of a reconnect. Both callbacks run inside the client's poll/consume/flush calls.
+once, and the statistics (every 5 s) set it from the brokers' connection states. Both callbacks run
+only inside the client's poll/consume/flush calls, so an idle client would keep a stale value: the
+clients also report success (:meth:`ClientHealth.reached`: records fetched, outputs acknowledged),
+and an ``_ALL_BROKERS_DOWN`` delivered after the reconnect ("0/1 brokers are down") is not taken
+as an outage.
 
-librdkafka's own log lines (logger ``rnncast.kafka``) repeat every reconnect attempt, several a
-second while a broker is down; :class:`RepeatFilter` lets each kind through once per 10 s.
+librdkafka's own log lines (logger ``rnncast.kafka``) and kafka-python's (``kafka.*``, with
+tracebacks of connection resets) repeat every reconnect attempt, several a second while a broker
+is down; :class:`RepeatFilter` lets each kind through once per 10 s.
 """
 
 from __future__ import annotations
@@ -28,19 +32,34 @@ STATS_INTERVAL_MS = 5000
 _LOG_EVERY = 10.0
 LIBRDKAFKA_LOGGER = "rnncast.kafka"
 _DIGITS = re.compile(r"\d+")
+_DOWN_COUNT = re.compile(r"(\d+)/(\d+) brokers are down")
 
 
 class RepeatFilter(logging.Filter):
-    """Passes a log line unless one equal to it up to its numbers passed less than ``every`` seconds ago."""
+    """Passes a log line unless one equal to it up to its numbers passed less than ``every`` seconds ago.
 
-    def __init__(self, every: float = _LOG_EVERY, clock: Any = time.monotonic) -> None:
+    Args:
+        every: Seconds between two equal lines.
+        prefixes: Only records of loggers named so (or below) are filtered, and their tracebacks
+            dropped (a client library's connection errors say what failed in the message); others
+            pass unchanged. None: every record.
+        clock: Monotonic seconds.
+    """
+
+    def __init__(self, every: float = _LOG_EVERY, prefixes: tuple[str, ...] | None = None, clock: Any = time.monotonic) -> None:
         super().__init__()
         self._every = every
+        self._prefixes = prefixes
         self._clock = clock
         self._seen: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = _DIGITS.sub("#", record.getMessage())[:300]
+        if self._prefixes is not None:
+            if not any(record.name == p or record.name.startswith(p + ".") for p in self._prefixes):
+                return True
+            record.exc_info = None
+            record.exc_text = None
+        key = _DIGITS.sub("#", f"{record.name} {record.getMessage()}")[:300]
         now = self._clock()
         last = self._seen.get(key)
         if last is not None and now - last < self._every:
@@ -84,11 +103,17 @@ class ClientHealth:
         code = error.name()
         self._metrics.kafka_error(self._client, code)
         if code == "_ALL_BROKERS_DOWN":
-            self._metrics.set_kafka_connected(self._client, False)
+            counts = _DOWN_COUNT.search(error.str())
+            if counts is None or int(counts.group(1)) >= int(counts.group(2)):
+                self._metrics.set_kafka_connected(self._client, False)
         now = self._clock()
         if now >= self._logged.get(code, -_LOG_EVERY) + _LOG_EVERY:
             self._logged[code] = now
             log.warning("Kafka %s: %s (%s); librdkafka retries by itself", self._client, error.str(), code)
+
+    def reached(self) -> None:
+        """The client just heard from a broker (records fetched, outputs acknowledged)."""
+        self._metrics.set_kafka_connected(self._client, True)
 
     def on_stats(self, stats_json: str) -> None:
         """librdkafka's statistics callback: connected when any real broker (not a bootstrap address) is UP."""

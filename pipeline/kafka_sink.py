@@ -164,10 +164,17 @@ class PublishOutcomes(beam.DoFn):
 
     def setup(self) -> None:
         self._metrics: JobMetrics = self._metrics_factory()
+<<<<<<< HEAD
         self._writer = OutcomeWriter(
             self._settings, output_topic=self._output_topic, dlq_topic=self._dlq_topic,
             changelog_topic=self._changelog_topic, encode_snapshot=self._encode_snapshot, flush_timeout=self._flush_timeout,
             extra_config=ClientHealth("sink", self._metrics).config(),
+=======
+        self._health = ClientHealth("sink", self._metrics)
+        self._producer = Producer(
+            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings), **self._health.config()},
+            logger=librdkafka_logger(),
+>>>>>>> kafka
         )
         self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
         self._done: dict[int, list[Interval]] = {}  # partition -> intervals done since the last write
@@ -305,6 +312,8 @@ class OutcomeWriter:
             raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")
         if failed:
             raise DeliveryError(f"{failed} of {sent} {what} were not acknowledged: {first_error}")
+        if sent:
+            self._health.reached()
 
 
 class _DeliveryCheck:

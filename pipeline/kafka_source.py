@@ -175,6 +175,7 @@ class ReadPartitions(beam.DoFn):
         from confluent_kafka import Consumer, TopicPartition
 
         if self._consumer is None:
+            self._health = ClientHealth("source", self._metrics)
             self._consumer = Consumer(
                 {
                     **librdkafka_config(self._settings),
@@ -192,7 +193,7 @@ class ReadPartitions(beam.DoFn):
                     # rest of the client's default 500 ms (measured: 50-240 ms from produce to poll,
                     # 3-8 ms with 10 ms). Idle partitions cost a fetch per 20 ms.
                     "fetch.wait.max.ms": _FETCH_MAX_WAIT_MS,
-                    **ClientHealth("source", self._metrics).config(),
+                    **self._health.config(),
                 },
                 logger=librdkafka_logger(),
             )
@@ -211,13 +212,17 @@ class ReadPartitions(beam.DoFn):
             # consume(n, timeout) waits for n messages or the timeout: take what is there, and wait
             # only while there is nothing at all.
             messages = consumer.consume(self._max_records, 0) or consumer.consume(1, self._poll_timeout)
+            fetched = False
             for message in messages:
                 if message.error() is not None:
                     log.warning("reading %s[%s]: %s", message.topic(), message.partition(), message.error())
                     continue
+                fetched = True
                 polled = (message.topic(), message.partition())
                 if polled in self._positions:
                     self._buffers[polled].append(message)
+            if fetched:
+                self._health.reached()
         count = min(len(buffer), self._max_records)
         return [buffer.popleft() for _ in range(count)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -87,7 +88,7 @@ class RetryingProducer(threading.Thread):
             producer = Producer({
                 "bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
                 "partitioner": "murmur2_random", "message.timeout.ms": 600_000,
-            })
+            }, logger=logging.getLogger("tests.outage.producer"))  # its reconnect lines go to pytest's log capture
             started = time.monotonic()
             for key, value in self.messages:
                 while True:
@@ -156,16 +157,16 @@ def test_the_job_rides_out_a_killed_and_restarted_broker(artifact: Path, tmp_pat
         broker.start()
         down_for = time.monotonic() - down_for + 12
         assert broker.bootstrap == bootstrap  # same port from the data dir
-        _wait_for(lambda: _connected(url) == {"source": 1, "sink": 1}, 120, "rnncast_kafka_connected 1", job)
 
         producer.finish()
         served_docs = h.forecast_docs(
             h.read_records(bootstrap, forecasts_topic, at_least=len(reference), timeout=600, settle=2.0)
         )
         assert job.alive(), job.log[-3000:]
+        _wait_for(lambda: _connected(url) == {"source": 1, "sink": 1}, 120, "rnncast_kafka_connected 1", job)
         samples = h.scrape(url)
         result = h.compare(served_docs, reference)
-        errors = {code: h.metric(samples, "rnncast_kafka_errors_total", client=c, code=code)
+        errors = {f"{c}:{code}": h.metric(samples, "rnncast_kafka_errors_total", client=c, code=code)
                   for c in ("source", "sink") for code in ("_ALL_BROKERS_DOWN", "_TRANSPORT")}
         values = dict(
             readings=len(readings), expected_forecasts=len(reference), published_forecasts=len(served_docs),

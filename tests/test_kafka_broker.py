@@ -169,3 +169,9 @@ def test_temporary_data_dir_is_removed_after_a_failed_format(tmp_path: Path, mon
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    ids = {kafka_broker._cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

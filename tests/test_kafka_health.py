@@ -72,6 +72,17 @@ def test_statistics_set_the_state_from_the_learned_brokers(metrics: JobMetrics) 
     assert _value(metrics, "rnncast_kafka_connected", client="source") == 0
 
 
+def test_a_late_all_brokers_down_and_success_reports(metrics: JobMetrics) -> None:
+    health = ClientHealth("sink", metrics)
+    health.on_error(_Error("_ALL_BROKERS_DOWN", "0/2 brokers are down"))  # delivered after the reconnect
+    assert _value(metrics, "rnncast_kafka_connected", client="sink") == 1
+    assert _value(metrics, "rnncast_kafka_errors_total", client="sink", code="_ALL_BROKERS_DOWN") == 1
+    health.on_error(_Error("_ALL_BROKERS_DOWN", "2/2 brokers are down"))
+    assert _value(metrics, "rnncast_kafka_connected", client="sink") == 0
+    health.reached()  # outputs acknowledged: a broker answered
+    assert _value(metrics, "rnncast_kafka_connected", client="sink") == 1
+
+
 def test_unknown_client_names_are_refused(metrics: JobMetrics) -> None:
     with pytest.raises(ValueError, match="unknown Kafka client"):
         ClientHealth("other", metrics)
@@ -92,3 +103,25 @@ def test_repeated_librdkafka_lines_pass_once_per_interval() -> None:
     assert passes("another kind of line")
     now[0] = 10.5
     assert passes(fail.format(9092, 1))
+
+
+def test_client_library_lines_lose_their_tracebacks_and_repeats() -> None:
+    import sys
+
+    from pipeline.kafka_health import RepeatFilter
+
+    repeat = RepeatFilter(every=10.0, prefixes=("kafka",), clock=lambda: 0.0)
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        exc_info = sys.exc_info()
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, message, None, exc_info)
+
+    first = record("kafka.net.transport", "Error receiving network data closing socket")
+    assert repeat.filter(first) and first.exc_info is None
+    assert not repeat.filter(record("kafka.net.transport", "Error receiving network data closing socket"))
+    own = record("rnncast.serve", "Error receiving network data closing socket")
+    assert repeat.filter(own) and repeat.filter(own) and own.exc_info is not None  # not a client library's
+    assert repeat.filter(record("kafkaesque", "x")) and repeat.filter(record("kafkaesque", "x"))
