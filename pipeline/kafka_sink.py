@@ -164,17 +164,10 @@ class PublishOutcomes(beam.DoFn):
 
     def setup(self) -> None:
         self._metrics: JobMetrics = self._metrics_factory()
-<<<<<<< HEAD
         self._writer = OutcomeWriter(
             self._settings, output_topic=self._output_topic, dlq_topic=self._dlq_topic,
             changelog_topic=self._changelog_topic, encode_snapshot=self._encode_snapshot, flush_timeout=self._flush_timeout,
-            extra_config=ClientHealth("sink", self._metrics).config(),
-=======
-        self._health = ClientHealth("sink", self._metrics)
-        self._producer = Producer(
-            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings), **self._health.config()},
-            logger=librdkafka_logger(),
->>>>>>> kafka
+            health=ClientHealth("sink", self._metrics),
         )
         self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
         self._done: dict[int, list[Interval]] = {}  # partition -> intervals done since the last write
@@ -230,6 +223,7 @@ class OutcomeWriter:
         encode_snapshot: Turns a held snapshot into the changelog record's value (bytes pass as they are).
         flush_timeout: Seconds :meth:`flush` waits for acknowledgements.
         extra_config: More librdkafka settings (e.g. ``transactional.id``).
+        health: The connection-health callbacks; told when outputs were acknowledged.
     """
 
     def __init__(
@@ -242,11 +236,13 @@ class OutcomeWriter:
         encode_snapshot: Callable[[Any], bytes] = encode_state,
         flush_timeout: float = FLUSH_TIMEOUT,
         extra_config: Mapping[str, Any] | None = None,
+        health: ClientHealth | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
+        self.health = health
         self.producer = Producer(
-            {**SINK_PRODUCER_CONFIG, **librdkafka_config(settings), **(extra_config or {})},
+            {**SINK_PRODUCER_CONFIG, **librdkafka_config(settings), **(health.config() if health else {}), **(extra_config or {})},
             logger=librdkafka_logger(),
         )
         self._output_topic = output_topic
@@ -312,6 +308,8 @@ class OutcomeWriter:
             raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")
         if failed:
             raise DeliveryError(f"{failed} of {sent} {what} were not acknowledged: {first_error}")
+        if sent and self.health is not None:
+            self.health.reached()
         if sent:
             self._health.reached()
 

@@ -329,10 +329,8 @@ class PublishTransactions(beam.DoFn):
             )
         writer = OutcomeWriter(
             self._settings, **self._topics,
-            extra_config={
-                **_producer_config(self._settings, self._group, self._input_topic, partition),
-                **ClientHealth("sink", self._metrics).config(),
-            },
+            extra_config=_producer_config(self._settings, self._group, self._input_topic, partition),
+            health=ClientHealth("sink", self._metrics),
         )
         ready = self._pool.submit(self._init, writer, partition)
         txn = self._transactions[partition] = _PartitionTransaction(writer, ready, self._start_offsets[partition], self._clock())
@@ -398,4 +396,6 @@ class PublishTransactions(beam.DoFn):
         txn.committed = txn.frontier
         txn.last_commit = self._clock()
         writer.observe(self._metrics, txn.last_commit)
+        if writer.health is not None:
+            writer.health.reached()
         log.debug("partition %s: committed up to %s in %.3f s", partition, txn.frontier, time.monotonic() - started)
