@@ -310,8 +310,6 @@ class OutcomeWriter:
             raise DeliveryError(f"{failed} of {sent} {what} were not acknowledged: {first_error}")
         if sent and self.health is not None:
             self.health.reached()
-        if sent:
-            self._health.reached()
 
 
 class _DeliveryCheck:
