@@ -1,5 +1,6 @@
 # rnncast developer entry points. Recipes stay short: the logic lives in scripts/.
-#   make test   bootstrap .venv + system packages, then the whole test suite
+#   make test   bootstrap .venv + system packages + Apache Kafka's jars, then the whole test suite
+#   make kafka  fetch the pinned Apache Kafka broker's jars with Maven (cached; a no-op when present)
 #   make run    the demo (see below)
 #   make lint   syntax/compile check of the Python sources
 #   make flink  fetch (pinned, cached) Beam's Flink job server, a Flink 1.19 distribution and Beam's boot
@@ -13,7 +14,7 @@ PY := .venv/bin/python
 DATA := data/elecdemand.csv
 ARTIFACT := artifacts/default
 
-.PHONY: venv sysdeps flink test run bench compare lint clean distclean
+.PHONY: venv sysdeps kafka flink test run bench compare lint clean distclean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -25,7 +26,10 @@ sysdeps:
 flink: venv
 	@bash scripts/fetch_flink.sh
 
-test: venv sysdeps flink
+kafka: sysdeps
+	@bash scripts/fetch_kafka.sh
+
+test: venv sysdeps kafka flink
 	$(PY) -m pytest
 
 # The streaming demo: train the default model once (about a minute), print its offline evaluation,

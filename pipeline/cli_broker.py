@@ -1,4 +1,4 @@
-"""``rnncast broker``: run the embedded Tansu broker in the foreground until Ctrl-C/SIGTERM."""
+"""``rnncast broker``: run a local broker (Tansu, or Apache Kafka) in the foreground until Ctrl-C/SIGTERM."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def _topic_spec(text: str) -> tuple[str, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``broker`` options."""
+    parser.add_argument(
+        "--engine",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="tansu: the embedded in-memory broker (starts in milliseconds); kafka: a single-node "
+        "Apache Kafka (KRaft), its jars fetched by `make kafka` (default: %(default)s)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=9092, help="TCP port; 0 picks a free one (default: %(default)s)")
     parser.add_argument(
@@ -34,9 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_topic_spec,
         default=[],
         metavar="NAME[:PARTITIONS]",
-        help="create this topic at start-up (repeatable; Tansu keeps topics in memory only)",
+        help="create this topic at start-up unless it exists (repeatable; Tansu keeps topics in memory only)",
     )
-    parser.add_argument("--quiet", action="store_true", help="do not copy Tansu's own log lines to stderr")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="kafka only: keep the broker's configuration and log here, so topics survive a restart "
+        "(default: a temporary directory, removed on stop)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not copy the broker's own log lines to stderr")
 
 
 class _Terminated(Exception):
@@ -48,23 +61,35 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Starts Tansu, prints its bootstrap address on stdout, and waits.
+    """Starts the broker, prints its bootstrap address on stdout, and waits.
 
-    Returns 0 after Ctrl-C or SIGTERM, 1 if Tansu dies by itself.
+    Returns 0 after Ctrl-C or SIGTERM, 1 if the broker dies by itself.
     """
-    from pipeline.broker import BrokerError, EmbeddedBroker
+    from pipeline.broker import BrokerError, BrokerProcess, EmbeddedBroker
     from pipeline.cli import UsageError
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     if args.host in ("0.0.0.0", "::") and not args.advertised_host:
         raise UsageError(f"--host {args.host} listens everywhere: give --advertised-host for clients to use")
-    broker = EmbeddedBroker(
-        args.host,
-        args.port,
-        advertised_host=args.advertised_host,
-        log_stream=None if args.quiet else sys.stderr,
-    )
+    log_stream = None if args.quiet else sys.stderr
+    broker: BrokerProcess
+    if args.engine == "kafka":
+        from pipeline.kafka_broker import KafkaBroker, find_kafka_lib
+
+        try:
+            find_kafka_lib()
+        except BrokerError as err:
+            raise UsageError(str(err)) from None
+        broker = KafkaBroker(
+            args.host, args.port, advertised_host=args.advertised_host, data_dir=args.data_dir, log_stream=log_stream
+        )
+        name, storage = "Apache Kafka", f"log in {args.data_dir}" if args.data_dir else "temporary log"
+    else:
+        if args.data_dir:
+            raise UsageError("--data-dir needs --engine kafka: Tansu keeps topics in memory only")
+        broker = EmbeddedBroker(args.host, args.port, advertised_host=args.advertised_host, log_stream=log_stream)
+        name, storage = "Tansu", "in-memory"
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         try:
@@ -84,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise UsageError(str(err)) from None
         print(broker.bootstrap, flush=True)
-        print(f"Tansu broker ready at {broker.bootstrap} (in-memory); Ctrl-C to stop", file=sys.stderr, flush=True)
+        print(f"{name} broker ready at {broker.bootstrap} ({storage}); Ctrl-C to stop", file=sys.stderr, flush=True)
         status = broker.wait()
-        print(f"error: tansu exited by itself with status {status}\n{broker.log_tail()}", file=sys.stderr)
+        print(f"error: {broker.engine} exited by itself with status {status}\n{broker.log_tail()}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, _Terminated):
         return 0

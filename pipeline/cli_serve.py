@@ -13,8 +13,11 @@ _EPILOG = """\
 Any other argument is a Beam pipeline option, e.g. --runner=FlinkRunner --flink_master=HOST:8081
 --environment_type=EXTERNAL --environment_config=localhost:50000. Without --runner the job runs on
 Beam's local FnApiRunner in this process. The job runs until SIGTERM or SIGINT, then drains what is in
-flight, flushes, commits its offsets and exits 0. Delivery is
-at-least-once; stream state survives crashes through the changelog topic <group>.rnncast-state.
+flight, flushes, commits its offsets and exits 0. Stream state survives crashes through the changelog
+topic <group>.rnncast-state. --guarantee at-least-once publishes forecasts at once and may publish some
+again after a crash; exactly-once writes each partition's forecasts, dead letters, state and input
+offsets in one Kafka transaction per commit interval (consumers read with isolation.level=read_committed
+and see each forecast once; needs Apache Kafka, not Tansu).
 """
 
 
@@ -54,6 +57,7 @@ def _number(kind: type, minimum: float, *, strictly: bool = False):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``serve`` options; unknown arguments are Beam pipeline options."""
     from pipeline.messages import DEFAULT_STATE_SHARDS
+    from pipeline.options import COMMIT_INTERVALS, DEFAULT_GUARANTEE, GUARANTEES
 
     parser.allow_abbrev = False  # "--part" must not silently mean --partitions; Beam options pass through
     parser.epilog = _EPILOG
@@ -106,15 +110,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "one local worker)",
     )
     serving.add_argument(
-        "--commit-interval", type=_number(float, 0, strictly=True), default=5.0, metavar="SECONDS",
+        "--guarantee", choices=GUARANTEES, default=DEFAULT_GUARANTEE,
+        help="at-least-once: forecasts are published at once, a crash may publish some again (identical); "
+        "exactly-once: forecasts, dead letters, state snapshots and input offsets of a partition go into one "
+        "Kafka transaction per commit interval, read_committed consumers see each forecast once, after its "
+        "commit (needs a broker with reliable transactions: Apache Kafka, not Tansu) (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--commit-interval", type=_number(float, 0, strictly=True), metavar="SECONDS",
         help="while a partition is busy, state snapshots are written and offsets committed this often (and "
-        "whenever it goes idle, and at stop): longer means less changelog traffic, more readings replayed "
-        "(never applied twice) after a crash (default: %(default)g)",
+        "whenever it goes idle, and at stop); with exactly-once this is how often its transaction commits, "
+        "so it bounds how long a forecast stays invisible. Longer means less changelog traffic, more readings "
+        "replayed (never applied twice) after a crash (default: "
+        + ", ".join(f"{interval:g} with {guarantee}" for guarantee, interval in COMMIT_INTERVALS.items()) + ")",
     )
     serving.add_argument(
         "--artifact-poll-seconds", type=_number(float, 0), default=10.0, metavar="SECONDS",
         help="how often --artifact is checked for a new model; an invalid one is refused and the current model "
         "keeps serving; 0: never (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=_number(float, 0), default=60.0, metavar="SECONDS",
+        help="when Kafka cannot be reached at start, retry this long (logging why) before exiting 2; "
+        "0 fails at once. Once running, the job rides out broker outages by itself (default: %(default)g)",
     )
     monitoring = parser.add_argument_group("monitoring")
     monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
@@ -147,14 +165,59 @@ class _DropNoise(logging.Filter):
 
 def _configure_logging() -> None:
     """rnncast's INFO lines and everyone's warnings to stderr (once; other handlers are left alone)."""
+    from pipeline.kafka_health import RepeatFilter
+
     root = logging.getLogger()
     if not any(isinstance(f, _DropNoise) for handler in root.handlers for f in handler.filters):
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(_DropNoise())
+        handler.addFilter(RepeatFilter(prefixes=("kafka",)))  # kafka-python's lines during a broker outage
         root.addHandler(handler)
     for name in ("rnncast", "pipeline", "models"):
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _not_authorized(err: BaseException, options: "ServeOptions") -> str | None:  # noqa: F821
+    """One line naming what the job's principal may not do, if ``err`` (or a cause of it) is a Kafka ACL refusal."""
+    from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+
+    from pipeline.topics import TopicError
+    from pipeline.transactions import TransactionError
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, GroupAuthorizationFailedError):
+            return f"not authorized to use consumer group {options.group!r} (the principal needs READ on it)"
+        if isinstance(cause, TopicAuthorizationFailedError):
+            return str(err) if isinstance(err, TopicError) else f"not authorized for a topic of this job: {cause}"
+        if isinstance(cause, TransactionError) and "authorization" in str(cause).lower():
+            return f"not authorized: {cause} (exactly-once needs WRITE and DESCRIBE on these transactional ids)"
+        cause = cause.__cause__
+    return None
+
+
+def _wait_for_kafka(settings, timeout: float, reason: str) -> str | None:
+    """Retries the bootstrap servers for ``timeout`` seconds; returns None once one answers, else the last reason."""
+    import time
+
+    from pipeline.kafka_config import unreachable
+
+    log = logging.getLogger("rnncast.serve")
+    deadline = time.monotonic() + timeout
+    next_line = 0.0
+    while reason:
+        now = time.monotonic()
+        if now >= deadline:
+            return reason
+        if now >= next_line:  # the first failure, then one line per 10 s
+            log.warning("waiting for Kafka at %s (%s); retrying for %.0f s more (--connect-timeout)",
+                        settings.bootstrap, reason, deadline - now)
+            next_line = now + 10.0
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        reason = unreachable(settings, timeout=min(3.0, max(deadline - time.monotonic(), 0.1)))
+    log.info("Kafka at %s is reachable", settings.bootstrap)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.artifact import ArtifactError, load_artifact
     from pipeline.messages import reserved_covariates
-    from pipeline.options import ServeOptions, beam_options
+    from pipeline.options import COMMIT_INTERVALS, ServeOptions, beam_options
 
     try:
         options = ServeOptions(
@@ -175,7 +238,9 @@ def run(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host, metrics_port=args.metrics_port,
             metrics_targets_dir=args.metrics_targets_dir, min_history=args.min_history,
             max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
-            max_records=args.batch_size, state_shards=args.state_shards, commit_interval=args.commit_interval, artifact_poll_seconds=args.artifact_poll_seconds,
+            max_records=args.batch_size, state_shards=args.state_shards, artifact_poll_seconds=args.artifact_poll_seconds,
+            commit_interval=COMMIT_INTERVALS[args.guarantee] if args.commit_interval is None else args.commit_interval,
+            guarantee=args.guarantee,
         )
         from pipeline.topics import validate_topic_name
 
@@ -199,12 +264,19 @@ def run(args: argparse.Namespace) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipeline.kafka_config import unreachable
+    from pipeline.kafka_config import login_failure, unreachable
     from pipeline.topics import TopicError
+    from pipeline.transactions import TransactionError
 
     reason = unreachable(settings)
+    if reason and args.connect_timeout > 0:
+        reason = _wait_for_kafka(settings, args.connect_timeout, reason)
     if reason:
-        raise UsageError(f"cannot reach Kafka at {settings.bootstrap} ({reason})")
+        waited = f" after {args.connect_timeout:g}s" if args.connect_timeout > 0 else ""
+        raise UsageError(f"cannot reach Kafka at {settings.bootstrap}{waited} ({reason})")
+    reason = login_failure(settings)
+    if reason:
+        raise UsageError(f"Kafka at {settings.bootstrap}: {reason}")
     from pipeline import job
     from pipeline.options import LOCAL_RUNNER
 
@@ -212,7 +284,10 @@ def run(args: argparse.Namespace) -> int:
         layout = job.prepare(options, covariates)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    except (KafkaError, TopicError) as err:
+    except (KafkaError, TopicError, TransactionError) as err:
+        denied = _not_authorized(err, options)
+        if denied:
+            raise UsageError(f"Kafka at {settings.bootstrap}: {denied}") from None
         print(f"error: Kafka at {settings.bootstrap}: {err}", file=sys.stderr)
         return 1
     from apache_beam.options.pipeline_options import StandardOptions
@@ -230,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
             options, pipeline_options, layout, metrics=metrics, metrics_url=server.url, model_name=artifact.cell,
             model_version=artifact.version, step_seconds=artifact.step_seconds, runner=runner,
         )
+    except TransactionError as err:  # fenced by another instance, or a commit failed: nothing of it is visible
+        logging.getLogger("rnncast.serve").error("the job stopped: %s", err)
+        return 1
     except Exception:  # noqa: BLE001 - a failed pipeline: log why, exit 1 (the committed offsets are safe)
         logging.getLogger("rnncast.serve").exception("the job failed")
         return 1

@@ -6,8 +6,12 @@
       -> ReadPartitions      splittable DoFn, one restriction per partition (pipeline/kafka_source.py)
       -> RouteToShards       one element per fetched batch and state shard, by record key (pipeline/forecast_dofn.py)
       -> ForecastDoFn        stateful per shard: decode, Engine.step_many per round, one Outcome per record
+    at-least-once (pipeline/kafka_sink.py):
       -> PublishOutcomes     forecasts + dead letters per bundle; per commit request snapshots, then offsets
       -> CommitOffsets       stateful per partition: commits the contiguous completed prefix
+    exactly-once (pipeline/transactions.py):
+      -> KeyByPartition
+      -> PublishTransactions stateful per partition: outputs, snapshots and offsets in one transaction per commit
 
 :func:`prepare` does what must happen before the graph exists (topics, partitions, committed
 offsets); :func:`run` runs it with the graceful-stop signal handling (the command line starts the
@@ -32,8 +36,9 @@ from pipeline.kafka_sink import CommitOffsets, PublishOutcomes
 from pipeline.kafka_source import ReadPartitions, start_offsets
 from pipeline.messages import KafkaBatch
 from pipeline.metrics import JobMetrics, WorkerMetrics, clear_worker_targets, default_metrics
-from pipeline.options import ServeOptions, is_local_runner
+from pipeline.options import EXACTLY_ONCE, ServeOptions, is_local_runner
 from pipeline.state_store import ChangelogRestore, ensure_changelog
+from pipeline.transactions import KeyByPartition, PublishTransactions, fence, require_transactions
 
 __all__ = ["JobLayout", "build_pipeline", "prepare", "publish_and_commit", "read_and_route", "run"]
 
@@ -58,13 +63,19 @@ class JobLayout:
 
 
 def prepare(options: ServeOptions, covariate_names: tuple[str, ...]) -> JobLayout:
-    """Creates missing topics, picks the partitions and reads the group's committed offsets.
+    """Creates missing topics, picks the partitions and reads the group's committed offsets (with
+    exactly-once, after taking over the partitions' transactions: :func:`~pipeline.transactions.fence`).
 
     Raises:
-        ValueError: If ``options.partitions`` names partitions the input topic does not have.
+        ValueError: If ``options.partitions`` names partitions the input topic does not have, or
+            (:class:`~pipeline.transactions.TransactionsUnsupported`) exactly-once on a broker without
+            reliable transactions.
+        pipeline.transactions.TransactionError: If the transactions cannot be taken over.
     """
     from pipeline.topics import ensure_topics, partitions_for
 
+    if options.guarantee == EXACTLY_ONCE:
+        require_transactions(options.kafka)
     n = options.topic_partitions
     ensure_topics(options.kafka, {options.input_topic: n, options.output_topic: n, options.dlq_topic: n})
     ensure_changelog(options.kafka, options.changelog_topic, n)
@@ -79,6 +90,8 @@ def prepare(options: ServeOptions, covariate_names: tuple[str, ...]) -> JobLayou
                 f"{','.join(map(str, available))}"
             )
         partitions = tuple(sorted(set(options.partitions)))
+    if options.guarantee == EXACTLY_ONCE:
+        fence(options.kafka, options.group, options.input_topic, list(partitions))
     offsets = start_offsets(options.kafka, options.group, options.input_topic, list(partitions))
     return JobLayout(partitions, offsets, tuple(covariate_names), uuid.uuid4().hex)
 
@@ -122,6 +135,20 @@ def read_and_route(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLa
 
 def publish_and_commit(outcomes: Any, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> None:
     """The sink and the offset committer after the stateful step's :class:`~pipeline.messages.OutcomeBatch` es."""
+    if options.guarantee == EXACTLY_ONCE:
+        (
+            outcomes
+            | "KeyByPartition" >> beam.ParDo(KeyByPartition())
+            | "PublishTransactions" >> beam.ParDo(
+                PublishTransactions(
+                    options.kafka, group=options.group, input_topic=options.input_topic,
+                    output_topic=options.output_topic, dlq_topic=options.dlq_topic,
+                    changelog_topic=options.changelog_topic, start_offsets=layout.start_offsets,
+                    commit_interval=options.commit_interval, metrics=metrics,
+                )
+            )
+        )
+        return
     (
         outcomes
         | "Publish" >> beam.ParDo(
@@ -234,9 +261,10 @@ def run(
     local_runner.reset_stop()
     log.info(
         "serving %s %s: %s partitions %s (group %s, from offsets %s) -> %s, dead letters -> %s, state -> %s; "
-        "step %gs; runner %s; kafka %s (%s); metrics %s%s",
+        "%s, commit interval %gs; step %gs; runner %s; kafka %s (%s); metrics %s%s",
         model_name, model_version, options.input_topic, ",".join(map(str, layout.partitions)), options.group,
-        layout.start_offsets, options.output_topic, options.dlq_topic, options.changelog_topic, step_seconds, runner,
+        layout.start_offsets, options.output_topic, options.dlq_topic, options.changelog_topic, options.guarantee,
+        options.commit_interval, step_seconds, runner,
         options.kafka.bootstrap, options.kafka.security_protocol, metrics_url,
         "" if is_local_runner(runner) else f" (the SDK workers' own: targets in {options.worker_targets_dir})",
     )

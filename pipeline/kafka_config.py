@@ -26,6 +26,7 @@ __all__ = [
     "add_kafka_arguments",
     "client_kwargs",
     "librdkafka_config",
+    "login_failure",
     "settings_from_args",
     "unreachable",
 ]
@@ -314,3 +315,39 @@ def unreachable(settings: KafkaSettings, timeout: float = 3.0) -> str | None:
         except OSError as err:
             reasons.append(f"{server}: {err.strerror or err}")
     return "; ".join(reasons)
+
+
+def login_failure(settings: KafkaSettings, timeout: float = 20.0) -> str | None:
+    """Connects once with librdkafka and reports a failed login (SASL) or TLS handshake, for a clear CLI error.
+
+    kafka-python only sees the broker close the connection after a wrong password and retries until
+    its bootstrap times out; librdkafka names the failure. PLAINTEXT settings are not probed.
+
+    Returns:
+        None if the connection authenticated (or nothing was learnt within ``timeout``), else a
+        one-line reason (the broker's or librdkafka's words; never the password).
+    """
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    failures: list[tuple[str, str]] = []
+    kinds = {KafkaError._AUTHENTICATION: "authentication", KafkaError._SSL: "TLS handshake"}
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in kinds:
+            failures.append((kinds[error.code()], error.str()))
+
+    # log_level 0: the failure is reported once, by the caller, not as librdkafka log lines too.
+    admin = AdminClient({**librdkafka_config(settings), "client.id": "rnncast-login", "error_cb": on_error, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        pass  # the reason, if it was a login, comes through on_error
+    admin.poll(0)  # serves the error callbacks
+    if not failures:
+        return None
+    what, detail = failures[0]
+    user = f" as {settings.sasl_username!r} ({settings.sasl_mechanism})" if what == "authentication" and settings.sasl_username else ""
+    return f"{what} failed{user}: {detail}"

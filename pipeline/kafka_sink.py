@@ -49,10 +49,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.state import encode_state
 from pipeline.coders import OffsetLedgerCoder
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.messages import OutcomeBatch
 from pipeline.metrics import JobMetrics, default_metrics
 
-__all__ = ["CommitOffsets", "DeliveryError", "OffsetLedger", "PublishOutcomes", "merge_intervals"]
+__all__ = ["CommitOffsets", "DeliveryError", "OffsetLedger", "OutcomeWriter", "PublishOutcomes", "merge_intervals"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,14 @@ SINK_PRODUCER_CONFIG: dict[str, Any] = {
     # Keyed records land where kafka-python and Java clients put them (the changelog's tombstones,
     # written by kafka-python at restore, must meet the snapshots of the same key).
     "partitioner": "murmur2_random",
+    # While no broker answers (an outage, a restart) records wait in librdkafka's queue and are retried;
+    # only after this long do they fail, and with them the bundle (the job then exits 1).
+    "message.timeout.ms": 300_000,
 }
+# Waiting on acknowledgements: a bit longer than message.timeout.ms, so undeliverable records are
+# reported by librdkafka itself before this deadline.
+FLUSH_TIMEOUT = 330.0
+_FLUSH_LOG_EVERY = 10.0
 
 
 class DeliveryError(RuntimeError):
@@ -140,7 +148,7 @@ class PublishOutcomes(beam.DoFn):
         changelog_topic: str,
         commit_interval: float = 5.0,
         encode_snapshot: Callable[[Any], bytes] = encode_state,
-        flush_timeout: float = 60.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
         metrics: Any = default_metrics,
         clock: Any = time.time,
     ) -> None:
@@ -155,44 +163,29 @@ class PublishOutcomes(beam.DoFn):
         self._clock = clock
 
     def setup(self) -> None:
-        from confluent_kafka import Producer
-
-        self._producer = Producer(
-            {**SINK_PRODUCER_CONFIG, **librdkafka_config(self._settings)}, logger=logging.getLogger("rnncast.kafka")
-        )
-        self._delivery = _DeliveryCheck()
         self._metrics: JobMetrics = self._metrics_factory()
-        # Forecasts go to the input record's partition (co-partitioned with the readings) when the
-        # forecasts topic has that partition; otherwise the key decides (murmur2, as Java clients).
-        metadata = self._producer.list_topics(self._output_topic, timeout=30).topics.get(self._output_topic)
-        self._output_partitions = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+        self._writer = OutcomeWriter(
+            self._settings, output_topic=self._output_topic, dlq_topic=self._dlq_topic,
+            changelog_topic=self._changelog_topic, encode_snapshot=self._encode_snapshot, flush_timeout=self._flush_timeout,
+            health=ClientHealth("sink", self._metrics),
+        )
         self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
         self._done: dict[int, list[Interval]] = {}  # partition -> intervals done since the last write
         self._last_write = self._clock()
 
     def teardown(self) -> None:
-        producer = getattr(self, "_producer", None)
-        if producer is not None:
-            self._producer = None
-            producer.flush(5)
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            self._writer = None
+            writer.producer.flush(5)
 
     def start_bundle(self) -> None:
-        self._forecast_times_ms: list[int] = []
-        self._reasons: dict[str, int] = {}
         self._commit_requested = False
 
     def process(self, batch: OutcomeBatch) -> None:
+        writer = self._writer
         for outcome in batch.outcomes:
-            if outcome.forecast is not None:
-                if outcome.partition < self._output_partitions:
-                    self._send(self._output_topic, outcome.key, outcome.forecast, outcome.partition)
-                else:
-                    self._send(self._output_topic, outcome.key, outcome.forecast)
-                self._forecast_times_ms.append(outcome.timestamp_ms)
-            if outcome.dead_letter is not None:
-                self._send(self._dlq_topic, outcome.key, outcome.dead_letter)
-                reason = outcome.reason or "bad_value"
-                self._reasons[reason] = self._reasons.get(reason, 0) + 1
+            writer.publish(outcome)
             if outcome.offset >= 0:
                 self._done.setdefault(outcome.partition, []).append((outcome.position, outcome.offset + 1))
             elif outcome.commit:
@@ -200,46 +193,123 @@ class PublishOutcomes(beam.DoFn):
         if batch.snapshots:
             self._snapshots.update(batch.snapshots)
 
-    def _send(self, topic: str, key: bytes | None, value: bytes, *partition: int) -> None:
-        try:
-            self._producer.produce(topic, value, key, *partition, on_delivery=self._delivery)
-        except BufferError:  # librdkafka's queue is full: wait for some acknowledgements, once
-            self._producer.poll(1.0)
-            self._producer.produce(topic, value, key, *partition, on_delivery=self._delivery)
-        self._delivery.sent += 1
-
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._delivery.sent:
-            self._flush("forecasts and dead letters")
-            acked = self._clock()
-            metrics = self._metrics
-            if self._forecast_times_ms:
-                metrics.forecasts.inc(len(self._forecast_times_ms))
-                sent = np.asarray(self._forecast_times_ms, dtype=np.float64) / 1000.0
-                metrics.observe_forecast_latencies(np.maximum(acked - sent, 0.0))
-            for reason, count in self._reasons.items():
-                metrics.dead_letter(reason, count)
+        writer = self._writer
+        if writer.delivery.sent:
+            writer.flush("forecasts and dead letters")
+            writer.observe(self._metrics, self._clock())
         if not (self._commit_requested or self._clock() - self._last_write >= self._commit_interval):
             return
         self._last_write = self._clock()
         if self._snapshots:
-            snapshots = self._snapshots
-            while snapshots:  # popped as produced: librdkafka holds its own copy (peak memory at 100k streams)
-                stream_id, state = snapshots.popitem()
-                value = state if isinstance(state, bytes) else self._encode_snapshot(state)
-                self._send(self._changelog_topic, stream_id.encode("utf-8"), value)
-            self._flush("state snapshots")
+            writer.write_snapshots(self._snapshots)
+            writer.flush("state snapshots")
         done, self._done = self._done, {}
         for partition, intervals in done.items():
             yield WindowedValue((partition, tuple(merge_intervals(intervals))), MIN_TIMESTAMP, [GlobalWindow()])
 
-    def _flush(self, what: str) -> None:
-        remaining = self._producer.flush(self._flush_timeout)
-        sent, failed, first_error = self._delivery.take()
+
+class OutcomeWriter:
+    """One librdkafka producer writing outcomes' forecasts and dead letters, and state snapshots; checks every
+    acknowledgement. Both sinks (:class:`PublishOutcomes`, and the transactional one in
+    :mod:`pipeline.transactions`) write through it.
+
+    Forecasts go to the input record's partition (co-partitioned with the readings) when the forecasts
+    topic has that partition; otherwise the key decides (murmur2, as Java clients).
+
+    Args:
+        settings: Kafka connection (with its security settings).
+        output_topic, dlq_topic, changelog_topic: Where forecasts, dead letters and snapshots go.
+        encode_snapshot: Turns a held snapshot into the changelog record's value (bytes pass as they are).
+        flush_timeout: Seconds :meth:`flush` waits for acknowledgements.
+        extra_config: More librdkafka settings (e.g. ``transactional.id``).
+        health: The connection-health callbacks; told when outputs were acknowledged.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        output_topic: str,
+        dlq_topic: str,
+        changelog_topic: str,
+        encode_snapshot: Callable[[Any], bytes] = encode_state,
+        flush_timeout: float = FLUSH_TIMEOUT,
+        extra_config: Mapping[str, Any] | None = None,
+        health: ClientHealth | None = None,
+    ) -> None:
+        from confluent_kafka import Producer
+
+        self.health = health
+        self.producer = Producer(
+            {**SINK_PRODUCER_CONFIG, **librdkafka_config(settings), **(health.config() if health else {}), **(extra_config or {})},
+            logger=librdkafka_logger(),
+        )
+        self._output_topic = output_topic
+        self._dlq_topic = dlq_topic
+        self._changelog_topic = changelog_topic
+        self._encode_snapshot = encode_snapshot
+        self._flush_timeout = flush_timeout
+        self.delivery = _DeliveryCheck()
+        metadata = self.producer.list_topics(output_topic, timeout=30).topics.get(output_topic)
+        self._output_partitions = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+        self._forecast_times_ms: list[int] = []
+        self._reasons: dict[str, int] = {}
+
+    def publish(self, outcome: Any) -> None:
+        """Produces the outcome's forecast and dead letter, if any (and remembers them for :meth:`observe`)."""
+        if outcome.forecast is not None:
+            if outcome.partition < self._output_partitions:
+                self.send(self._output_topic, outcome.key, outcome.forecast, outcome.partition)
+            else:
+                self.send(self._output_topic, outcome.key, outcome.forecast)
+            self._forecast_times_ms.append(outcome.timestamp_ms)
+        if outcome.dead_letter is not None:
+            self.send(self._dlq_topic, outcome.key, outcome.dead_letter)
+            reason = outcome.reason or "bad_value"
+            self._reasons[reason] = self._reasons.get(reason, 0) + 1
+
+    def write_snapshots(self, snapshots: dict[str, Any]) -> None:
+        """Produces every held snapshot to the changelog, emptying ``snapshots``."""
+        while snapshots:  # popped as produced: librdkafka holds its own copy (peak memory at 100k streams)
+            stream_id, state = snapshots.popitem()
+            value = state if isinstance(state, bytes) else self._encode_snapshot(state)
+            self.send(self._changelog_topic, stream_id.encode("utf-8"), value)
+
+    def send(self, topic: str, key: bytes | None, value: bytes, *partition: int) -> None:
+        try:
+            self.producer.produce(topic, value, key, *partition, on_delivery=self.delivery)
+        except BufferError:  # librdkafka's queue is full: wait for some acknowledgements, once
+            self.producer.poll(1.0)
+            self.producer.produce(topic, value, key, *partition, on_delivery=self.delivery)
+        self.delivery.sent += 1
+
+    def observe(self, metrics: JobMetrics, visible_at: float) -> None:
+        """Counts the forecasts and dead letters published since the last call; latency up to ``visible_at``."""
+        if self._forecast_times_ms:
+            metrics.forecasts.inc(len(self._forecast_times_ms))
+            sent = np.asarray(self._forecast_times_ms, dtype=np.float64) / 1000.0
+            metrics.observe_forecast_latencies(np.maximum(visible_at - sent, 0.0))
+            self._forecast_times_ms = []
+        for reason, count in self._reasons.items():
+            metrics.dead_letter(reason, count)
+        self._reasons = {}
+
+    def flush(self, what: str) -> None:
+        """Waits for every acknowledgement; raises :class:`DeliveryError` if one is missing or failed."""
+        deadline = time.monotonic() + self._flush_timeout
+        remaining = self.producer.flush(min(_FLUSH_LOG_EVERY, self._flush_timeout))
+        while remaining and time.monotonic() < deadline:
+            log.warning("waiting for Kafka to acknowledge %d %s (retried until acknowledged or %g s)",
+                        remaining, what, SINK_PRODUCER_CONFIG["message.timeout.ms"] / 1000)
+            remaining = self.producer.flush(max(0.0, min(_FLUSH_LOG_EVERY, deadline - time.monotonic())))
+        sent, failed, first_error = self.delivery.take()
         if remaining:
             raise DeliveryError(f"{remaining} of {sent} {what} not acknowledged within {self._flush_timeout:g} s")
         if failed:
             raise DeliveryError(f"{failed} of {sent} {what} were not acknowledged: {first_error}")
+        if sent and self.health is not None:
+            self.health.reached()
 
 
 class _DeliveryCheck:
@@ -254,8 +324,8 @@ class _DeliveryCheck:
     def __call__(self, error: Any, message: Any) -> None:
         if error is not None:
             self.failed += 1
-            if self.first_error is None:
-                self.first_error = error
+            if self.first_error is None:  # named with its topic: an ACL refusal says which one
+                self.first_error = f"{message.topic()}: {error.str() if hasattr(error, 'str') else error}"
 
     def take(self) -> tuple[int, int, Any]:
         taken = (self.sent, self.failed, self.first_error)

@@ -9,8 +9,8 @@ The start offset is the group's committed offset, read once when the job starts
 (:func:`start_offsets`); this source commits nothing itself (:mod:`pipeline.kafka_sink` does, after
 the outputs are acknowledged).
 
-Commit requests: a partition's batch is also a commit request (``commit``) when the partition goes
-idle after records, every ``commit_interval`` seconds while it stays busy, and at stop; the sink
+Commit requests: a partition's batch is also a commit request (``commit``) on its first call, when the
+partition goes idle after records, every ``commit_interval`` seconds while it stays busy, and at stop; the sink
 writes its held state snapshots and releases offsets for commit when one reaches it
 (:mod:`pipeline.kafka_sink`).
 
@@ -34,6 +34,7 @@ from apache_beam.utils.timestamp import Duration
 
 from pipeline import local_runner
 from pipeline.kafka_config import KafkaSettings, client_kwargs, librdkafka_config
+from pipeline.kafka_health import ClientHealth, librdkafka_logger
 from pipeline.messages import KafkaBatch, SweepRequest
 from pipeline.metrics import JobMetrics, default_metrics
 
@@ -137,6 +138,7 @@ class ReadPartitions(beam.DoFn):
         self._positions: dict[tuple[str, int], int] = {}  # where each partition's restriction will continue
         self._next_sweep: dict[int, float] = {}
         self._commit_due: dict[int, float] = {}  # partitions with records not yet followed by a commit request
+        self._announced: set[int] = set()  # partitions that had their first commit request
         self._metrics: JobMetrics = self._metrics_factory()
 
     def teardown(self) -> None:
@@ -158,6 +160,7 @@ class ReadPartitions(beam.DoFn):
         from confluent_kafka import Consumer, TopicPartition
 
         if self._consumer is None:
+            self._health = ClientHealth("source", self._metrics)
             self._consumer = Consumer(
                 {
                     **librdkafka_config(self._settings),
@@ -175,8 +178,9 @@ class ReadPartitions(beam.DoFn):
                     # rest of the client's default 500 ms (measured: 50-240 ms from produce to poll,
                     # 3-8 ms with 10 ms). Idle partitions cost a fetch per 20 ms.
                     "fetch.wait.max.ms": _FETCH_MAX_WAIT_MS,
+                    **self._health.config(),
                 },
-                logger=logging.getLogger("rnncast.kafka"),
+                logger=librdkafka_logger(),
             )
         consumer = self._consumer
         key = (topic, partition)
@@ -193,13 +197,17 @@ class ReadPartitions(beam.DoFn):
             # consume(n, timeout) waits for n messages or the timeout: take what is there, and wait
             # only while there is nothing at all.
             messages = consumer.consume(self._max_records, 0) or consumer.consume(1, self._poll_timeout)
+            fetched = False
             for message in messages:
                 if message.error() is not None:
                     log.warning("reading %s[%s]: %s", message.topic(), message.partition(), message.error())
                     continue
+                fetched = True
                 polled = (message.topic(), message.partition())
                 if polled in self._positions:
                     self._buffers[polled].append(message)
+            if fetched:
+                self._health.reached()
         count = min(len(buffer), self._max_records)
         return [buffer.popleft() for _ in range(count)]
 
@@ -256,6 +264,10 @@ class ReadPartitions(beam.DoFn):
         tracker.defer_remainder(None if messages else Duration.of(self._idle_delay))
 
     def _commit_request(self, partition: int, busy: bool) -> bool:
+        # A partition's first call is a commit request too: with exactly-once the sink then sets up the
+        # partition's transactional producer when the job starts (see pipeline/transactions.py).
+        first = partition not in self._announced
+        self._announced.add(partition)
         now = time.monotonic()
         due = self._commit_due.get(partition)
         if due is None:
@@ -264,7 +276,7 @@ class ReadPartitions(beam.DoFn):
         elif not busy or now >= due:
             del self._commit_due[partition]
             return True
-        return False
+        return first
 
     def _sweeps(self, partition: int) -> tuple[SweepRequest, ...]:
         if self._state_ttl is None or self._run_id is None:

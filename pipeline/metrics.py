@@ -91,6 +91,8 @@ DEAD_LETTER_REASONS: tuple[str, ...] = tuple(DEAD_LETTER_MEANINGS)
 RESET_REASONS: tuple[str, ...] = ("gap", "ttl", "model_swap")
 SWAP_RESULTS: tuple[str, ...] = ("loaded", "refused")
 FORECASTERS: tuple[str, ...] = ("model", "persistence")
+# The job's librdkafka clients: the source's consumer and the sink's producer.
+KAFKA_CLIENTS: tuple[str, ...] = ("source", "sink")
 
 # --- buckets ----------------------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ METRIC_TYPES: dict[str, str] = {
     "rnncast_model_swaps_total": "counter",
     "rnncast_restored_streams_total": "counter",
     "rnncast_skipped_replayed_total": "counter",
+    "rnncast_kafka_connected": "gauge",
+    "rnncast_kafka_errors_total": "counter",
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRIC_TYPES)
 
@@ -241,6 +245,17 @@ class JobMetrics:
             "rnncast_skipped_replayed_total",
             "Readings skipped after a restart because the restored state already contains them.", r,
         )
+        self.kafka_connected = Gauge(
+            "rnncast_kafka_connected",
+            "1 while the Kafka client (source: the consumer, sink: the producer) is connected to a broker, "
+            "0 once it has lost them all (librdkafka's statistics every 5 s; errors at once).",
+            ("client",), registry=r,
+        )
+        self.kafka_errors = _counter(
+            "rnncast_kafka_errors_total",
+            "Errors reported by the job's Kafka clients, by client and librdkafka error name (e.g. _TRANSPORT, "
+            "_ALL_BROKERS_DOWN).", r, ("client", "code"),
+        )
         self._model_lock = threading.Lock()
 
         # Pre-initialise fixed label sets so every series exists (at 0) from the first scrape:
@@ -254,6 +269,9 @@ class JobMetrics:
         for band in HORIZON_BANDS:
             for forecaster in FORECASTERS:
                 self.forecast_abs_error.labels(horizon=band, model=forecaster)
+        for client in KAFKA_CLIENTS:
+            for code in ("_TRANSPORT", "_ALL_BROKERS_DOWN"):
+                self.kafka_errors.labels(client=client, code=code)
 
     # --- conveniences ---------------------------------------------------------------------------
 
@@ -327,6 +345,16 @@ class JobMetrics:
                 self.interval_width.remove(band, level)
             self.interval_nominal.remove(level)
             self._interval_levels.discard(level)
+
+    def set_kafka_connected(self, client: str, connected: bool) -> None:
+        if client not in KAFKA_CLIENTS:
+            raise ValueError(f"unknown Kafka client {client!r}")
+        self.kafka_connected.labels(client=client).set(1 if connected else 0)
+
+    def kafka_error(self, client: str, code: str) -> None:
+        if client not in KAFKA_CLIENTS:
+            raise ValueError(f"unknown Kafka client {client!r}")
+        self.kafka_errors.labels(client=client, code=code).inc()
 
     def set_skill(self, band: str, skill: float) -> None:
         if band not in HORIZON_BANDS:

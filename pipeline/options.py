@@ -27,10 +27,18 @@ from pipeline.kafka_config import KafkaSettings
 from pipeline.messages import DEFAULT_STATE_SHARDS
 from pipeline.state_store import changelog_topic
 
-__all__ = ["LOCAL_RUNNER", "ServeOptions", "beam_options", "is_local_runner"]
+__all__ = ["AT_LEAST_ONCE", "COMMIT_INTERVALS", "EXACTLY_ONCE", "GUARANTEES", "DEFAULT_GUARANTEE", "LOCAL_RUNNER", "ServeOptions", "beam_options", "is_local_runner"]
 
 log = logging.getLogger(__name__)
 LOCAL_RUNNER = "FnApiRunner"
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
+DEFAULT_GUARANTEE = AT_LEAST_ONCE
+# --commit-interval by guarantee. With exactly-once a forecast becomes visible (read_committed) only when
+# its transaction commits, so the interval bounds its latency; at-least-once publishes at once and the
+# interval only paces snapshots and offset commits.
+COMMIT_INTERVALS = {AT_LEAST_ONCE: 5.0, EXACTLY_ONCE: 0.2}
 _REFUSED_RUNNERS = ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner", "testdirectrunner")
 
 
@@ -59,8 +67,11 @@ class ServeOptions:
         max_future: Seconds a reading may lie after its stream's last reading.
         max_records: Records one source call reads at most (the bundle size per partition).
         state_shards: Keys of the stateful step: streams are spread over this many state shards.
-        commit_interval: Seconds between state snapshots + offset commits of a busy partition.
+        commit_interval: Seconds between state snapshots + offset commits of a busy partition (with
+            exactly-once: between its transactions).
         artifact_poll_seconds: How often ``artifact`` is checked for a new model (0: never).
+        guarantee: ``at-least-once`` (outputs first, then state, then offsets) or ``exactly-once`` (all
+            three in one Kafka transaction per partition; :mod:`pipeline.transactions`).
     """
 
     artifact: str
@@ -82,6 +93,7 @@ class ServeOptions:
     state_shards: int = DEFAULT_STATE_SHARDS
     commit_interval: float = 5.0
     artifact_poll_seconds: float = 10.0
+    guarantee: str = DEFAULT_GUARANTEE
 
     def __post_init__(self) -> None:
         names = {"--input-topic": self.input_topic, "--output-topic": self.output_topic, "--dlq-topic": self.dlq_topic}
@@ -101,6 +113,8 @@ class ServeOptions:
             raise ValueError("--commit-interval must be positive")
         if not self.max_future > 0:
             raise ValueError("--max-future must be positive")
+        if self.guarantee not in GUARANTEES:
+            raise ValueError(f"--guarantee must be one of {', '.join(GUARANTEES)}, not {self.guarantee!r}")
         if self.partitions is not None and (not self.partitions or min(self.partitions) < 0):
             raise ValueError("--partitions must list partition numbers >= 0")
 

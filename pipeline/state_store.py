@@ -104,46 +104,20 @@ def ensure_changelog(settings: KafkaSettings, topic: str, partitions: int, timeo
 def read_changelog(settings: KafkaSettings, topic: str, timeout: float = 120.0) -> dict[str, bytes | None]:
     """Reads a whole topic and returns the latest value per key (None for a tombstone).
 
-    The end of each partition is the high watermark reported by fetch responses: the broker's
-    ListOffsets "latest" answer is not used, as Tansu 0.6 can report less than the true end.
+    Only committed records count (``read_committed``): with exactly-once, snapshots of an aborted
+    transaction were never part of the job's state (and the job took its transactional ids over first,
+    so none of its transactions is open here).
 
     Raises:
         TimeoutError: If the end is not reached within ``timeout`` seconds.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from pipeline.topic_reader import read_to_end
 
-    consumer = KafkaConsumer(
-        client_id="rnncast-restore",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=5000,
-        **client_kwargs(settings),
-    )
     latest: dict[str, bytes | None] = {}
-    try:
-        deadline = time.monotonic() + timeout
-        ids = consumer.partitions_for_topic(topic)
-        while not ids:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"changelog topic {topic!r} not found")
-            consumer.poll(timeout_ms=50)
-            ids = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(ids)]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        while True:
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    if record.key is not None:
-                        latest[record.key.decode("utf-8", "replace")] = record.value
-            ends = {tp: consumer.highwater(tp) for tp in assigned}
-            if all(end is not None and consumer.position(tp) >= end for tp, end in ends.items()):
-                return latest
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"changelog {topic!r} not read to its end within {timeout:g}s")
-    finally:
-        consumer.close()
+    for record in read_to_end(settings, topic, timeout=timeout, client_id="rnncast-restore", read_committed=True):
+        if record.key is not None:
+            latest[record.key.decode("utf-8", "replace")] = record.value
+    return latest
 
 
 class RestoredStates:

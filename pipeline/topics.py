@@ -101,7 +101,7 @@ def ensure_topics(
         raise ValueError(f"replication must be >= 1, got {replication}")
     if not topics:
         return {}
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
     names = list(topics)
     deadline = time.monotonic() + timeout
@@ -118,6 +118,11 @@ def ensure_topics(
                 log.info("created topic %s with %d partitions", name, topics[name])
             except TopicAlreadyExistsError:
                 pass  # created concurrently by someone else
+            except TopicAuthorizationFailedError as err:
+                raise TopicError(
+                    f"not authorized for topic {name!r}: this principal may neither see it (DESCRIBE, which READ "
+                    f"or WRITE imply) nor create it (CREATE)"
+                ) from err
             except KafkaError as err:
                 raise TopicError(f"cannot create topic {name!r}: {err}") from err
         remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))

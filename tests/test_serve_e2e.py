@@ -112,7 +112,7 @@ def test_the_local_runner_is_pinned_and_beam_options_pass_through() -> None:
         (["--output-topic", "readings"], "must differ"),
         (["--min-history", "3"], "min_history must be at least"),
         (["--partitions", "1,x"], "expected partition numbers"),
-        (["--bootstrap", "127.0.0.1:1"], "cannot reach Kafka"),
+        (["--bootstrap", "127.0.0.1:1", "--connect-timeout", "0"], "cannot reach Kafka"),
     ],
 )
 def test_user_errors_are_one_line(argv: list[str], message: str, artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
