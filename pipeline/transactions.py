@@ -366,7 +366,7 @@ class PublishTransactions(beam.DoFn):
             commit.result()  # the first failure fails the bundle
 
     def _commit(self, partition: int, txn: _PartitionTransaction) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
         writer = txn.writer
         producer = writer.producer
@@ -382,10 +382,11 @@ class PublishTransactions(beam.DoFn):
             producer.commit_transaction(self._timeout)
         except KafkaException as err:
             error = err.args[0] if err.args else None
-            if error is not None and getattr(error, "fatal", lambda: False)():
+            # A fenced producer's commit says "fenced"; a produce() after the fence only says "Fatal error".
+            if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
                 raise TransactionError(
-                    f"partition {partition}: transactional.id {tid!r} was fenced, another instance of group "
-                    f"{self._group!r} took over this partition ({_describe(err)}); this instance stops"
+                    f"partition {partition}: transactional.id {tid!r} is fenced or failed fatally ({_describe(err)}): "
+                    f"another instance of group {self._group!r} took over this partition; this instance stops"
                 ) from None
             raise TransactionError(f"partition {partition}: the transaction was not committed: {_describe(err)}") from None
         sent, failed, first_error = writer.delivery.take()
