@@ -3,7 +3,8 @@
 Apache Kafka only (Tansu 0.6 does not compact). The job creates ``<group>.rnncast-state`` with
 ``cleanup.policy=compact``; the test then makes the cleaner run within seconds (1 s segments, dirty
 ratio 0.01; the session broker checks every 500 ms) and shows (1) the topic's retained records and
-bytes stay bounded by the live streams while the snapshots written keep growing with uptime, and
+bytes stay bounded by the live streams (one snapshot each) while the snapshots written keep growing
+with uptime, and
 (2) a job SIGKILLed while readings arrive restores from the compacted log exactly: no forecast
 missing, none differing from the uninterrupted offline run.
 """
@@ -61,12 +62,27 @@ def _retained(broker, topic: str) -> tuple[int, int, int]:
 
 
 def _wait_compacted(broker, topic: str, bound: int, timeout: float = 300.0) -> tuple[int, int, int]:
+    """Until at most ``bound`` records are retained (or ``timeout``): the numbers then.
+
+    The cleaner never touches a partition's active segment, and a segment rolls only when a record
+    is appended after ``segment.ms``: a tombstone of a key no stream has is appended to every
+    partition each round, so what the job wrote last becomes cleanable. Restores ignore tombstones.
+    """
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], acks="all")
     deadline = time.monotonic() + timeout
-    while True:
-        retained = _retained(broker, topic)
-        if retained[0] <= bound or time.monotonic() > deadline:
-            return retained
-        time.sleep(1.0)
+    try:
+        while True:
+            retained = _retained(broker, topic)
+            if retained[0] <= bound or time.monotonic() > deadline:
+                return retained
+            for partition in sorted(producer.partitions_for(topic)):
+                producer.send(topic, key=b"rnncast-test-roll", value=None, partition=partition)
+            producer.flush(timeout=60)
+            time.sleep(1.5)  # past segment.ms, so the next round's append rolls the segment
+    finally:
+        producer.close(timeout=5)
 
 
 def test_compacted_changelog_is_bounded_by_streams_and_restores_exactly(
@@ -100,8 +116,8 @@ def test_compacted_changelog_is_bounded_by_streams_and_restores_exactly(
         producer.start()
         producer.finish(timeout=600)
         h.read_records(broker.bootstrap, forecasts_topic, at_least=1, timeout=300)
-        # One snapshot per stream survives cleaning, plus what the active segments hold.
-        bound = 3 * STREAMS
+        # One snapshot per stream survives cleaning, plus a roll tombstone or two per partition.
+        bound = STREAMS + 2 * 4
         after_first = _wait_compacted(broker, changelog, bound)
 
         # Second half, with a SIGKILL while it arrives: the restart restores from the compacted log.
