@@ -427,7 +427,8 @@ def test_settings_are_frozen() -> None:
 
 
 def test_every_kafka_client_of_the_pipeline_gets_the_security_settings() -> None:
-    """Each client constructed in pipeline/ is given client_kwargs(...) or librdkafka_config(...) in its call."""
+    """Each client constructed in pipeline/ is given client_kwargs(...) or librdkafka_config(...) in its call
+    (directly, or through a helper of its module that does)."""
     import re
 
     constructors = re.compile(r"\b(KafkaConsumer|KafkaProducer|KafkaAdminClient|Consumer|Producer)\(")
@@ -437,6 +438,11 @@ def test_every_kafka_client_of_the_pipeline_gets_the_security_settings() -> None
         if path.name == "broker.py":  # the embedded broker's own loopback readiness check
             continue
         text = path.read_text()
+        # A module's own config helpers count when their body renders the settings (one level deep).
+        settings_calls = ["client_kwargs(", "librdkafka_config("]
+        for helper in re.finditer(r"^def (\w+)\(.*?(?=^\S)", text, re.S | re.M):
+            if any(name in helper.group(0) for name in settings_calls[:2]):
+                settings_calls.append(f"{helper.group(1)}(")
         for match in constructors.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             if text[text.rfind("\n", 0, match.start()) + 1 : match.start()].lstrip().startswith(("#", "def ", "class ")):
@@ -448,6 +454,6 @@ def test_every_kafka_client_of_the_pipeline_gets_the_security_settings() -> None
                     break
             calls += 1
             call = text[match.start() : end + 1]
-            if "client_kwargs(" not in call and "librdkafka_config(" not in call:
+            if not any(name in call for name in settings_calls):
                 missing.append(f"{path.name}:{line}")
     assert calls >= 8 and not missing, (calls, missing)
