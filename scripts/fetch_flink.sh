@@ -35,6 +35,8 @@ need() {
 }
 need java "Java 17: apt-get install openjdk-17-jdk-headless"
 need mvn "Maven: apt-get install maven"
+# The Go toolchain of this machine kind lives outside the default PATH.
+[[ -x /usr/local/go/bin/go ]] && PATH=$PATH:/usr/local/go/bin
 need go "Go >= 1.22 (golang.org/dl)"
 
 echo "fetch_flink: Beam $BEAM_JOB_SERVER_VERSION Flink job server (Maven Central, shaded here)" >&2
