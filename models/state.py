@@ -5,6 +5,9 @@ per-stream scaler, array lengths, the source position of the last applied readin
 model that produced the state), then the seasonal ring buffer and the recurrent state as raw float64.
 
 Format 2 added ``model_key``; format 1 states (no key) still decode, with ``model_key = 0`` (unknown).
+Format 3 added the smoothed ``level`` and keeps the ring as the smoothing's seasonal components in
+scaled units (:mod:`models.smoothing`); formats 1 and 2 held the last S values in original units,
+which decode as the components of the seasonal-naive smoothing those models used (level 0).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 STATE_MAGIC = b"RNCS"
-STATE_FORMAT_VERSION = 2
-_HEADER = struct.Struct("<4sHqddddHHIqqQ")
+STATE_FORMAT_VERSION = 3
+_HEADER = struct.Struct("<4sHqddddHHIqqQd")
+_HEADER_V2 = struct.Struct("<4sHqddddHHIqqQ")
 _HEADER_V1 = struct.Struct("<4sHqddddHHIqq")
 UNKNOWN_MODEL = 0
 _new_instance = object.__new__
@@ -35,8 +39,10 @@ class StreamState:
         last_timestamp: event time of the last applied reading (epoch seconds).
         value_mean: per-stream value scaler, NaN while warming up.
         value_scale: per-stream value scaler, NaN while warming up.
-        ring: the last S values in original units, oldest first (S = season).
-        ring_fill: how many entries of ``ring`` are real (< S only while warming up).
+        ring: while warming up, the first readings in original units (at the end, oldest first);
+            then the smoothing's seasonal components of every cycle in scaled units, each cycle's
+            oldest first (S = the season: the last S values, scaled).
+        ring_fill: readings held while warming up; ``len(ring)`` once warmed up.
         cell_state: all recurrent state vectors of all layers, flattened (zeros while warming up).
         one_step_forecast: the forecast for the next step made at the last reading (original
             units, NaN while warming up); a missing next reading is imputed with it.
@@ -45,6 +51,7 @@ class StreamState:
         model_key: compatibility key (64 bits) of the model that produced ``cell_state``, so that a
             state is only ever continued by a model that can read it (0: unknown, e.g. a format-1
             state or a state built outside the job). See ``pipeline.model_watch.compatibility_key``.
+        level: the smoothed level in scaled units (0 while warming up, and for seasonal-naive models).
     """
 
     readings_seen: int
@@ -58,6 +65,7 @@ class StreamState:
     source_partition: int = -1
     source_offset: int = -1
     model_key: int = UNKNOWN_MODEL
+    level: float = 0.0
 
     @property
     def warming_up(self) -> bool:
@@ -93,6 +101,7 @@ def serving_state(
     ring_fill: int,
     cell_state: np.ndarray,
     one_step_forecast: float,
+    level: float = 0.0,
 ) -> StreamState:
     """``StreamState(...)`` as the engine builds it once per reading (source and model key at their defaults).
 
@@ -113,6 +122,7 @@ def serving_state(
     fields["source_partition"] = -1
     fields["source_offset"] = -1
     fields["model_key"] = UNKNOWN_MODEL
+    fields["level"] = level
     return state
 
 
@@ -133,6 +143,7 @@ def encode_state(state: StreamState) -> bytes:
         state.source_partition,
         state.source_offset,
         state.model_key,
+        state.level,
     )
     return header + ring.tobytes() + cell.tobytes()
 
@@ -143,28 +154,33 @@ def decode_state(data: bytes) -> StreamState:
     magic, version = struct.unpack_from("<4sH", data)
     if magic != STATE_MAGIC:
         raise StateDecodeError("not an rnncast stream state (bad magic)")
-    if version not in (1, STATE_FORMAT_VERSION):
-        raise StateDecodeError(f"stream state format {version} is not supported (expected 1 or {STATE_FORMAT_VERSION})")
-    header = _HEADER if version == STATE_FORMAT_VERSION else _HEADER_V1
+    if version not in (1, 2, STATE_FORMAT_VERSION):
+        raise StateDecodeError(f"stream state format {version} is not supported (expected 1 to {STATE_FORMAT_VERSION})")
+    header = {1: _HEADER_V1, 2: _HEADER_V2, 3: _HEADER}[version]
     if len(data) < header.size:
         raise StateDecodeError(f"state is {len(data)} bytes, shorter than its {header.size}-byte header")
     fields = header.unpack_from(data)
     (_, _, seen, last_ts, mean, scale, one_step, ring_len, fill, cell_len, partition, offset) = fields[:12]
-    model_key = fields[12] if version == STATE_FORMAT_VERSION else UNKNOWN_MODEL
+    model_key = fields[12] if version >= 2 else UNKNOWN_MODEL
+    level = fields[13] if version >= 3 else 0.0
     expected = header.size + 8 * (ring_len + cell_len)
     if len(data) != expected:
         raise StateDecodeError(f"stream state is {len(data)} bytes, header says {expected}")
     ring_end = header.size + 8 * ring_len
+    ring = np.frombuffer(data, dtype="<f8", count=ring_len, offset=header.size).astype(np.float64)
+    if version < 3 and fill >= ring_len and ring_len:
+        ring = (ring - mean) / scale  # the last S values -> the seasonal-naive smoothing's components
     return StreamState(
         readings_seen=seen,
         last_timestamp=last_ts,
         value_mean=mean,
         value_scale=scale,
-        ring=np.frombuffer(data, dtype="<f8", count=ring_len, offset=header.size).astype(np.float64),
+        ring=ring,
         ring_fill=fill,
         cell_state=np.frombuffer(data, dtype="<f8", count=cell_len, offset=ring_end).astype(np.float64),
         one_step_forecast=one_step,
         source_partition=partition,
         source_offset=offset,
         model_key=model_key,
+        level=level,
     )

@@ -1,3 +1,9 @@
+import dataclasses
+import struct
+
+import dataclasses
+import struct
+
 import numpy as np
 import pytest
 
@@ -59,7 +65,38 @@ def test_the_model_key_round_trips_and_format_1_states_still_decode():
         old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset,
     )
     back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
-    assert back == old and back.model_key == 0
+    # Formats 1 and 2 held the last S values in original units: they decode as the seasonal-naive
+    # smoothing's components (scaled), level 0, which the engine continues exactly as before.
+    converted = dataclasses.replace(old, ring=(old.ring - old.value_mean) / old.value_scale)
+    assert back == converted and back.model_key == 0 and back.level == 0.0
+
+
+def _format_2_bytes(state) -> bytes:
+    header = struct.Struct("<4sHqddddHHIqqQ").pack(
+        b"RNCS", 2, state.readings_seen, state.last_timestamp, state.value_mean, state.value_scale,
+        state.one_step_forecast, state.ring.size, state.ring_fill, state.cell_state.size,
+        state.source_partition, state.source_offset, state.model_key,
+    )
+    return header + state.ring.astype("<f8").tobytes() + state.cell_state.astype("<f8").tobytes()
+
+
+def test_format_2_states_decode_with_their_key_and_a_level_of_zero():
+    old = sample_state().with_source(3, 98765, model_key=77)
+    back = decode_state(_format_2_bytes(old))
+    np.testing.assert_array_equal(back.ring, (old.ring - old.value_mean) / old.value_scale)
+    assert back.model_key == 77 and back.level == 0.0
+    # A format-2 state still warming up holds raw readings, which stay as they are.
+    warming = dataclasses.replace(old, ring_fill=10, value_mean=float("nan"), value_scale=float("nan"))
+    np.testing.assert_array_equal(decode_state(_format_2_bytes(warming)).ring, warming.ring)
+
+
+def test_the_level_round_trips_and_unknown_formats_are_refused():
+    state = dataclasses.replace(sample_state(), level=-0.125)
+    assert decode_state(encode_state(state)).level == -0.125
+    data = bytearray(encode_state(state))
+    data[4:6] = struct.pack("<H", STATE_FORMAT_VERSION + 1)
+    with pytest.raises(StateDecodeError, match=f"format {STATE_FORMAT_VERSION + 1} is not supported"):
+        decode_state(bytes(data))
 
 
 def test_with_source_equals_dataclasses_replace() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.scaling import fit_stream_value_scaler
+from models.smoothing import SmoothingKernel
 from models.artifact import ArtifactError, load_artifact, load_keras_model
 from models.data import load_csv
 from models.evaluation import run_engine
@@ -54,11 +56,13 @@ def test_engine_equals_keras_on_the_stream(artifact_dir, elec_30_days_csv):
     forecasts = run_engine(engine, "vic_demand", series, [0, 1])
     model = load_keras_model(artifact)
     segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
-    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon)
+    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon, smoothing=artifact.smoothing)
     predicted = model.predict({"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0)[0]
-    mean = series.values[: artifact.season].mean()
-    scale = series.values[: artifact.season].std()
-    served_scaled = (forecasts[artifact.season :] - mean) / scale
+    # Keras forecasts relative to the smoothed level at each origin; serving adds the level back.
+    warmup = artifact.smoothing.warmup
+    mean, scale = fit_stream_value_scaler(series.values[:warmup])
+    levels, _, _ = SmoothingKernel(artifact.smoothing, artifact.horizon).run((series.values - mean) / scale)
+    served_scaled = (forecasts[warmup:] - mean) / scale - levels[:, None]
     assert served_scaled.shape == predicted.shape and np.isfinite(served_scaled).all()
     assert np.max(np.abs(served_scaled - predicted)) <= 1e-5
 
