@@ -181,9 +181,13 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     while math.gcd(stride, every) != 1:  # window starts cycle through every phase of the scored origins
         stride += 1
     train_sets = [_restrict(a, -np.inf, split.validation_from[a.stream_id]) for a in arrays]
-    x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
-    val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
-    vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
+    stream_warmup = smoothing.warmup if smoothing is not None else season
+    try:
+        x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
+        val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
+        vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
+    except ValueError as err:
+        raise ValueError(why_no_windows(dataset, [seg for _, seg in segments], step, stream_warmup, horizon, str(err))) from None
 
     x, b, y = _at_least_batches(x, b, y, config.batch_size, _MIN_BATCHES_PER_EPOCH)
     if variant is None:
@@ -233,6 +237,36 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
         seconds=time.monotonic() - started,
         variant=variant,
     )
+
+
+def why_no_windows(dataset: Dataset, segments: list, step: float, warmup: int, horizon: int, what: str) -> str:
+    """The real reason no training (or validation) window could be built, in one line.
+
+    Gaps cut a stream into pieces and every piece warms up again, so the usual cause on a long file
+    is pieces shorter than the warm-up; gaps that recur at the same time of day are the closures of
+    a stream that only exists in some hours (e.g. business hours), which rnncast does not model yet.
+    """
+    rows = sum(len(s.timestamps) for s in dataset.series.values())
+    longest = max((len(seg.timestamps) for seg in segments), default=0)
+    needed = warmup + 1
+    if longest >= needed + horizon:
+        return f"{what} (longest gap-free piece: {longest} readings; the split keeps 70% x 85% of each stream for training)"
+    gaps = [gap for series in dataset.series.values() for gap in series.gaps]
+    reason = (
+        f"no training windows: {rows:,} rows, but {len(gaps):,} gaps (missing steps of {step:g} s) cut the streams into "
+        f"{len(segments):,} gap-free pieces of at most {longest} readings, and each piece must first warm up on "
+        f"{warmup} readings (the longest --season) and then have targets {horizon} steps (--horizon) ahead"
+    )
+    starts = [gap.after_timestamp % 86_400 for gap in gaps]
+    if len(gaps) >= 7:
+        hour, count = max(((h, starts.count(h)) for h in set(starts)), key=lambda hc: hc[1])
+        if count >= 0.5 * len(gaps):
+            reason += (
+                f"; {count} of the gaps start after the reading at {int(hour // 3600):02d}:{int(hour % 3600 // 60):02d} UTC: "
+                "regular closures (e.g. business hours), which rnncast does not model yet (each closure restarts the "
+                "stream like any long gap)"
+            )
+    return reason
 
 
 def _scaled_training_part(segment, warmup: int, validation_from: float) -> np.ndarray:

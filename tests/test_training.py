@@ -165,3 +165,34 @@ def test_cli_reports_data_errors_with_location(tmp_path, capsys):
 def test_cli_reports_missing_artifact(tmp_path, elec_30_days_csv, capsys):
     assert main(["evaluate", "--artifact", str(tmp_path / "nope"), "--data", str(elec_30_days_csv)]) == 2
     assert "not an artifact directory" in capsys.readouterr().err
+
+
+def test_train_explains_regular_closures_instead_of_too_short_data(tmp_path, capsys):
+    """The demand cut to business hours (every night and weekend closed) cannot be trained on yet: say why."""
+    source = Path(__file__).resolve().parent.parent / "data" / "elecdemand-business.csv"
+    lines = source.read_text().splitlines()
+    cut = tmp_path / "business.csv"
+    cut.write_text("\n".join(lines[:2801]) + "\n")  # 100 weekdays of 07:00-21:00
+    assert main(["train", "--data", str(cut), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: no training windows: 2,800 rows")
+    err = err[0]
+    assert "gap-free pieces of at most 28 readings" in err
+    assert "start after the reading at 20:30 UTC: regular closures" in err
+
+
+def test_several_seasons_and_the_smoothing_choice_are_recorded(artifact_dir):
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    smoothing = manifest["smoothing"]
+    assert smoothing["seasons"] == [manifest["season"]]  # 30 days: too short for a weekly cycle by default
+    assert manifest["serving"]["min_history"] == manifest["season"] + 1
+    assert "chosen_by" in manifest["smoothing_choice"] and len(manifest["smoothing_choice"]["candidates"]) > 1
+    assert "one_step_error" in manifest["features"]["names"]
+
+
+def test_season_flag_takes_several_cycles_and_refuses_ones_that_do_not_divide(tmp_path, elec_30_days_csv, capsys):
+    assert main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,100", "--epochs", "1"]) == 2
+    assert "--season 48,100: each season must divide the longest" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse: usage and the error on stderr, exit 2
+        main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,x"])
+    assert exited.value.code == 2 and "not a comma-separated list" in capsys.readouterr().err
