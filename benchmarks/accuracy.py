@@ -90,19 +90,9 @@ class MethodScores:
 
 
 def positions_of(series, open_steps: bool) -> np.ndarray:
-    """Integer step positions: the index for open-step data, otherwise the step grid of the clock."""
-    if open_steps:
-        return np.arange(len(series.timestamps), dtype=np.int64)
-    return np.rint((series.timestamps - series.timestamps[0]) / series.step_seconds).astype(np.int64)
+    from models.peers import positions_of as positions
 
-
-def origin_rows(timestamps: np.ndarray, test_from: float, max_origins: int) -> np.ndarray:
-    """Every k-th row of the test part, k chosen so that at most ``max_origins`` remain."""
-    rows = np.flatnonzero(timestamps >= test_from)
-    if rows.size == 0:
-        return rows
-    stride = max(1, math.ceil(rows.size / max_origins))
-    return rows[::stride]
+    return positions(series.timestamps, series.step_seconds, open_steps)
 
 
 def train_rnncast(test_set: TestSet, seed: int, workdir: Path, epochs: int | None) -> tuple[Path | None, str | None, float]:
@@ -155,6 +145,7 @@ def score_set(test_set: TestSet, seeds: list[int], workdir: Path, max_origins: i
     from models.data import load_csv
     from models.evaluation import test_boundaries
     from models.metrics import combine_scores, score_series
+    from models.peers import origin_rows
 
     dataset = load_csv(ROOT / test_set.data)
     boundaries = test_boundaries(dataset, test_fraction, None)

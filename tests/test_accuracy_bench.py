@@ -34,10 +34,12 @@ def _peers_installed() -> None:
 
 def test_origin_rows_are_every_kth_test_row():
     timestamps = np.arange(100, dtype=np.float64)
-    rows = accuracy.origin_rows(timestamps, 70.0, max_origins=7)
+    from models.peers import origin_rows
+
+    rows = origin_rows(timestamps, 70.0, max_origins=7)
     assert rows.tolist() == list(range(70, 100, 5))
-    assert accuracy.origin_rows(timestamps, 70.0, max_origins=1000).tolist() == list(range(70, 100))
-    assert accuracy.origin_rows(timestamps, 1e9, max_origins=5).size == 0
+    assert origin_rows(timestamps, 70.0, max_origins=1000).tolist() == list(range(70, 100))
+    assert origin_rows(timestamps, 1e9, max_origins=5).size == 0
 
 
 def test_positions_count_clock_steps_or_open_steps(tmp_path):

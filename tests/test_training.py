@@ -196,3 +196,16 @@ def test_season_flag_takes_several_cycles_and_refuses_ones_that_do_not_divide(tm
     with pytest.raises(SystemExit) as exited:  # argparse: usage and the error on stderr, exit 2
         main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,x"])
     assert exited.value.code == 2 and "not a comma-separated list" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_statistical_peer_on_the_same_origins(artifact_dir, elec_30_days_csv, capsys):
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--json",
+                 "--peer", "holt_winters", "--peer-origins", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    peer = report["peer"]
+    assert peer["peer"] == "holt_winters" and peer["origins"] == 3
+    assert len(peer["model_mae"]) == len(peer["peer_mae"]) == report["horizon"]
+    assert all(np.isfinite(peer["peer_mae"])) and np.isfinite(peer["model_vs_peer"])
+    # the text report names the peer beside the table
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--peer", "holt_winters", "--peer-origins", "2"]) == 0
+    assert "strong peer holt_winters (statsforecast" in capsys.readouterr().out
