@@ -54,9 +54,9 @@ def test_score_set_end_to_end_on_a_tiny_input(tmp_path, monkeypatch):
     tiny = accuracy.TestSet(
         "tiny", _tiny_csv(tmp_path), horizon=4, seasons=(48,), train_flags=("--units", "8", "--epochs", "1"), note="two weeks"
     )
-    result = accuracy.score_set(tiny, seeds=[0], workdir=tmp_path, max_origins=6, test_fraction=0.3, epochs=None)
+    result = accuracy.score_set(tiny, seeds=[0, 1], workdir=tmp_path, max_origins=6, test_fraction=0.3, epochs=None)
     methods = {m["name"]: m for m in result["methods"]}
-    assert set(methods) == {"rnncast seed 0", "mstl", "auto_ets", "holt_winters", "seasonal_naive_sf", "persistence", "seasonal naive"}
+    assert set(methods) == {"rnncast seed 0", "rnncast seed 1", accuracy.ENSEMBLE, "mstl", "auto_ets", "holt_winters", "seasonal_naive_sf", "persistence", "seasonal naive"}
     assert methods["rnncast seed 0"]["failed"] is None
     assert result["scored_origins"] == 6
     for m in methods.values():
@@ -65,7 +65,8 @@ def test_score_set_end_to_end_on_a_tiny_input(tmp_path, monkeypatch):
     np.testing.assert_allclose(methods["seasonal_naive_sf"]["mae"], methods["seasonal naive"]["mae"], rtol=1e-12)
     summary = accuracy.summarise(result)
     assert summary["best_peer"] in accuracy.STRONG_PEERS
-    assert len(summary["rnncast_vs_best_peer"]) == 1 and summary["rnncast_vs_best_peer"][0] > 0
+    assert len(summary["rnncast_vs_best_peer"]) == 2 and summary["rnncast_vs_best_peer"][0] > 0
+    assert summary["ensemble_vs_best_peer"] > 0  # the mean of the two seeds' forecasts, scored like them
     # The peers' forecasts are cached: a second run reads them back unchanged.
     assert list((tmp_path / "cache").glob("tiny-*.npz"))
     again = accuracy.score_set(tiny, seeds=[], workdir=tmp_path, max_origins=6, test_fraction=0.3, epochs=None)
