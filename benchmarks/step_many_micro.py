@@ -2,6 +2,7 @@
 
 The engine is the one ``benchmarks.step_micro`` times for ``lstm_1x64`` (64 units, H = S = 48, two
 covariates, calendar features, 30-minute steps, random weights from a fixed seed), plus
+the same with prediction intervals (``lstm_1x64_intervals``, levels 0.8 and 0.95) and
 ``artifacts/default`` when it exists. For each batch size B, B distinct streams are warmed up past
 ``min_history``; then ``--rounds`` rounds of one steady-state reading per stream (every one yields a
 forecast) are stepped ``--repeats`` times from the same states, once as one ``step_many`` call per
@@ -28,7 +29,13 @@ import time
 
 import numpy as np
 
-from benchmarks.step_micro import DEFAULT_ARTIFACT, default_shaped_spec, fixed_stream, random_network
+from benchmarks.step_micro import (
+    DEFAULT_ARTIFACT,
+    default_shaped_intervals,
+    default_shaped_spec,
+    fixed_stream,
+    random_network,
+)
 from models.engine import MIN_BATCH, Engine
 from models.reading import Reading
 from models.state import StreamState
@@ -91,18 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=4096, help="steady-state readings per repeat and batch size")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (the median is reported)")
+    parser.add_argument("--batches", default=",".join(map(str, BATCH_SIZES)), help="comma-separated batch sizes")
     args = parser.parse_args(argv)
 
     spec, config = default_shaped_spec()
-    engines = {"lstm_1x64": (Engine(random_network("lstm", 1, spec.size), spec, config), 2)}
+    network = random_network("lstm", 1, spec.size)
+    engines = {
+        "lstm_1x64": (Engine(network, spec, config), 2),
+        "lstm_1x64_intervals": (Engine(network, spec, config, default_shaped_intervals()), 2),
+    }
     if (DEFAULT_ARTIFACT / "manifest.json").exists():
         from models.artifact import load_artifact
 
         artifact = load_artifact(DEFAULT_ARTIFACT)
         engine = artifact.engine()
         engines[f"artifact_default_{artifact.cell}"] = (engine, len(engine.features.covariate_names))
+    batches = [int(b) for b in args.batches.split(",")]
     results = {
-        name: {str(batch): compare(engine, n_covariates, batch, args.readings, args.repeats) for batch in BATCH_SIZES}
+        name: {str(batch): compare(engine, n_covariates, batch, args.readings, args.repeats) for batch in batches}
         for name, (engine, n_covariates) in engines.items()
     }
     report = {

@@ -2,7 +2,8 @@
 
 Every plain cell (rnn, lstm, gru) with 1 and 2 layers of 64 units, shaped like the default artifact
 (H = S = 48, two covariates, calendar features, 30-minute steps), random weights from a fixed seed,
-plus ``artifacts/default`` itself when it exists. Each engine is warmed up past ``min_history`` on a
+plus the 1-layer LSTM with prediction intervals (levels 0.8 and 0.95, ``lstm_1x64_intervals``) and
+``artifacts/default`` itself when it exists. Each engine is warmed up past ``min_history`` on a
 fixed random stream, then the same ``--steps`` steady-state readings (every one yields a forecast) are
 stepped ``--repeats`` times from the same state; the result is the median over the repeats of
 process CPU time per step, with the fastest repeat next to it. No TensorFlow, no broker.
@@ -25,6 +26,7 @@ import numpy as np
 from models.cells import NetworkWeights, RecurrentLayer
 from models.engine import Engine, EngineConfig
 from models.features import FeatureSpec
+from models.intervals import DEFAULT_GAMMA, DEFAULT_LEVELS, IntervalSpec
 from models.reading import Reading
 from models.scaling import ScalerParams
 
@@ -102,6 +104,14 @@ def default_shaped_spec() -> tuple[FeatureSpec, EngineConfig]:
     return spec, EngineConfig(season=SEASON, step_seconds=STEP_SECONDS, min_history=SEASON + 1)
 
 
+def default_shaped_intervals(seed: int = 0) -> IntervalSpec:
+    """Prediction intervals at the default levels over H = 48 steps, widening with the step (random offsets)."""
+    rng = np.random.default_rng(seed)
+    half = np.cumsum(rng.uniform(0.2, 0.6, size=(len(DEFAULT_LEVELS), HORIZON)), axis=0) * np.sqrt(np.arange(1, HORIZON + 1))
+    centre = rng.normal(scale=0.1, size=HORIZON)
+    return IntervalSpec.from_offsets(DEFAULT_LEVELS, centre - half, centre + half, DEFAULT_GAMMA)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="steady-state readings per repeat")
@@ -114,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         for layers in (1, 2):
             engine = Engine(random_network(cell, layers, spec.size), spec, config)
             results[f"{cell}_{layers}x{UNITS}"] = us_per_step(engine, 2, args.steps, args.repeats)
+    engine = Engine(random_network("lstm", 1, spec.size), spec, config, default_shaped_intervals())
+    results[f"lstm_1x{UNITS}_intervals"] = us_per_step(engine, 2, args.steps, args.repeats)
     if (DEFAULT_ARTIFACT / "manifest.json").exists():
         from models.artifact import load_artifact
 

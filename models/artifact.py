@@ -19,6 +19,7 @@ import numpy as np
 from models.cells import NetworkWeights
 from models.engine import Engine, EngineConfig
 from models.features import FeatureSpec
+from models.intervals import IntervalSpec
 from models.networks import NETWORK_TYPES, Network, network_from_arrays
 from models.smoothing import Smoothing
 
@@ -40,6 +41,7 @@ class Artifact:
     manifest: dict
     weights: NetworkWeights | Network  # NetworkWeights for rnn/lstm/gru, a models.variants network otherwise
     features: FeatureSpec
+    intervals: IntervalSpec | None = None  # None: an artifact trained before intervals existed
 
     @property
     def version(self) -> str:
@@ -79,7 +81,7 @@ class Artifact:
         )
 
     def engine(self, min_history: int | None = None, max_gap: int | None = None) -> Engine:
-        return Engine(self.weights, self.features, self.engine_config(min_history, max_gap))
+        return Engine(self.weights, self.features, self.engine_config(min_history, max_gap), self.intervals)
 
 
 def sha256_file(path: Path) -> str:
@@ -161,7 +163,13 @@ def load_artifact(directory: Path) -> Artifact:
         raise ArtifactError(f"{weights_path}: unreadable weights ({err})") from None
     if weights.horizon != int(manifest["horizon"]):
         raise ArtifactError(f"{weights_path}: head has {weights.horizon} outputs, manifest says horizon {manifest['horizon']}")
-    return Artifact(directory, manifest, weights, features)
+    intervals = None
+    if manifest.get("intervals") is not None:
+        try:
+            intervals = IntervalSpec.from_json(manifest["intervals"], weights.horizon)
+        except ValueError as err:
+            raise ArtifactError(f"{directory / MANIFEST_FILE}: {err}") from None
+    return Artifact(directory, manifest, weights, features, intervals)
 
 
 def load_keras_model(artifact: Artifact):

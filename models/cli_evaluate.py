@@ -11,7 +11,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Replay every stream of a CSV through the artifact's step engine from its first reading "
         "(state carried, exactly as the streaming job does) and score the forecasts issued in the "
-        "test part against persistence and the seasonal naive on the same points."
+        "test part against persistence and the seasonal naive on the same points. With an artifact "
+        "that has prediction intervals, also their coverage, mean width and interval (Winkler) score per "
+        "horizon band, next to a baseline interval (the seasonal naive widened by its own error "
+        "quantiles before the test part)."
     )
     parser.add_argument("--artifact", required=True, help="artifact directory written by `rnncast train`")
     parser.add_argument("--data", required=True, help="CSV to evaluate on (long format)")
@@ -31,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--peer-origins", type=int, default=30, help="origins per stream the peer is scored on, every k-th of the test part (default: 30)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--plot", metavar="FILE.png", help="write forecast-vs-actual and MAE-per-horizon plots")
+    parser.add_argument("--plot", metavar="FILE.png", help="write forecast-vs-actual and MAE-per-horizon plots, and a fan chart of the prediction intervals when the artifact has them")
     parser.add_argument("--plot-stream", help="stream to plot (default: the first)")
 
 
@@ -105,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
             step_seconds=chosen.series.step_seconds,
             report=report,
             test_from=chosen.test_from,
+            lower=chosen.lower,
+            upper=chosen.upper,
+            interval_levels=() if engine.intervals is None else engine.intervals.levels,
         )
     if args.json:
         print(json.dumps(report))

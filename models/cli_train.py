@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -65,6 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.3, help="held-out tail of each stream (default: 0.3)")
     parser.add_argument("--max-gap", type=int, default=4, help="serving: impute gaps up to this many steps (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model")
+    parser.add_argument(
+        "--interval-levels",
+        default="0.8,0.95",
+        help="central prediction-interval levels, comma-separated, calibrated per horizon step on the "
+        "validation part (split conformal) and adapted online per stream; 'none' for point forecasts only "
+        "(default: 0.8,0.95)",
+    )
+    parser.add_argument(
+        "--interval-gamma",
+        type=float,
+        help="step of the intervals' online adaptation (0: static calibrated intervals; default: the "
+        "measured default, see benchmarks/README.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
 
 
@@ -78,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.test_fraction < 1:
         raise UsageError("--test-fraction must be between 0 and 1")
     _check_variant_flags(args, UsageError)
+    levels = _interval_levels(args, UsageError)
     try:
         dataset = load_csv(args.data, step_seconds=args.step)
     except DataError as err:
@@ -127,7 +142,11 @@ def run(args: argparse.Namespace) -> int:
         result = train(dataset, config, on_epoch=on_epoch)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    manifest = write_artifact(args.out, result, dataset, config_to_json(config))
+    try:
+        intervals = _calibrate(result, dataset, levels, args.interval_gamma)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    manifest = write_artifact(args.out, result, dataset, config_to_json(config), intervals)
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
     else:
@@ -172,22 +191,67 @@ def _check_variant_flags(args: argparse.Namespace, error: type[Exception]) -> No
         raise error(f"--encoder-cell applies to --cell {', '.join(VARIANT_TYPES)}; for a plain stack use --cell {args.encoder_cell}")
 
 
-def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
-    from models.artifact import save_artifact
+def _interval_levels(args: argparse.Namespace, error: type[Exception]) -> tuple[float, ...]:
+    from models.intervals import parse_levels
 
+    if args.interval_levels.strip().lower() == "none":
+        return ()
+    if args.interval_gamma is not None and not (math.isfinite(args.interval_gamma) and args.interval_gamma >= 0):
+        raise error(f"--interval-gamma must be a finite number >= 0, got {args.interval_gamma}")
+    try:
+        return parse_levels(args.interval_levels)
+    except ValueError as err:
+        raise error(f"--interval-levels: {err}") from None
+
+
+def _calibrate(result, dataset, levels: tuple[float, ...], gamma: float | None) -> dict | None:
+    """The manifest's ``intervals`` block: offsets calibrated on the validation part by the numpy engine.
+
+    The engine is the one the artifact will serve (its smoothing, min_history and max_gap), so the
+    offsets are quantiles of the errors of the forecasts the stream will actually emit.
+    """
+    if not levels:
+        return None
+    from models.engine import Engine
+    from models.evaluation import calibrate_intervals
+    from models.intervals import DEFAULT_GAMMA
+
+    engine = Engine(numpy_weights(result), result.features, serving_config(result))
+    spec, counts = calibrate_intervals(
+        engine, dataset, result.split.validation_from, result.split.test_from, levels,
+        DEFAULT_GAMMA if gamma is None else gamma,
+    )
+    return spec.to_json(counts)
+
+
+def serving_config(result):
+    """The trained model's serving semantics, as its manifest's ``serving`` block and ``smoothing`` record them."""
+    from models.engine import EngineConfig
+
+    warmup = result.smoothing.warmup if result.smoothing else result.season
+    return EngineConfig(result.season, result.step_seconds, warmup + 1, result.config.max_gap, smoothing=result.smoothing)
+
+
+def numpy_weights(result):
+    """The trained network in the numpy engine's layout."""
     if result.variant is None:
         from models.keras_model import extract_weights
 
-        weights = extract_weights(result.model, result.config.cell)
-    else:
-        from models.keras_variants import extract_variant
+        return extract_weights(result.model, result.config.cell)
+    from models.keras_variants import extract_variant
 
-        weights = extract_variant(result.model, result.variant)
+    return extract_variant(result.model, result.variant)
+
+
+def write_artifact(out: str, result, dataset, config_json: dict, intervals: dict | None = None) -> dict:
+    from models.artifact import save_artifact
+
+    weights = numpy_weights(result)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in weights.to_arrays().values()))
     created = datetime.now(timezone.utc)
     val_losses = result.history.get("val_loss", [])
     best = int(np.nanargmin(val_losses)) if val_losses else -1
-    warmup = result.smoothing.warmup if result.smoothing else result.season
+    serving = serving_config(result)
     manifest = {
         "version": f"{result.config.cell}-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
         "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -200,7 +264,7 @@ def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
         "step_seconds": result.step_seconds,
         "features": result.features.to_json(),
         "value_scaling": "per stream: mean/std of the stream's first warm-up readings (the longest cycle; frozen in its state)",
-        "serving": {"min_history": warmup + 1, "max_gap": result.config.max_gap},
+        "serving": {"min_history": serving.min_history, "max_gap": serving.max_gap},
         "training": {
             "config": config_json,
             "data_file": str(dataset.path),
@@ -218,6 +282,8 @@ def write_artifact(out: str, result, dataset, config_json: dict) -> dict:
         },
         "parity": parity_check(result.model, weights, result.features.size, result.horizon),
     }
+    if intervals is not None:
+        manifest["intervals"] = intervals
     if result.variant is not None:
         from models.keras_variants import float64_parity
 

@@ -7,6 +7,7 @@ evaluation and the streaming job call exactly this, so they produce the same num
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,10 +16,11 @@ import numpy as np
 
 from models.cells import NetworkWeights
 from models.features import FeatureSpec, InputColumnsBuilder, InputRowBuilder
+from models.intervals import IntervalSpec, adapt, interval_bounds, push
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
 from models.smoothing import Smoothing, SmoothingKernel
-from models.state import StreamState, serving_state
+from models.state import NO_INTERVALS, StreamState, serving_state
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"
@@ -95,9 +97,11 @@ def _applied(state: StreamState, forecast: Forecast | None, imputed_steps: int) 
 
 
 class Engine:
-    """Serves one artifact: weights, features and serving semantics."""
+    """Serves one artifact: weights, features, serving semantics and (optionally) prediction intervals."""
 
-    def __init__(self, weights: NetworkWeights, features: FeatureSpec, config: EngineConfig):
+    def __init__(
+        self, weights: NetworkWeights, features: FeatureSpec, config: EngineConfig, intervals: IntervalSpec | None = None
+    ):
         self.weights = weights
         self.features = features
         self.config = config
@@ -106,6 +110,11 @@ class Engine:
         self._smoothing = SmoothingKernel(self.smoothing, self.horizon)
         self.ring_size = self.smoothing.ring_size
         self.warmup = self.smoothing.warmup
+        if intervals is not None and intervals.horizon != self.horizon:
+            raise ValueError(f"interval offsets cover {intervals.horizon} steps, the network forecasts {self.horizon}")
+        self.intervals = intervals
+        # The interval adaptation a stream starts with (and restarts with, or gets when its state has none).
+        self._initial_intervals = NO_INTERVALS if intervals is None else intervals.initial_state()
         self._input_row = InputRowBuilder(features)
         self._covariate_count = len(features.covariate_names)
         # The per-reading path works on one stream's 1-D arrays; networks without the single-stream
@@ -134,6 +143,7 @@ class Engine:
             ring=np.zeros(self.ring_size),
             ring_fill=0,
             cell_state=np.zeros(self.weights.state_size),
+            interval_state=self._initial_intervals,
         )
 
     def step(self, state: StreamState | None, reading: Reading) -> StepResult:
@@ -153,19 +163,35 @@ class Engine:
         if state.warming_up:
             return StepResult(self._warm_up(state, reading, missing), None, APPLIED, imputed_steps=missing)
         covariates = reading.covariates
+        if len(state.interval_state) != len(self._initial_intervals):
+            # Another model's adaptation, or none (an older format): start from the calibrated interval.
+            state = dataclasses.replace(state, interval_state=self._initial_intervals)
         for k in range(missing, 0, -1):
             state = self._impute(state, covariates, reading.timestamp - k * self.config.step_seconds)
-        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1)
+        interval_state = None
+        if self.intervals is not None:
+            mean, scale = state.value_mean, state.value_scale
+            # The warm-up's one-step forecast is the smoothing's alone, not the model's: not scored.
+            one_step = (state.one_step_forecast - mean) / scale if state.readings_seen > self.warmup else math.nan
+            interval_state = adapt(state.interval_state, (reading.value - mean) / scale, one_step, self.intervals)
+        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, interval_state)
         forecast = None
         if state.readings_seen >= self.config.min_history:
+            mean, scale = state.value_mean, state.value_scale
             forecast = Forecast(
                 stream_id=reading.stream_id,
                 timestamp=reading.timestamp,
-                values=scaled * state.value_scale + state.value_mean,
+                values=scaled * scale + mean,
                 scaled=scaled,
                 step_seconds=self.config.step_seconds,
                 readings_seen=state.readings_seen,
             )
+            if self.intervals is not None:
+                bounds = interval_bounds(state.interval_state, scaled, mean, scale, self.intervals)
+                fields = forecast.__dict__
+                fields["interval_levels"] = self.intervals.levels
+                fields["lower"] = bounds[0]
+                fields["upper"] = bounds[1]
         return _applied(state, forecast, missing)
 
     def step_many(
@@ -238,6 +264,7 @@ class Engine:
         """
         ring_size, state_size, covariate_count = self.ring_size, self._state_size, self._covariate_count
         step_seconds = self.config.step_seconds
+        interval_size = len(self._initial_intervals)
         isfinite = math.isfinite
         steady: list[int] = []
         scalars: list[tuple] = []
@@ -259,6 +286,7 @@ class Engine:
                     and (timestamp - last) / step_seconds < 1.5
                     and len(covariates) == covariate_count
                     and scale != 0
+                    and len(state.interval_state) == interval_size
                 ):
                     steady.append(i)
                     scalars.append((value, timestamp, state.value_mean, scale, *covariates))
@@ -302,7 +330,27 @@ class Engine:
             return None
         original = np.multiply(scaled, scale)
         original += mean
-        return self._steady_results(states, readings, rings, cell_states, original, scaled, levels.tolist())
+        interval_states = bounds = None
+        if self.intervals is not None:
+            interval_states, bounds = self._steady_intervals(states, values, mean[:, 0], scale[:, 0], scaled)
+        return self._steady_results(
+            states, readings, rings, cell_states, original, scaled, levels.tolist(), interval_states, bounds
+        )
+
+    def _steady_intervals(
+        self, states: Sequence[StreamState], values: np.ndarray, mean: np.ndarray, scale: np.ndarray, scaled: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step`'s interval adaptation and bounds for the steady readings, batched: [n, D], [n, 2, L, H]."""
+        spec = self.intervals
+        old = np.array([state.interval_state for state in states]).reshape(len(states), -1)
+        actual = (values - mean) / scale
+        warmup = self.warmup
+        one_step = np.array(
+            [state.one_step_forecast if state.readings_seen > warmup else math.nan for state in states]
+        )
+        one_step = (one_step - mean) / scale
+        interval_states = push(adapt(old, actual, one_step, spec), scaled, spec)
+        return interval_states, interval_bounds(interval_states, scaled, mean, scale, spec)
 
     def _steady_results(
         self,
@@ -312,7 +360,9 @@ class Engine:
         cell_states: np.ndarray,
         original: np.ndarray,
         scaled: np.ndarray,
-        levels: list[float],
+        smoothed_levels: list[float],
+        interval_states: np.ndarray | None = None,
+        bounds: np.ndarray | None = None,
     ) -> list[StepResult]:
         """Each stream's result from its rows of the batch, as :meth:`step` builds it.
 
@@ -322,12 +372,13 @@ class Engine:
         measurable here).
         """
         min_history, step_seconds = self.config.min_history, self.config.step_seconds
+        levels = () if self.intervals is None else self.intervals.levels
         new = _new_instance
         results = []
         append = results.append
-        for state, reading, ring, cell_state, values, scaled_row, one_step, level in zip(
-            states, readings, rings, cell_states, original, scaled, original[:, 0].tolist(), levels
-        ):
+        for i, (state, reading, ring, cell_state, values, scaled_row, one_step, level) in enumerate(zip(
+            states, readings, rings, cell_states, original, scaled, original[:, 0].tolist(), smoothed_levels
+        )):
             readings_seen = state.readings_seen + 1
             timestamp = reading.timestamp
             new_state = serving_state(
@@ -340,6 +391,7 @@ class Engine:
                 cell_state.copy(),
                 one_step,
                 level,
+                NO_INTERVALS if interval_states is None else interval_states[i].copy(),
             )
             forecast = None
             if readings_seen >= min_history:
@@ -351,6 +403,13 @@ class Engine:
                 fields["scaled"] = scaled_row.copy()
                 fields["step_seconds"] = step_seconds
                 fields["readings_seen"] = readings_seen
+                fields["interval_levels"] = levels
+                if bounds is None:
+                    fields["lower"] = fields["upper"] = None
+                else:
+                    own = bounds[i].copy()  # one copy for both bounds: lower and upper are its two halves
+                    fields["lower"] = own[0]
+                    fields["upper"] = own[1]
             result = new(StepResult)
             fields = result.__dict__
             fields["state"] = new_state
@@ -392,14 +451,23 @@ class Engine:
             ring_fill=fill,
             cell_state=state.cell_state,
             one_step_forecast=one_step,
+            interval_state=state.interval_state,
         )
 
     def _advance(
-        self, state: StreamState, value: float, covariates: Sequence[float], timestamp: float, readings_seen: int
+        self,
+        state: StreamState,
+        value: float,
+        covariates: Sequence[float],
+        timestamp: float,
+        readings_seen: int,
+        interval_state: np.ndarray | None = None,
     ) -> tuple[StreamState, np.ndarray]:
         """One recurrent step on ``value`` at ``timestamp``; returns the state and the scaled forecast.
 
-        ``readings_seen`` is the new state's count (imputed steps do not count as readings).
+        ``readings_seen`` is the new state's count (imputed steps do not count as readings);
+        ``interval_state`` the interval adaptation after scoring ``value`` (None: the state's own); the
+        forecast made here joins its pending forecasts.
         """
         mean, scale = state.value_mean, state.value_scale
         # 0-d level and reading, 1-D ring: the batch recursion on one stream, arrays of its own
@@ -411,6 +479,10 @@ class Engine:
         forecast = base + head
         forecast += self._skip_one(x, base)
         forecast += level
+        if interval_state is None:
+            interval_state = state.interval_state
+        if self.intervals is not None:
+            interval_state = push(interval_state, forecast, self.intervals)
         new_state = serving_state(
             readings_seen=readings_seen,
             last_timestamp=timestamp,
@@ -421,6 +493,7 @@ class Engine:
             cell_state=cell_state,
             one_step_forecast=float(forecast[0]) * scale + mean,
             level=level,
+            interval_state=interval_state,
         )
         return new_state, forecast
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.intervals import conformal_offsets, interval_point_scores, level_key
+
 __all__ = [
     "SeriesScore",
     "score_series",
@@ -38,6 +40,8 @@ __all__ = [
     "horizon_bands",
     "band_table",
     "format_report",
+    "aligned_actuals",
+    "interval_band_table",
 ]
 
 # Above this many grid slots per reading a dense position->row map would waste memory (a series with
@@ -64,6 +68,9 @@ class SeriesScore:
         counts: Number of scored points per horizon (float64 holding whole numbers).
         scored_origins: Number of origins ``i`` with at least one scored horizon.
         mase_scale: The in-sample seasonal-naive MAE used for MASE (NaN if undefined).
+        interval_levels: Levels of the scored prediction intervals (empty: none scored).
+        interval_sums: ``{"model" | "baseline": {"covered" | "width" | "winkler": [L, H]}}`` sums over
+            the same points as ``counts`` (see :func:`score_series`).
     """
 
     horizon: int
@@ -77,6 +84,8 @@ class SeriesScore:
     counts: np.ndarray
     scored_origins: int = 0
     mase_scale: float = math.nan
+    interval_levels: tuple[float, ...] = ()
+    interval_sums: dict | None = None
 
     @classmethod
     def empty(cls, horizon: int) -> SeriesScore:
@@ -175,6 +184,16 @@ def mase_scale(
     return float(np.mean(np.abs(values[train[ok]] - values[prev[ok]])))
 
 
+def aligned_actuals(
+    timestamps: np.ndarray, values: np.ndarray, step_seconds: float, horizon: int, origins: np.ndarray
+) -> np.ndarray:
+    """``[m, H]``: the reading at ``t_i + h*step`` for each origin row ``i`` (NaN where there is none)."""
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    grid = _grid_positions(timestamps, step_seconds)
+    rows = _GridIndex(grid).rows(grid[origins][:, None] + np.arange(1, horizon + 1)[None, :])
+    return np.where(rows >= 0, np.asarray(values, dtype=np.float64)[np.maximum(rows, 0)], np.nan)
+
+
 def score_series(
     timestamps: np.ndarray,
     values: np.ndarray,
@@ -182,6 +201,9 @@ def score_series(
     step_seconds: float,
     season: int,
     test_from: float,
+    interval_levels: tuple[float, ...] = (),
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
 ) -> SeriesScore:
     """Scores one series' forecasts and both baselines on the same points.
 
@@ -198,6 +220,14 @@ def score_series(
         season: Season length ``S`` in steps.
         test_from: Epoch seconds; origins with ``t_i >= test_from`` are scored, and pairs with both
             timestamps ``< test_from`` define the MASE scale.
+        interval_levels: Levels of the model's prediction intervals (empty: no interval scoring).
+        lower: ``[n, L, H]`` lower bounds issued with ``forecasts`` (original units).
+        upper: ``[n, L, H]`` upper bounds.
+
+    With intervals, the model's and the **baseline interval**'s coverage, width and Winkler score are
+    summed on the same points as the MAE. The baseline interval is the seasonal naive forecast widened
+    by the split-conformal quantiles (:func:`models.intervals.conformal_offsets`) of its own errors per
+    horizon on this series before ``test_from`` (origin and target both earlier).
 
     Returns:
         The per-horizon sums.
@@ -252,7 +282,51 @@ def score_series(
     with np.errstate(divide="ignore", invalid="ignore"):
         score.model_scaled_abs = np.where(score.counts > 0, score.model_abs / scale, 0.0)
     score.scored_origins = int(np.count_nonzero(ok.any(axis=1)))
+    if interval_levels and lower is not None and upper is not None:
+        baseline_lower, baseline_upper = _seasonal_naive_offsets(
+            timestamps, values, grid, index, season, horizon, test_from, interval_levels
+        )
+        seasonal = values[np.where(ok, seasonal_row, 0)]
+        score.interval_levels = tuple(interval_levels)
+        score.interval_sums = {
+            "model": _interval_sums(lower[origins], upper[origins], actual, ok, interval_levels),
+            "baseline": _interval_sums(
+                seasonal[:, None, :] + baseline_lower[None], seasonal[:, None, :] + baseline_upper[None], actual, ok,
+                interval_levels,
+            ),
+        }
     return score
+
+
+def _seasonal_naive_offsets(
+    timestamps: np.ndarray, values: np.ndarray, grid: np.ndarray, index: "_GridIndex", season: int, horizon: int,
+    test_from: float, levels: tuple[float, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal offsets ``[L, H]`` of the seasonal naive's errors on the part before ``test_from``."""
+    origins = np.flatnonzero(timestamps < test_from)
+    errors = np.full((origins.size, horizon), np.nan)
+    if origins.size:
+        h = np.arange(1, horizon + 1, dtype=np.int64)
+        target_pos = grid[origins][:, None] + h[None, :]
+        target_row = index.rows(target_pos)
+        seasonal_row = index.rows(target_pos - (season * ((h + season - 1) // season))[None, :])
+        ok = (target_row >= 0) & (seasonal_row >= 0)
+        ok &= timestamps[np.maximum(target_row, 0)] < test_from
+        errors = np.where(ok, values[np.maximum(target_row, 0)] - values[np.maximum(seasonal_row, 0)], np.nan)
+    lower, upper, _ = conformal_offsets(errors, levels)
+    return lower, upper
+
+
+def _interval_sums(
+    lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, ok: np.ndarray, levels: tuple[float, ...]
+) -> dict[str, np.ndarray]:
+    """Sums ``[L, H]`` of covered, width and Winkler score over the points ``ok`` ``[m, H]``."""
+    sums = {name: np.zeros((len(levels), ok.shape[1])) for name in ("covered", "width", "winkler")}
+    for j, level in enumerate(levels):
+        covered, width, winkler = interval_point_scores(lower[:, j], upper[:, j], actual, level)
+        for name, points in (("covered", covered), ("width", width), ("winkler", winkler)):
+            sums[name][j] = np.where(ok, points, 0.0).sum(axis=0)
+    return sums
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -296,6 +370,15 @@ def combine_scores(scores: list[SeriesScore], horizon: int, season: int) -> dict
         total.seasonal_sq = total.seasonal_sq + s.seasonal_sq
         total.counts = total.counts + s.counts
         total.scored_origins += int(s.scored_origins)
+        if s.interval_sums is not None:
+            if total.interval_sums is None:
+                total.interval_levels = s.interval_levels
+                total.interval_sums = {
+                    kind: {name: np.zeros_like(a) for name, a in sums.items()} for kind, sums in s.interval_sums.items()
+                }
+            for kind, sums in s.interval_sums.items():
+                for name, a in sums.items():
+                    total.interval_sums[kind][name] = total.interval_sums[kind][name] + a
 
     n = total.counts
     model_mae = _ratio(total.model_abs, n)
@@ -310,7 +393,7 @@ def combine_scores(scores: list[SeriesScore], horizon: int, season: int) -> dict
         r2 = m / s_ if s_ > 0 else math.nan
     else:
         r1 = r2 = math.nan
-    return {
+    report = {
         "horizon": int(horizon),
         "season": int(season),
         "test_points": int(total.scored_origins),
@@ -329,6 +412,70 @@ def combine_scores(scores: list[SeriesScore], horizon: int, season: int) -> dict
         },
         "summary": {"mae_ratio_vs_persistence": r1, "mae_ratio_vs_seasonal_naive": r2},
     }
+    if total.interval_sums is not None:
+        _interval_report(report, total)
+    return report
+
+
+def _interval_report(report: dict, total: SeriesScore) -> None:
+    """Adds ``intervals`` (per level and horizon) and the interval summaries to a report.
+
+    ``summary.interval_coverage[level]``: mean over horizons (with scored points) of the empirical
+    coverage; ``summary.interval_score_ratio_vs_baseline[level]``: the model's mean Winkler score over
+    those horizons divided by the baseline interval's (below 1: better).
+    """
+    n = total.counts
+    scored = n > 0
+    block: dict = {"levels": [level_key(a) for a in total.interval_levels]}
+    coverage, ratio, baseline_coverage = {}, {}, {}
+    for kind in ("model", "baseline"):
+        block[kind] = {}
+        for j, level in enumerate(total.interval_levels):
+            sums = total.interval_sums[kind]
+            block[kind][level_key(level)] = {
+                "coverage": _floats(_ratio(sums["covered"][j], n)),
+                "width": _floats(_ratio(sums["width"][j], n)),
+                "winkler": _floats(_ratio(sums["winkler"][j], n)),
+            }
+    for level in total.interval_levels:
+        key = level_key(level)
+        model, baseline = block["model"][key], block["baseline"][key]
+        if np.any(scored):
+            coverage[key] = float(np.mean(np.asarray(model["coverage"])[scored]))
+            baseline_coverage[key] = float(np.mean(np.asarray(baseline["coverage"])[scored]))
+            base_score = float(np.mean(np.asarray(baseline["winkler"])[scored]))
+            model_score = float(np.mean(np.asarray(model["winkler"])[scored]))
+            ratio[key] = model_score / base_score if base_score > 0 else math.nan
+        else:
+            coverage[key] = baseline_coverage[key] = ratio[key] = math.nan
+    report["intervals"] = block
+    report["summary"]["interval_coverage"] = coverage
+    report["summary"]["interval_score_ratio_vs_baseline"] = ratio
+    report["summary"]["baseline_interval_coverage"] = baseline_coverage
+
+
+def interval_band_table(report: dict) -> list[dict]:
+    """Per horizon band and level: coverage, mean width and mean Winkler score of the model and the baseline.
+
+    Returns:
+        One dict per (band, level): ``band``, ``level``, ``coverage``, ``width``, ``winkler``,
+        ``baseline_coverage``, ``baseline_width``, ``baseline_winkler``, ``score_ratio`` (model ÷ baseline
+        Winkler). Empty if the report has no intervals.
+    """
+    block = report.get("intervals")
+    if not block:
+        return []
+    rows = []
+    for label, sl in horizon_bands(int(report["horizon"])):
+        for key in block["levels"]:
+            model, baseline = block["model"][key], block["baseline"][key]
+            row = {"band": label, "level": key}
+            for name in ("coverage", "width", "winkler"):
+                row[name] = _band_mean(model[name], sl)
+                row[f"baseline_{name}"] = _band_mean(baseline[name], sl)
+            row["score_ratio"] = row["winkler"] / row["baseline_winkler"] if row["baseline_winkler"] > 0 else math.nan
+            rows.append(row)
+    return rows
 
 
 HORIZON_BANDS: tuple[str, ...] = ("1", "le_q", "le_half", "le_full")
@@ -462,6 +609,30 @@ def format_report(report: dict) -> str:
             f"{_fmt(row['ratio_vs_seasonal_naive'], 13, '.3f')}"
         )
     summary = report["summary"]
+    intervals = interval_band_table(report)
+    if intervals:
+        lines.append("")
+        lines.append("prediction intervals (baseline: seasonal naive widened by its own pre-test error quantiles)")
+        lines.append(
+            f"{'horizons':<12}{'level':>6}{'coverage':>10}{'width':>11}{'Winkler':>11}"
+            f"{'base cov':>10}{'base width':>12}{'base Winkler':>14}{'ratio':>8}"
+        )
+        lines.append("-" * len(lines[-1]))
+        for row in intervals:
+            lines.append(
+                f"{row['band']:<12}{row['level']:>6}{_fmt(row['coverage'], 10, '.3f')}{_fmt(row['width'], 11, '.4g')}"
+                f"{_fmt(row['winkler'], 11, '.4g')}{_fmt(row['baseline_coverage'], 10, '.3f')}"
+                f"{_fmt(row['baseline_width'], 12, '.4g')}{_fmt(row['baseline_winkler'], 14, '.4g')}"
+                f"{_fmt(row['score_ratio'], 8, '.3f')}"
+            )
+        coverage = summary["interval_coverage"]
+        ratios = summary["interval_score_ratio_vs_baseline"]
+        lines.append(
+            "coverage (mean over horizons): "
+            + ", ".join(f"{key}: {_fmt(coverage[key], 1, '.3f')}" for key in coverage)
+            + "; interval score vs baseline: "
+            + ", ".join(f"{key}: {_fmt(ratios[key], 1, '.3f')}" for key in ratios)
+        )
     lines.append("")
     lines.append(f"model MASE (mean over horizons): {_fmt(mase_mean, 1, '.3f')}")
     lines.append(_verdict(summary["mae_ratio_vs_persistence"], summary["mae_ratio_vs_seasonal_naive"]))

@@ -15,6 +15,11 @@ leaves out the forecast's whole row.)
 A reading whose timestamp is not newer than the last one the tracker saw for its stream is ignored:
 re-applying a reading (a retried bundle) never scores anything twice.
 
+With prediction intervals (``levels``), each pending forecast keeps its bounds too, and the same
+points score the intervals: covered or not, width and Winkler score (:func:`models.intervals.interval_point_scores`,
+the scorer ``rnncast evaluate`` uses), in the stream's scaled units; :meth:`AccuracyTracker.coverage` is the
+rolling coverage per band and level.
+
 This is monitoring, not serving state: it is held in memory only, for at most ``max_streams``
 streams (the first ones seen), because H forecasts of H values per stream would dwarf the
 serving state (48 × 48 floats for the default model).
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.intervals import interval_point_scores, level_key
 from models.metrics import HORIZON_BANDS, horizon_band
 
 __all__ = ["HORIZON_BANDS", "AccuracyTracker", "ScoredBatch", "ScoredPoint", "horizon_band", "horizon_band_labels"]
@@ -55,6 +61,10 @@ class ScoredBatch:
     model_errors: np.ndarray  # [n, H] |forecast − actual|, scaled units
     persistence_errors: np.ndarray  # [n, H] |value at origin − actual|, scaled units
     valid: np.ndarray  # [n, H] bool
+    # With intervals: [n, L, H] per level (0/1 and scaled units), meaningful where interval_valid.
+    covered: np.ndarray | None = None
+    width: np.ndarray | None = None
+    interval_valid: np.ndarray | None = None  # [n, H] bool: valid and the bounds were finite
 
 
 _NO_ORIGIN = np.iinfo(np.int64).min // 2
@@ -123,13 +133,16 @@ class AccuracyTracker:
         max_streams: Streams tracked at most (the first ones to issue a forecast).
         on_batch: Called with every :class:`ScoredBatch` when it is flushed (e.g. to feed a histogram).
         buffer_rows: Readings buffered before a flush.
+        levels: Levels of the served prediction intervals (empty: none are scored).
     """
 
     def __init__(
         self, horizon: int, step_seconds: float, window: int = 1000, max_streams: int = 1000,
-        on_batch=None, buffer_rows: int = 4096,
+        on_batch=None, buffer_rows: int = 4096, levels: tuple[float, ...] = (),
     ):
         self.horizon = horizon
+        self.levels = tuple(levels)
+        self._bound_rows = 2 * len(self.levels)  # lower bounds of every level, then upper bounds
         self.step_seconds = step_seconds
         self.max_streams = max_streams
         self.on_batch = on_batch
@@ -147,6 +160,7 @@ class AccuracyTracker:
         self._forecast_cell = self._origin_cell * horizon + (steps - 1)  # [C, H], into one slot's forecasts
         # Pending forecasts by (slot, origin position mod capacity); allocated on first use.
         self._forecasts = np.zeros((0, self._capacity, horizon))
+        self._bounds = np.zeros((0, self._capacity, self._bound_rows, horizon))
         self._origin_values = np.zeros((0, self._capacity))
         self._origin_pos = np.zeros((0, self._capacity), dtype=np.int64)
         # Per tracked stream: [slot, anchor timestamp, position of the anchor, last position seen].
@@ -163,17 +177,23 @@ class AccuracyTracker:
         self._buffer_positions: list[int] = []
         self._buffer_actuals: list[float] = []
         self._buffer_with_forecast: list[bool] = []
+        self._buffer_bounds = np.zeros((buffer_rows, self._bound_rows, horizon))
+        levels_count = len(self.levels)
+        self._interval_sums = {name: np.zeros((levels_count, horizon)) for name in ("covered", "width", "winkler")}
+        self._interval_counts = np.zeros(horizon)
+        # Rolling (covered, width) per band and level, behind coverage() and width().
+        self._interval_windows = {(b, j): _Window(window) for b, _, _ in self.band_columns for j in range(levels_count)}
 
     def observe(
         self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
-        forecast_scaled: np.ndarray | None,
+        forecast_scaled: np.ndarray | None, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
     ) -> list[ScoredPoint]:
         """Score what this reading settles, then remember the forecast it produced (if any).
 
         Flushes: the points returned are the ones counted (a non-finite forecast value scores nothing).
         """
         self.flush()
-        self.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled)
+        self.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled, lower, upper)
         batch = self.flush()
         if batch is None:
             return []
@@ -185,9 +205,13 @@ class AccuracyTracker:
 
     def record(
         self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
-        forecast_scaled: np.ndarray | None,
+        forecast_scaled: np.ndarray | None, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
     ) -> None:
-        """:meth:`observe` without scoring now (the job's hot path): the reading waits in the buffer."""
+        """:meth:`observe` without scoring now (the job's hot path): the reading waits in the buffer.
+
+        ``lower``/``upper``: the forecast's interval bounds ``[L, H]`` in original units (scored when the
+        tracker has ``levels``; a forecast without them scores no interval).
+        """
         stream = self._streams.get(stream_id)
         if stream is None:
             if forecast_scaled is None or len(self._streams) >= self.max_streams:
@@ -214,6 +238,15 @@ class AccuracyTracker:
             row = 0
         if forecast_scaled is not None:
             self._buffer_forecasts[row] = forecast_scaled
+            if self._bound_rows:
+                bounds = self._buffer_bounds[row]
+                if lower is None or upper is None:
+                    bounds.fill(np.nan)
+                else:
+                    levels = len(self.levels)
+                    np.subtract(lower, value_mean, out=bounds[:levels])
+                    np.subtract(upper, value_mean, out=bounds[levels:])
+                    bounds /= value_scale
         self._buffer_with_forecast.append(forecast_scaled is not None)
         self._buffer_slots.append(stream[0])
         self._buffer_positions.append(position)
@@ -228,6 +261,9 @@ class AccuracyTracker:
             grown = np.zeros((size, self._capacity, self.horizon))
             grown[:slot] = self._forecasts
             self._forecasts = grown
+            grown_bounds = np.zeros((size, self._capacity, self._bound_rows, self.horizon))
+            grown_bounds[:slot] = self._bounds
+            self._bounds = grown_bounds
             self._origin_values = np.concatenate([self._origin_values, np.zeros((size - slot, self._capacity))])
             self._origin_pos = np.concatenate(
                 [self._origin_pos, np.full((size - slot, self._capacity), _NO_ORIGIN, dtype=np.int64)]
@@ -258,6 +294,8 @@ class AccuracyTracker:
         actual = np.array(self._buffer_actuals)
         with_forecast = np.array(self._buffer_with_forecast, dtype=bool)
         forecasts = self._buffer_forecasts[:n]
+        buffer_bounds = self._buffer_bounds[:n]
+        bound_rows = self._bound_rows
         self._buffer_slots, self._buffer_positions, self._buffer_actuals, self._buffer_with_forecast = [], [], [], []
 
         # Forecasts issued before this batch: in the slot's ring, if still the newest of their residue.
@@ -269,6 +307,11 @@ class AccuracyTracker:
         model -= actual[:, None]
         persistence = self._origin_values.reshape(-1).take(cell)
         persistence -= actual[:, None]
+        bounds = None
+        if bound_rows:  # [n, 2L, H]: each pending bound − actual
+            bound_index = (cell[:, None, :] * bound_rows + np.arange(bound_rows)[None, :, None]) * horizon + (steps - 1)
+            bounds = self._bounds.reshape(-1).take(bound_index)
+            bounds -= actual[:, None, None]
 
         # Forecasts issued earlier in this batch. Sorted by slot (stably), a slot's rows are contiguous
         # and in arrival order, so their positions increase: the origins a row can need are among the H
@@ -293,6 +336,8 @@ class AccuracyTracker:
             model[rows, columns] = forecasts[origins, columns] - actual[rows]
             persistence[rows, columns] = actual[origins] - actual[rows]
             valid[rows, columns] = True
+            if bounds is not None:
+                bounds[rows, :, columns] = buffer_bounds[origins, :, columns] - actual[rows][:, None]
 
         # The batch's forecasts enter the rings: per slot, those within H steps of its newest (distinct
         # residues; older ones can never be needed again).
@@ -301,6 +346,8 @@ class AccuracyTracker:
         keep = order[with_forecast[order] & (position[order] > newest - capacity)]
         cells = slot[keep] * capacity + position[keep] % capacity
         self._forecasts.reshape(-1, horizon)[cells] = forecasts[keep]
+        if bound_rows:
+            self._bounds.reshape(-1, bound_rows, horizon)[cells] = buffer_bounds[keep]
         self._origin_values.reshape(-1)[cells] = actual[keep]
         self._origin_pos.reshape(-1)[cells] = position[keep]
 
@@ -319,9 +366,60 @@ class AccuracyTracker:
             in_band = valid[:, first:end]
             self._windows[b].extend(model[:, first:end][in_band], persistence[:, first:end][in_band])
         batch = ScoredBatch(model, persistence, valid)
+        if bounds is not None:
+            batch = self._score_intervals(batch, bounds[scored])
         if self.on_batch is not None:
             self.on_batch(batch)
         return batch
+
+    def _score_intervals(self, batch: ScoredBatch, bounds: np.ndarray) -> ScoredBatch:
+        """Coverage, width and Winkler score of the scored points' intervals (bounds − actual, [n, 2L, H])."""
+        levels = len(self.levels)
+        interval_valid = batch.valid & np.all(np.isfinite(bounds), axis=1)
+        covered = np.zeros((bounds.shape[0], levels, self.horizon))
+        width = np.zeros_like(covered)
+        for j, level in enumerate(self.levels):
+            hit, size, winkler = interval_point_scores(bounds[:, j], bounds[:, levels + j], 0.0, level)
+            hit[~interval_valid] = 0.0
+            size[~interval_valid] = 0.0
+            winkler[~interval_valid] = 0.0
+            covered[:, j], width[:, j] = hit, size
+            self._interval_sums["covered"][j] += hit.sum(axis=0)
+            self._interval_sums["width"][j] += size.sum(axis=0)
+            self._interval_sums["winkler"][j] += winkler.sum(axis=0)
+            for b, first, end in self.band_columns:
+                in_band = interval_valid[:, first:end]
+                self._interval_windows[(b, j)].extend(hit[:, first:end][in_band], size[:, first:end][in_band])
+        self._interval_counts += interval_valid.sum(axis=0)
+        return ScoredBatch(batch.model_errors, batch.persistence_errors, batch.valid, covered, width, interval_valid)
+
+    def coverage(self) -> dict[str, dict[str, float]]:
+        """Rolling coverage (last ``window`` scored points) per band and level: ``{band: {level_key: coverage}}``."""
+        return self._rolling(0)
+
+    def width(self) -> dict[str, dict[str, float]]:
+        """Rolling mean interval width (scaled units) per band and level."""
+        return self._rolling(1)
+
+    def _rolling(self, which: int) -> dict[str, dict[str, float]]:
+        self.flush()
+        result: dict[str, dict[str, float]] = {}
+        for (b, j), window in self._interval_windows.items():
+            if window.fill:
+                result.setdefault(HORIZON_BANDS[b], {})[level_key(self.levels[j])] = window.sums()[which] / window.fill
+        return result
+
+    @property
+    def interval_sums(self) -> dict[str, np.ndarray]:
+        """Since start, per level and horizon step ``[L, H]``: ``covered``, ``width``, ``winkler`` sums (scaled units)."""
+        self.flush()
+        return self._interval_sums
+
+    @property
+    def interval_counts(self) -> np.ndarray:
+        """Points whose interval was scored, per horizon step."""
+        self.flush()
+        return self._interval_counts
 
     def skill(self) -> dict[str, float]:
         """Rolling model MAE ÷ persistence MAE per band (bands with no points are left out)."""

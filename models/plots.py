@@ -6,6 +6,9 @@ The figure has two panels:
    path issued at a few origins (about one per day), and the 1-step-ahead forecast line.
 2. MAE per horizon for the model, persistence and seasonal naive (from a
    :func:`models.metrics.combine_scores` report).
+3. With prediction intervals: a fan chart, the forecast issued one horizon before the stretch's end
+   with its intervals (one shade per level) against what happened, and the empirical coverage per
+   level in the title.
 
 matplotlib is imported inside :func:`plot_evaluation` so importing this module stays cheap; the figure
 is drawn on an explicit Agg canvas (no pyplot global state, safe in worker threads).
@@ -70,6 +73,9 @@ def plot_evaluation(
     max_origins: int = 7,
     value_unit: str | None = None,
     dpi: int = 110,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+    interval_levels: tuple[float, ...] = (),
 ) -> str:
     """Writes the two-panel evaluation figure as a PNG.
 
@@ -89,6 +95,9 @@ def plot_evaluation(
             spaced further apart if the stretch is longer).
         value_unit: Unit of the values for the axis labels (e.g. ``"kW"``), if known.
         dpi: Resolution of the PNG.
+        lower: ``[n, L, H]`` interval lower bounds issued with ``forecasts`` (panel 3; None: no panel).
+        upper: ``[n, L, H]`` upper bounds.
+        interval_levels: The L levels.
 
     Returns:
         The path written, as a string.
@@ -112,9 +121,13 @@ def plot_evaluation(
     unit = f" ({value_unit})" if value_unit else ""
     step_txt = _step_label(step_seconds)
 
-    fig = Figure(figsize=(12, 8.5), dpi=dpi, layout="constrained")
+    fan = lower is not None and upper is not None and len(interval_levels) > 0
+    fig = Figure(figsize=(12, 12.5 if fan else 8.5), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(2, 1, height_ratios=[3, 2])
+    if fan:
+        ax1, ax2, ax3 = fig.subplots(3, 1, height_ratios=[3, 2, 3])
+    else:
+        ax1, ax2 = fig.subplots(2, 1, height_ratios=[3, 2])
 
     # Panel 1: actuals, 1-step-ahead line and a few full forecast paths.
     rows = _stretch_rows(timestamps, forecasts, test_from, stretch)
@@ -156,13 +169,7 @@ def plot_evaluation(
         ax1.set_title(f"stream {stream_id}: test stretch {first} to {last} UTC ({rows.size} readings)")
     else:
         ax1.set_title(f"stream {stream_id}: no readings")
-    locator = mdates.AutoDateLocator(tz=timezone.utc)
-    ax1.xaxis.set_major_locator(locator)
-    ax1.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
-    ax1.set_xlabel("time (UTC)")
-    ax1.set_ylabel(f"value{unit}")
-    ax1.grid(True, alpha=0.3)
-    ax1.legend(loc="upper left", fontsize="small")
+    _time_axes(ax1, mdates, unit)
 
     # Panel 2: MAE per horizon.
     h_axis = np.arange(1, int(report["horizon"]) + 1)
@@ -185,6 +192,47 @@ def plot_evaluation(
     ax2.grid(True, alpha=0.3)
     ax2.legend(loc="upper left", fontsize="small")
 
+    if fan:
+        _fan_chart(ax3, timestamps, values, forecasts, np.asarray(lower), np.asarray(upper), interval_levels,
+                   rows, step_seconds, report, unit, mdates)
+
     out = os.fspath(path)
     fig.savefig(out, format="png")
     return out
+
+
+def _fan_chart(ax, timestamps, values, forecasts, lower, upper, levels, rows, step_seconds, report, unit, mdates) -> None:
+    """Panel 3: the last forecast of the stretch whose whole horizon has happened, with its intervals."""
+    horizon = forecasts.shape[1]
+    end = timestamps[rows[-1]] if rows.size else -math.inf
+    issued = [i for i in rows if np.all(np.isfinite(forecasts[i])) and timestamps[i] + horizon * step_seconds <= end]
+    if not issued:
+        ax.set_title("fan chart: no forecast of the stretch has its whole horizon inside it")
+        return
+    origin = issued[-1]
+    h = np.arange(1, horizon + 1)
+    target_t = timestamps[origin] + h * step_seconds
+    shown = (timestamps >= timestamps[origin] - 2 * horizon * step_seconds) & (timestamps <= target_t[-1])
+    ax.plot(_to_datetimes(timestamps[shown]), values[shown], color="black", lw=1.4, label="actual")
+    order = np.argsort(levels)[::-1]  # widest first, so narrower shades are drawn on top
+    for rank, j in enumerate(order):
+        ax.fill_between(_to_datetimes(target_t), lower[origin, j], upper[origin, j], color="tab:blue",
+                        alpha=0.18 + 0.22 * rank, lw=0, label=f"{levels[j]:.0%} interval")
+    ax.plot(_to_datetimes(target_t), forecasts[origin], color="tab:blue", lw=1.8, label="forecast")
+    ax.axvline(_to_datetimes(timestamps[origin:origin + 1])[0], color="gray", lw=0.8, ls=":")
+    coverage = report.get("summary", {}).get("interval_coverage", {})
+    text = ", ".join(f"{float(k):.0%}: {v:.3f}" for k, v in coverage.items())
+    issued_at = datetime.fromtimestamp(float(timestamps[origin]), tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    ax.set_title(f"fan chart: forecast issued {issued_at} UTC; empirical coverage, all test points (mean over horizons): {text}")
+    _time_axes(ax, mdates, unit)
+
+
+def _time_axes(ax, mdates, unit: str) -> None:
+    """UTC date ticks, value label, grid and legend of a panel drawn against time."""
+    locator = mdates.AutoDateLocator(tz=timezone.utc)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel(f"value{unit}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")

@@ -27,6 +27,11 @@ class Forecast:
     scaled: np.ndarray  # [H], the stream's scaled units (for scale-free error metrics)
     step_seconds: float
     readings_seen: int
+    # Prediction intervals (models/intervals.py), original units: row j is the central interval of
+    # level interval_levels[j]; None when the model has no intervals.
+    interval_levels: tuple[float, ...] = ()
+    lower: np.ndarray | None = None  # [L, H]
+    upper: np.ndarray | None = None  # [L, H]
 
     @property
     def target_timestamps(self) -> np.ndarray:

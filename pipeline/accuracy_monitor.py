@@ -1,5 +1,8 @@
 """The job's online accuracy signal: :class:`models.online_accuracy.AccuracyTracker` fed by the stateful
-step, exported as ``rnncast_forecast_abs_error{horizon,model}`` and ``rnncast_model_skill{horizon}``.
+step, exported as ``rnncast_forecast_abs_error{horizon,model}`` and ``rnncast_model_skill{horizon}``, and
+for a model with prediction intervals ``rnncast_interval_coverage{horizon,level}`` and
+``rnncast_interval_width{horizon,level}`` (rolling, per band, the tracker's windows). A swap to a model
+with other levels (or none) removes the series of the levels it no longer serves.
 
 After every applied reading of a running stream (not warming up) the stateful step calls
 :meth:`AccuracyMonitor.observe` with the stream's frozen scaler and the forecast's scaled vector. The
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from models.intervals import level_key
 from models.online_accuracy import HORIZON_BANDS, AccuracyTracker, ScoredBatch
 
 __all__ = ["AccuracyMonitor"]
@@ -50,9 +54,10 @@ class AccuracyMonitor:
 
     def __init__(
         self, metrics: Any, horizon: int, step_seconds: float, *, window: int = 1000, max_streams: int = 1000,
-        flush_seconds: float = 0.5,
+        flush_seconds: float = 0.5, levels: tuple[float, ...] = (),
     ) -> None:
         self._metrics = metrics
+        self._levels = tuple(levels)
         self._window = window
         self._max_streams = max_streams
         self._flush_seconds = flush_seconds
@@ -61,7 +66,8 @@ class AccuracyMonitor:
 
     def _new_tracker(self, horizon: int, step_seconds: float) -> AccuracyTracker:
         return AccuracyTracker(
-            horizon, step_seconds, window=self._window, max_streams=self._max_streams, on_batch=self._record_batch
+            horizon, step_seconds, window=self._window, max_streams=self._max_streams, on_batch=self._record_batch,
+            levels=self._levels,
         )
 
     @property
@@ -69,20 +75,24 @@ class AccuracyMonitor:
         return self._tracker
 
     def observe(self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
-                forecast_scaled: np.ndarray | None) -> None:
-        """One applied reading of a running stream, and the forecast it produced (None: none)."""
-        self._tracker.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled)
+                forecast_scaled: np.ndarray | None, lower: np.ndarray | None = None,
+                upper: np.ndarray | None = None) -> None:
+        """One applied reading of a running stream, and the forecast it produced (None: none) with its bounds."""
+        self._tracker.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled, lower, upper)
         if time.monotonic() >= self._next_flush:
             self.flush()
 
     def reset_stream(self, stream_id: str) -> None:
         self._tracker.reset_stream(stream_id)
 
-    def reconfigure(self, horizon: int, step_seconds: float) -> None:
-        """A model with another horizon or step is served: every stream's pending forecasts are dropped."""
-        if (horizon, step_seconds) != (self._tracker.horizon, self._tracker.step_seconds):
+    def reconfigure(self, horizon: int, step_seconds: float, levels: tuple[float, ...] = ()) -> None:
+        """A model with another horizon, step or interval levels is served: every stream's pending forecasts are dropped."""
+        levels = tuple(levels)
+        if (horizon, step_seconds, levels) != (self._tracker.horizon, self._tracker.step_seconds, self._levels):
             self.flush()
+            self._levels = levels
             self._tracker = self._new_tracker(horizon, step_seconds)
+            self._metrics.keep_interval_levels([level_key(level) for level in levels])
 
     def flush(self) -> None:
         """Moves what was scored into the histogram and refreshes the skill gauges."""
@@ -91,6 +101,11 @@ class AccuracyMonitor:
             return
         for band, skill in self._tracker.skill().items():
             self._metrics.set_skill(band, skill)
+        if self._levels:
+            widths = self._tracker.width()
+            for band, coverage in self._tracker.coverage().items():
+                for level, value in coverage.items():
+                    self._metrics.set_interval(band, level, value, widths[band][level])
 
     def _record_batch(self, batch: ScoredBatch) -> None:
         for b, first, end in self._tracker.band_columns:

@@ -40,8 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Read the forecasts topic and the readings topic back from Kafka (all partitions, from the beginning "
         "to the end offsets at the start), join every forecast with the readings at its target times and "
         "write a PNG: forecast vs actual for one stream, and MAE per horizon of the published forecasts vs "
-        "persistence (the reading's own value at the forecast's origin). Duplicated forecasts (same "
-        "stream_id and timestamp) count once; records that do not parse are counted and skipped."
+        "persistence (the reading's own value at the forecast's origin). Forecasts that carry prediction "
+        "intervals also get their coverage, mean width and interval (Winkler) score per horizon band and level. "
+        "Duplicated forecasts (same stream_id and timestamp) count once; records that do not parse are counted "
+        "and skipped."
     )
     add_kafka_arguments(parser)
     parser.add_argument(
@@ -70,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help='print {"streams", "forecasts", "scored_points", "model_versions", "mae", "persistence_mae", '
-        '"mae_ratio_vs_persistence", "unparsed", ...} as JSON instead of a table',
+        '"mae_ratio_vs_persistence", "interval_coverage", "intervals", "unparsed", ...} as JSON instead of a table',
     )
     parser.add_argument(
         "--max-lag",

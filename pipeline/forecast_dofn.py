@@ -183,7 +183,9 @@ class ForecastDoFn(beam.DoFn):
         self._metrics: JobMetrics = self._metrics_factory()
         self._watcher = model_watch.acquire(self._model.spec(), self._metrics)
         self._served: model_watch.Served = self._watcher.current
-        self._accuracy = AccuracyMonitor(self._metrics, self._served.horizon, self._served.step_seconds)
+        self._accuracy = AccuracyMonitor(
+            self._metrics, self._served.horizon, self._served.step_seconds, levels=_interval_levels(self._served)
+        )
         self._restored: RestoredStates = self._restore.load() if self._restore is not None else RestoredStates()
         self._store: ShardStore[StreamState] = ShardStore(encode_state, decode_state)
         # Readings are decoded with the job's covariates (the first model's unless given); a swapped-in
@@ -213,7 +215,7 @@ class ForecastDoFn(beam.DoFn):
         key, batch = element
         served = self._watcher.current
         if served is not self._served:  # a hot swap: from this element on
-            self._accuracy.reconfigure(served.horizon, served.step_seconds)
+            self._accuracy.reconfigure(served.horizon, served.step_seconds, _interval_levels(served))
             self._served = served
         if is_commit_key(key):  # a commit request on its way to the sink: the state is not involved
             yield OutcomeBatch([Outcome(batch.partition, -1, -1, 0, commit=True)], {})
@@ -370,10 +372,14 @@ class ForecastDoFn(beam.DoFn):
         if self._index is not None:
             self._index.note(partition, stream_id, reading.timestamp)
         if not state.warming_up:
-            self._accuracy.observe(
-                stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale,
-                None if result.forecast is None else result.forecast.scaled,
-            )
+            forecast = result.forecast
+            if forecast is None:
+                self._accuracy.observe(stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale, None)
+            else:
+                self._accuracy.observe(
+                    stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale, forecast.scaled,
+                    forecast.lower, forecast.upper,
+                )
         forecast = None
         if result.forecast is not None:
             forecast = encode_forecast(result.forecast, served.name, served.version)
@@ -400,3 +406,8 @@ class ForecastDoFn(beam.DoFn):
         self._metrics.state_expired.inc(len(expired))
         return expired
 
+
+def _interval_levels(served: model_watch.Served) -> tuple[float, ...]:
+    """The levels of the served model's prediction intervals (empty: it has none)."""
+    intervals = served.engine.intervals
+    return () if intervals is None else intervals.levels

@@ -48,12 +48,19 @@ streams of different magnitude are comparable and can share one histogram.
 ``rnncast_model_skill{horizon}`` = rolling model MAE / rolling persistence MAE for that band; below 1
 the model beats persistence. It is not pre-initialised (0 would read as a perfect model); it appears
 once the job has enough scored forecasts to compute it.
+
+``rnncast_interval_coverage{horizon, level}`` = the rolling fraction of scored points (the last 1,000
+per band and level) whose prediction interval of that level held the actual; ``rnncast_interval_width``
+its mean width in scaled units; ``rnncast_interval_nominal{level}`` the level itself, so that rules can
+compare (``level`` as the forecast messages write it: ``0.8``, ``0.95``). Served only when the artifact
+has intervals; like the skill gauge they appear once there is something to report. A hot swap to a
+model with other levels (or none) removes the series of the levels no longer served.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +120,9 @@ METRIC_TYPES: dict[str, str] = {
     "rnncast_state_expired_total": "counter",
     "rnncast_forecast_abs_error": "histogram",
     "rnncast_model_skill": "gauge",
+    "rnncast_interval_coverage": "gauge",
+    "rnncast_interval_width": "gauge",
+    "rnncast_interval_nominal": "gauge",
     "rnncast_model_swaps_total": "counter",
     "rnncast_restored_streams_total": "counter",
     "rnncast_skipped_replayed_total": "counter",
@@ -206,6 +216,20 @@ class JobMetrics:
             "rnncast_model_skill", "Rolling model MAE / persistence MAE by horizon band; < 1 beats persistence.",
             ("horizon",), registry=r,
         )
+        self.interval_coverage = Gauge(
+            "rnncast_interval_coverage",
+            "Rolling fraction of scored points inside their prediction interval, by horizon band and level.",
+            ("horizon", "level"), registry=r,
+        )
+        self.interval_width = Gauge(
+            "rnncast_interval_width", "Rolling mean prediction-interval width (scaled units), by horizon band and level.",
+            ("horizon", "level"), registry=r,
+        )
+        self.interval_nominal = Gauge(
+            "rnncast_interval_nominal", "Nominal coverage of each served prediction-interval level.", ("level",),
+            registry=r,
+        )
+        self._interval_levels: set[str] = set()  # the levels with interval series, for keep_interval_levels
         self.model_swaps = _counter(
             "rnncast_model_swaps_total", "Model artifact swaps: loaded, or refused (failed validation).", r,
             ("result",),
@@ -281,6 +305,28 @@ class JobMetrics:
         errors = np.abs(np.asarray(errors, dtype=np.float64))
         if errors.size:
             _observe_many(self.forecast_abs_error.labels(horizon=band, model=forecaster), errors)
+
+    def set_interval(self, band: str, level: str, coverage: float, width: float) -> None:
+        """Rolling coverage and mean width of the ``level`` intervals (as :func:`models.intervals.level_key` names it) in ``band``."""
+        if band not in HORIZON_BANDS:
+            raise ValueError(f"unknown horizon band {band!r}")
+        self.interval_nominal.labels(level=level).set(float(level))
+        self.interval_coverage.labels(horizon=band, level=level).set(coverage)
+        self.interval_width.labels(horizon=band, level=level).set(width)
+        self._interval_levels.add(level)
+
+    def keep_interval_levels(self, levels: Iterable[str]) -> None:
+        """Removes the interval series of every level not in ``levels`` (the served model's, after a swap).
+
+        Without this a level the new model does not serve would keep exporting its last coverage, and
+        the under-coverage alert would keep judging it.
+        """
+        for level in sorted(self._interval_levels - set(levels)):
+            for band in HORIZON_BANDS:
+                self.interval_coverage.remove(band, level)
+                self.interval_width.remove(band, level)
+            self.interval_nominal.remove(level)
+            self._interval_levels.discard(level)
 
     def set_skill(self, band: str, skill: float) -> None:
         if band not in HORIZON_BANDS:

@@ -9,7 +9,12 @@ Wire formats (JSON, UTF-8):
 
 * reading: ``{"stream_id", "timestamp" (RFC 3339 or epoch seconds), "value", ...}``
 * forecast: ``{"stream_id", "timestamp" (RFC 3339 of the reading that produced it), "forecast": [H],
-  "forecast_timestamps": [H RFC 3339], "model", "model_version", "readings_seen"}``
+  "forecast_timestamps": [H RFC 3339], "model", "model_version", "readings_seen"[, "intervals": {"<level>":
+  {"lower": [H], "upper": [H]}, ...}]}``
+
+Prediction intervals, when the forecasts carry them, are scored on the same points: coverage per level and
+horizon, mean width and interval (Winkler) score (:func:`models.intervals.interval_point_scores`, the
+scorer ``rnncast evaluate`` uses), in the readings' units.
 
 What is scored. A point ``(forecast, h)`` is scored when the stream has a reading at the forecast's origin
 (the persistence value) and one at its ``h``-th target time; the model and persistence are scored on exactly
@@ -55,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from models.errors import UsageError
+from models.intervals import interval_point_scores
 from models.metrics import horizon_bands
 from models.timeutil import format_timestamp, parse_timestamp
 from pipeline.kafka_config import KafkaSettings, client_kwargs
@@ -150,6 +156,7 @@ class ForecastRecord:
     targets: np.ndarray
     model: str | None = None
     model_version: str | None = None
+    intervals: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # level -> (lower [H], upper [H])
 
 
 class _TimestampCache:
@@ -221,7 +228,34 @@ def _parse_forecast(doc: Any, parse_ts: Callable[[Any], float]) -> ForecastRecor
         tgts,
         model if isinstance(model, str) else None,
         version if isinstance(version, str) else None,
+        _parse_intervals(doc.get("intervals"), len(values)),
     )
+
+
+def _parse_intervals(doc: Any, horizon: int) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """The ``intervals`` field: level -> (lower, upper), each H finite numbers (absent: None)."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError("intervals must be an object")
+    out = {}
+    for level, bounds in doc.items():
+        try:
+            nominal = float(level)
+        except ValueError:
+            raise ValueError(f"interval level {level!r} is not a number") from None
+        if not 0 < nominal < 1:
+            raise ValueError(f"interval level {level} is not between 0 and 1")
+        if not isinstance(bounds, dict):
+            raise ValueError(f"intervals[{level!r}] must be an object")
+        sides = []
+        for side in ("lower", "upper"):
+            values = bounds.get(side)
+            if not isinstance(values, list) or len(values) != horizon or not all(type(v) is float or type(v) is int for v in values):
+                raise ValueError(f"intervals[{level!r}].{side} must be {horizon} numbers")
+            sides.append(np.array(values, dtype=np.float64))
+        out[level] = (sides[0], sides[1])
+    return out
 
 
 # --- per-stream join state -----------------------------------------------------------------------------
@@ -385,6 +419,8 @@ class ReportResult:
     bootstrap: str = ""
     peak_buffered_readings: int = 0
     peak_pending_forecasts: int = 0
+    # Per interval level (as the forecasts name it): [H] sums of covered, width, winkler and points.
+    intervals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def horizon(self) -> int:
@@ -415,9 +451,28 @@ class ReportResult:
         p = float(np.mean(self.persistence_mae[scored]))
         return float(np.mean(self.mae[scored])) / p if p > 0 else math.nan
 
+    def interval_coverage(self) -> dict[str, float]:
+        """Per level: empirical coverage averaged over the horizons with scored points (as ``evaluate``)."""
+        out = {}
+        for level, sums in self.intervals.items():
+            scored = sums["points"] > 0
+            out[level] = float(np.mean(sums["covered"][scored] / sums["points"][scored])) if np.any(scored) else math.nan
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The ``--json`` document (NaN written as ``null``)."""
+        intervals = {
+            level: {
+                "coverage": _json_floats(_divide(sums["covered"], sums["points"])),
+                "width": _json_floats(_divide(sums["width"], sums["points"])),
+                "winkler": _json_floats(_divide(sums["winkler"], sums["points"])),
+                "points": [int(x) for x in sums["points"]],
+            }
+            for level, sums in self.intervals.items()
+        }
         return {
+            "interval_coverage": {level: _json_float(c) for level, c in self.interval_coverage().items()},
+            "intervals": intervals,
             "streams": self.streams,
             "forecasts": self.forecasts,
             "scored_points": self.scored_points,
@@ -482,6 +537,8 @@ class ReportAccumulator:
         self._counts = np.zeros(0)
         self._model_abs = np.zeros(0)
         self._pers_abs = np.zeros(0)
+        # Per interval level: [H] sums of covered, width, Winkler score and the points they cover.
+        self._intervals: dict[str, dict[str, np.ndarray]] = {}
         self._versions: set[str] = set()
         self._models: set[str] = set()
         self._steps: dict[int, int] = {}
@@ -666,6 +723,9 @@ class ReportAccumulator:
             self._counts = np.concatenate([self._counts, np.zeros(extra)])
             self._model_abs = np.concatenate([self._model_abs, np.zeros(extra)])
             self._pers_abs = np.concatenate([self._pers_abs, np.zeros(extra)])
+            for sums in self._intervals.values():
+                for name in sums:
+                    sums[name] = np.concatenate([sums[name], np.zeros(extra)])
 
     def _score(self, st: _Stream, record: ForecastRecord, origin: int, target_keys: list[int]) -> None:
         base = st.readings.get(origin)
@@ -684,6 +744,21 @@ class ReportAccumulator:
         self._pers_abs[idx] += np.abs(base - a)
         self.stats.scored_points += n
         self.stats.scored_forecasts += 1
+        if record.intervals:
+            self._score_intervals(record.intervals, actual, ok)
+
+    def _score_intervals(self, intervals: dict[str, tuple[np.ndarray, np.ndarray]], actual: np.ndarray, ok: np.ndarray) -> None:
+        for level, (lower, upper) in intervals.items():
+            sums = self._intervals.get(level)
+            if sums is None:
+                sums = self._intervals[level] = {name: np.zeros(self._counts.size) for name in ("covered", "width", "winkler", "points")}
+            valid = ok & np.isfinite(lower) & np.isfinite(upper)
+            covered, width, winkler = interval_point_scores(lower[valid], upper[valid], actual[valid], float(level))
+            idx = np.flatnonzero(valid)
+            sums["covered"][idx] += covered
+            sums["width"][idx] += width
+            sums["winkler"][idx] += winkler
+            sums["points"][idx] += 1.0
 
     # -- output --
 
@@ -702,6 +777,10 @@ class ReportAccumulator:
         out.counts = self._counts.copy()
         out.model_abs = self._model_abs.copy()
         out.persistence_abs = self._pers_abs.copy()
+        out.intervals = {
+            level: {name: a.copy() for name, a in sums.items()}
+            for level, sums in sorted(self._intervals.items(), key=lambda item: float(item[0]))
+        }
         if self._steps:
             step_us = max(self._steps.items(), key=lambda kv: (kv[1], -kv[0]))[0]
             out.step_seconds = step_us / _US
@@ -1141,6 +1220,22 @@ def format_summary(result: ReportResult, out: str | None = None) -> str:
             lines.append(
                 f"{label:<10}{_fmt(m):>12}{_fmt(p):>13}{_fmt(r, '.3f'):>8}{int(result.counts[sl].sum()):>10,}"
             )
+    if bands and result.intervals:
+        lines.append("")
+        lines.append(f"{'horizons':<10}{'level':>7}{'coverage':>10}{'width':>12}{'Winkler':>12}{'points':>10}")
+        for label, sl in bands:
+            for level, sums in result.intervals.items():
+                points = sums["points"][sl]
+                scored = points > 0
+                mean = lambda name: float(np.mean(sums[name][sl][scored] / points[scored])) if np.any(scored) else math.nan  # noqa: E731
+                lines.append(
+                    f"{label:<10}{level:>7}{_fmt(mean('covered'), '.3f'):>10}{_fmt(mean('width')):>12}"
+                    f"{_fmt(mean('winkler')):>12}{int(points.sum()):>10,}"
+                )
+        lines.append(
+            "interval coverage (mean over horizons): "
+            + ", ".join(f"{level}: {_fmt(c, '.3f')}" for level, c in result.interval_coverage().items())
+        )
     lines.append("")
     ratio = result.mae_ratio_vs_persistence
     lines.append(f"mae_ratio_vs_persistence {_fmt(ratio, '.3f')}: {_verdict(ratio)}")

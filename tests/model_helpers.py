@@ -142,3 +142,13 @@ def run(engine, items, state=None):
         state = res.state
         results.append(res)
     return state, results
+
+
+def random_intervals(horizon: int, levels: tuple[float, ...] = (0.8, 0.95), gamma: float = 0.05, seed: int = 0):
+    """An :class:`~models.intervals.IntervalSpec` with random (valid) offsets that widen with the level."""
+    from models.intervals import IntervalSpec
+
+    rng = np.random.default_rng(seed)
+    half = np.cumsum(rng.uniform(0.2, 0.6, size=(len(levels), horizon)), axis=0)
+    centre = rng.normal(scale=0.1, size=horizon)
+    return IntervalSpec.from_offsets(levels, centre - half, centre + half, gamma)

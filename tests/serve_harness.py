@@ -8,6 +8,7 @@ because Tansu 0.6's ListOffsets "latest" can report less than the true end.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -288,6 +289,7 @@ def offline_forecasts(artifact: Path, readings: Iterable[Any], model_covariates:
                       data_covariates: Sequence[str]) -> dict[tuple[str, float], dict[str, Any]]:
     """Engine.step over each stream's readings in order (uninterrupted): (stream, timestamp) -> forecast."""
     from models.artifact import load_artifact
+    from models.intervals import level_key
     from models.reading import Reading
 
     engine = load_artifact(artifact).engine()
@@ -306,6 +308,13 @@ def offline_forecasts(artifact: Path, readings: Iterable[Any], model_covariates:
                 "targets": result.forecast.target_timestamps.tolist(),
                 "readings_seen": result.forecast.readings_seen,
             }
+            if result.forecast.lower is not None:
+                out[(reading.stream_id, reading.timestamp)]["intervals"] = {
+                    level_key(level): {"lower": lower, "upper": upper}
+                    for level, lower, upper in zip(
+                        result.forecast.interval_levels, result.forecast.lower.tolist(), result.forecast.upper.tolist()
+                    )
+                }
     return out
 
 
@@ -319,11 +328,16 @@ def forecast_docs(records: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def compare(served: list[dict[str, Any]], reference: dict[tuple[str, float], dict[str, Any]]) -> dict[str, Any]:
-    """Counts missing, duplicated, unexpected forecasts and the largest difference to the reference."""
+    """Counts missing, duplicated, unexpected forecasts and the largest difference to the reference.
+
+    The difference covers the prediction intervals too (``interval_max_diff`` alone): a forecast that
+    lacks the reference's intervals, or has other levels, differs infinitely.
+    """
     from models.timeutil import parse_timestamp
 
     counts = Counter()
     max_diff = 0.0
+    interval_max_diff = 0.0
     differing = 0
     for doc in served:
         key = (doc["stream_id"], parse_timestamp(doc["timestamp"]))
@@ -334,6 +348,9 @@ def compare(served: list[dict[str, Any]], reference: dict[tuple[str, float], dic
         diff = max(abs(a - b) for a, b in zip(doc["forecast"], expected["values"]))
         if len(doc["forecast"]) != len(expected["values"]) or doc["readings_seen"] != expected["readings_seen"]:
             diff = float("inf")
+        interval_diff = _interval_diff(doc.get("intervals"), expected.get("intervals"))
+        interval_max_diff = max(interval_max_diff, interval_diff)
+        diff = max(diff, interval_diff)
         max_diff = max(max_diff, diff)
         if diff > 1e-9:
             differing += 1
@@ -342,8 +359,31 @@ def compare(served: list[dict[str, Any]], reference: dict[tuple[str, float], dic
         "unexpected": sorted(set(counts) - set(reference)),
         "duplicates": sum(n - 1 for n in counts.values() if n > 1),
         "max_diff": max_diff,
+        "interval_max_diff": interval_max_diff,
         "differing": differing,
     }
+
+
+def _interval_diff(served: dict[str, Any] | None, expected: dict[str, Any] | None) -> float:
+    if expected is None:
+        return 0.0 if served is None else float("inf")
+    if served is None or set(served) != set(expected):
+        return float("inf")
+    diff = 0.0
+    for level, bounds in expected.items():
+        for side in ("lower", "upper"):
+            got, want = served[level][side], bounds[side]
+            if len(got) != len(want):
+                return float("inf")
+            diff = max(diff, max(_number_diff(a, b) for a, b in zip(got, want)))
+    return diff
+
+
+def _number_diff(got: float | None, want: float | None) -> float:
+    """|got - want|; a null or NaN on either side differs infinitely (max() would skip a NaN difference)."""
+    if got is None or want is None or not (math.isfinite(got) and math.isfinite(want)):
+        return 0.0 if got == want else float("inf")
+    return abs(got - want)
 
 
 class PacedProducer(threading.Thread):

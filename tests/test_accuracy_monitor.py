@@ -57,3 +57,42 @@ def test_non_finite_forecast_values_are_not_scored_and_a_new_horizon_starts_over
     assert _sample(metrics, "count", "1", "model") == 1
     monitor.reconfigure(3, 1.0)
     assert monitor.tracker.horizon == 3 and monitor.tracker.tracked_streams == 0
+
+
+def _interval_series(metrics: JobMetrics) -> set[tuple[str, tuple]]:
+    """(metric name, sorted labels) of every exported interval series."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in metrics.registry.collect() if family.name.startswith("rnncast_interval_")
+        for sample in family.samples
+    }
+
+
+def test_a_swap_to_other_interval_levels_removes_the_old_levels_series() -> None:
+    horizon = 4
+    metrics = JobMetrics(CollectorRegistry())
+
+    def feed(monitor: AccuracyMonitor, levels: tuple[float, ...], start: int) -> None:
+        half = np.array([[0.5 + j] * horizon for j in range(len(levels))])
+        for t in range(start, start + 3 * horizon):
+            scaled = np.full(horizon, 0.1 * (t % 3))
+            monitor.observe("s", float(t), 0.2, 0.0, 1.0, scaled, scaled - half, scaled + half)
+        monitor.flush()
+
+    monitor = AccuracyMonitor(metrics, horizon, 1.0, flush_seconds=3600.0, levels=(0.8, 0.95))
+    feed(monitor, (0.8, 0.95), 0)
+    before = _interval_series(metrics)
+    assert {dict(labels)["level"] for _, labels in before} == {"0.8", "0.95"}
+    assert ("rnncast_interval_nominal", (("level", "0.8"),)) in before
+
+    monitor.reconfigure(horizon, 1.0, (0.95, 0.99))  # 0.8 is no longer served; 0.95 still is
+    after = _interval_series(metrics)
+    assert {dict(labels)["level"] for _, labels in after} == {"0.95"}
+    assert after == {(name, labels) for name, labels in before if dict(labels)["level"] == "0.95"}
+    feed(monitor, (0.95, 0.99), 100)
+    assert {dict(labels)["level"] for _, labels in _interval_series(metrics)} == {"0.95", "0.99"}
+
+    monitor.reconfigure(horizon, 1.0, ())  # a model without intervals: no interval series at all
+    assert _interval_series(metrics) == set()
+    monitor.reconfigure(horizon, 1.0, ())  # nothing changed: nothing to do
+    assert _interval_series(metrics) == set()

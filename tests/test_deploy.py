@@ -43,6 +43,7 @@ ALERTS = (
     "RnncastLatencyP99High",
     "RnncastConsumerLagGrowing",
     "RnncastModelLosesToPersistence",
+    "RnncastIntervalUndercoverage",
     "RnncastModelSwapRefused",
 )
 
@@ -327,7 +328,7 @@ def test_dashboard_uses_a_prometheus_datasource_variable():
             assert target["datasource"]["uid"] == "${datasource}"
     titles = " | ".join(p["title"] for p in dashboard_panels()).lower()
     for word in ("throughput", "latency", "dead letters", "lag", "active streams", "persistence", "skill",
-                 "model", "imputed"):
+                 "model", "imputed", "interval coverage"):
         assert word in titles, word
 
 

@@ -364,3 +364,28 @@ def test_a_repeated_stream_is_rejected():
 
 def test_no_readings_no_results():
     assert plain_engine("gru").step_many([], []) == []
+
+
+@pytest.mark.parametrize("cell,season,horizon", [("lstm", 4, 3), ("gru", 3, 5), ("rnn", 4, 9)])
+def test_step_many_equals_step_with_prediction_intervals(cell, season, horizon):
+    """Interval bounds and the adaptation state (log-scales, pending anchor forecasts) batch like the rest."""
+    from tests.model_helpers import random_intervals
+
+    plain = plain_engine(cell, 1, season, horizon)
+    engine = Engine(plain.weights, plain.features, plain.config, random_intervals(horizon))
+    seen = play(engine, random_rounds(16, 80, seed=5), seed=5)
+    assert ALL_BRANCHES <= set(seen)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "smoothing", [Smoothing((4,), 0.3, (0.2,)), Smoothing((2, 6), 0.1, (0.5, 0.25))], ids=["one_cycle", "two_cycles"]
+)
+def test_step_many_equals_step_with_smoothing_and_prediction_intervals(cell, smoothing):
+    """Both per-stream adaptations at once: level, seasonal components, log-scales and pending forecasts."""
+    from tests.model_helpers import random_intervals
+
+    plain = plain_engine(cell, season=smoothing.seasons[0], horizon=5, smoothing=smoothing)
+    engine = Engine(plain.weights, plain.features, plain.config, random_intervals(5))
+    seen = play(engine, random_rounds(12, 80, seed=9), seed=9)
+    assert ALL_BRANCHES <= set(seen)

@@ -255,3 +255,50 @@ def test_the_fast_parser_decodes_exactly_like_the_json_reference(
         return
     key = stream_id.encode("utf-8", "surrogatepass") if key_matches else b"other"
     assert decode_reading(raw, key, COVARIATES) == decode_reading_with_json(raw.decode("utf-8"), key, COVARIATES)
+
+
+def test_forecasts_with_intervals_carry_them_per_level_and_without_them_do_not() -> None:
+    values = np.array([1.0, 2.0, 3.0])
+    lower = np.array([[0.5, 1.25, 2.0], [0.1, 0.9, 1.5]])
+    upper = np.array([[1.5, 2.75, 4.0], [1.9, 3.1, 4.5]])
+    plain = _forecast(values.tolist())
+    with_intervals = Forecast("vic#1", 1388536200.0, values, values, 1800.0, 77, (0.8, 0.95), lower, upper)
+    doc = json.loads(encode_forecast(with_intervals, "lstm", "v1"))
+    assert doc["intervals"] == {
+        "0.8": {"lower": [0.5, 1.25, 2.0], "upper": [1.5, 2.75, 4.0]},
+        "0.95": {"lower": [0.1, 0.9, 1.5], "upper": [1.9, 3.1, 4.5]},
+    }
+    # Every other field is what a forecast without intervals has: consumers that ignore it are unaffected.
+    assert {k: v for k, v in doc.items() if k != "intervals"} == json.loads(encode_forecast(plain, "lstm", "v1"))
+    assert "intervals" not in json.loads(encode_forecast(plain, "lstm", "v1"))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "fortran", "strided", "float32", "views_of_one_array"])
+def test_interval_and_forecast_numbers_do_not_depend_on_the_arrays_layout(layout: str) -> None:
+    """encode_forecast hands contiguous float64 arrays to orjson as they are and lists otherwise: same digits."""
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=6) * 1000.0
+    bounds = rng.normal(size=(2, 2, 6)) * 1000.0
+    bounds[0, 1, 2] = np.nan  # a numerical failure is written as null either way
+    reference = Forecast("s", 1388536200.0, values.tolist(), values, 1800.0, 9, (0.8, 0.95), bounds[0], bounds[1])
+    if layout == "fortran":
+        lower, upper, shown = np.asfortranarray(bounds[0]), np.asfortranarray(bounds[1]), values
+    elif layout == "strided":
+        wide = np.repeat(bounds, 2, axis=-1)
+        lower, upper, shown = wide[0][:, ::2], wide[1][:, ::2], np.repeat(values, 2)[::2]
+    elif layout == "float32":
+        lower, upper, shown = bounds[0].astype(np.float32), bounds[1].astype(np.float32), values.astype(np.float32)
+    elif layout == "views_of_one_array":
+        lower, upper, shown = bounds.copy()[0], bounds.copy()[1], values
+    else:
+        lower, upper, shown = bounds[0].copy(), bounds[1].copy(), values
+    forecast = Forecast("s", 1388536200.0, shown, values, 1800.0, 9, (0.8, 0.95), lower, upper)
+    doc = json.loads(encode_forecast(forecast, "lstm", "v1"))
+    # float32 arrays are written as the float64 values they hold (not float32's shortest digits).
+    assert doc["forecast"] == np.asarray(shown, dtype=np.float64).tolist()
+    for j, key in enumerate(("0.8", "0.95")):
+        for name, array in (("lower", lower), ("upper", upper)):
+            expected = [None if np.isnan(x) else x for x in np.asarray(array, dtype=np.float64)[j].tolist()]
+            assert doc["intervals"][key][name] == expected
+    if layout in ("fortran", "strided", "views_of_one_array"):
+        assert encode_forecast(forecast, "lstm", "v1") == encode_forecast(reference, "lstm", "v1")

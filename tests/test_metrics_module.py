@@ -160,6 +160,7 @@ def test_http_server_serves_parseable_text_on_an_ephemeral_port(jm):
     jm.set_model("lstm64", "v1")
     jm.set_partition(0, 10, 4)
     jm.set_skill("le_q", 1.1)
+    jm.set_interval("le_q", "0.8", 0.79, 1.25)
     with m.start_metrics_server(jm, host="127.0.0.1", port=0) as server:
         assert server.port > 0
         assert server.url == f"http://127.0.0.1:{server.port}/metrics"
@@ -214,3 +215,12 @@ def test_bulk_latency_observations_equal_one_observe_each() -> None:
     total = ("rnncast_forecast_latency_seconds_sum", ())
     assert got.pop(total) == pytest.approx(expected.pop(total), rel=1e-12)
     assert got == expected and expected[("rnncast_forecast_latency_seconds_count", ())] == len(values)
+
+
+def test_interval_gauges_carry_band_level_and_the_nominal_level(jm):
+    jm.set_interval("le_half", "0.95", 0.93, 2.5)
+    assert value(jm, "rnncast_interval_coverage", horizon="le_half", level="0.95") == 0.93
+    assert value(jm, "rnncast_interval_width", horizon="le_half", level="0.95") == 2.5
+    assert value(jm, "rnncast_interval_nominal", level="0.95") == 0.95
+    with pytest.raises(ValueError, match="unknown horizon band"):
+        jm.set_interval("le_2", "0.95", 0.9, 1.0)

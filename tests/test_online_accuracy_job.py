@@ -7,7 +7,8 @@ published). Offline, each stream goes through :func:`models.evaluation.run_engin
 ``rnncast evaluate``. The job's ``rnncast_forecast_abs_error`` is in each stream's scaled units, so the
 offline side divides each stream's absolute errors by that stream's scale: per horizon band the counts
 must be equal and the sums agree to 1e-6 (relative), for the model and for persistence. The skill gauges
-must equal a tracker fed the same readings in the same order.
+must equal a tracker fed the same readings in the same order, and so must the interval coverage and
+width gauges (the tracker's interval scoring equals ``score_series``': tests/test_intervals.py).
 """
 
 from __future__ import annotations
@@ -74,15 +75,20 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
                 expected[band, forecaster][1] += float(sums[h_ - 1]) / scale
 
     # The skill gauges: a tracker fed as the job feeds it (state after each applied reading, in order).
-    tracker = AccuracyTracker(horizon, step)
+    assert engine.intervals is not None  # trained with the default --interval-levels
+    tracker = AccuracyTracker(horizon, step, levels=engine.intervals.levels)
     states: dict = {}
     for r in readings:
         result = engine.step(states.get(r.stream_id), Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns)))
         states[r.stream_id] = state = result.state
         if not state.warming_up:
+            forecast = result.forecast
             tracker.observe(r.stream_id, r.timestamp, r.value, state.value_mean, state.value_scale,
-                            None if result.forecast is None else result.forecast.scaled)
+                            None if forecast is None else forecast.scaled,
+                            None if forecast is None else forecast.lower, None if forecast is None else forecast.upper)
     expected_skill = tracker.skill()
+    expected_coverage, expected_width = tracker.coverage(), tracker.width()
+    assert set(expected_coverage) == set(HORIZON_BANDS)
 
     suffix = uuid.uuid4().hex[:8]
     topics = dict(input_topic=f"readings-{suffix}", output_topic=f"forecasts-{suffix}", dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}")
@@ -118,8 +124,15 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
         for band, skill in expected_skill.items():
             got = h.metric(samples, "rnncast_model_skill", horizon=band)
             assert got == pytest.approx(skill, rel=1e-9), (band, got, skill)
+        for band, levels in expected_coverage.items():
+            for level, coverage in levels.items():
+                got = h.metric(samples, "rnncast_interval_coverage", horizon=band, level=level)
+                assert got == pytest.approx(coverage, rel=1e-9), (band, level, got, coverage)
+                got = h.metric(samples, "rnncast_interval_width", horizon=band, level=level)
+                assert got == pytest.approx(expected_width[band][level], rel=1e-9), (band, level, got)
+                assert h.metric(samples, "rnncast_interval_nominal", level=level) == float(level)
         record_property("accuracy_agreement", {"points": total, "worst_relative_diff": worst, "mae_scaled": measured,
-                                               "skill": expected_skill})
+                                               "skill": expected_skill, "interval_coverage": expected_coverage})
         print(f"scored points {total}; worst relative difference {worst:.2e}; per band (MAE scaled, rel diff): {measured}")
         assert job.stop() == 0
     finally:

@@ -43,3 +43,23 @@ def test_plot_without_test_from_and_all_nan_forecasts(tmp_path):
     plot_evaluation(out, stream_id="s", timestamps=t, values=y, forecasts=np.full_like(fc, np.nan),
                     step_seconds=step, report=combine_scores([], 3, 48))
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_with_intervals_adds_a_fan_chart_panel(tmp_path):
+    import struct
+
+    t, y, fc, step, test_from, _ = _synthetic()
+    lower = np.stack([fc - 0.5, fc - 1.0], axis=1)  # [n, L, H]
+    upper = np.stack([fc + 0.5, fc + 1.0], axis=1)
+    score = score_series(t, y, fc, step, 48, test_from, (0.8, 0.95), lower, upper)
+    report = combine_scores([score], fc.shape[1], 48)
+    assert report["summary"]["interval_coverage"] == {"0.8": 1.0, "0.95": 1.0}  # the forecasts are 0.2 off
+    heights = []
+    for name, bounds in (("plain.png", {}), ("fan.png", dict(lower=lower, upper=upper, interval_levels=(0.8, 0.95)))):
+        out = tmp_path / name
+        plot_evaluation(out, stream_id="s", timestamps=t, values=y, forecasts=fc, step_seconds=step, report=report,
+                        test_from=test_from, **bounds)
+        data = out.read_bytes()
+        assert data[:8] == PNG_MAGIC
+        heights.append(struct.unpack(">I", data[20:24])[0])  # IHDR height
+    assert heights[1] > heights[0]  # the third panel

@@ -373,3 +373,70 @@ def test_parsers_accept_the_wire_formats_and_reject_the_rest() -> None:
                    {"timestamp": "soon"}, {"forecast": [1.0, 10**400]}, {"forecast": [1.0, True]}):
         with pytest.raises(ValueError):
             parse_forecast_record(json.dumps({**good, **change}).encode())
+
+
+def test_forecasts_with_intervals_are_scored_for_coverage_width_and_winkler() -> None:
+    acc = ReportAccumulator("a", last=20)
+    for k in range(30):
+        acc.add_reading("a", _t(k), float(k))
+    for k in range(5, 30):
+        doc = _forecast_doc("a", k, [k + h + 0.5 for h in range(1, H + 1)])
+        values = doc["forecast"]
+        doc["intervals"] = {
+            "0.8": {"lower": [v - 1.0 for v in values], "upper": [v + 1.0 for v in values]},  # holds the actual
+            "0.95": {"lower": [v - 0.25 for v in values], "upper": [v + 0.25 for v in values]},  # 0.25 above it
+        }
+        acc.add_forecast(parse_forecast_record(json.dumps(doc).encode()))
+    acc.readings_done()
+    result = acc.result()
+    summary = result.summary()
+    assert summary["interval_coverage"] == {"0.8": 1.0, "0.95": 0.0}
+    assert summary["intervals"]["0.8"]["width"] == [2.0] * H and summary["intervals"]["0.8"]["winkler"] == [2.0] * H
+    assert summary["intervals"]["0.95"]["winkler"] == pytest.approx([0.5 + (2 / 0.05) * 0.25] * H)
+    assert summary["intervals"]["0.95"]["points"] == [30 - 5 - h for h in range(1, H + 1)]
+    from pipeline.report import format_summary
+
+    text = format_summary(result)
+    assert "interval coverage (mean over horizons): 0.8: 1.000, 0.95: 0.000" in text
+
+
+def test_malformed_intervals_make_the_forecast_unparsed() -> None:
+    doc = _forecast_doc("a", 5, [1.0] * H)
+    for bad, message in (
+        ([], "must be an object"),
+        ({"x": {}}, "not a number"),
+        ({"0.8": {"lower": [1.0] * H}}, "upper must be"),
+        ({"0.8": {"lower": [1.0], "upper": [1.0] * H}}, "lower must be"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_forecast_record(json.dumps({**doc, "intervals": bad}).encode())
+    assert parse_forecast_record(json.dumps(doc).encode()).intervals is None
+
+
+def test_report_reads_interval_coverage_from_the_topics(
+    kafka_settings: KafkaSettings, unique_topic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Forecasts with intervals on a real broker: ``rnncast report --json`` gives their coverage and scores."""
+    readings_topic, forecasts_topic = unique_topic("readings"), unique_topic("forecasts")
+    ensure_topics(kafka_settings, {readings_topic: 2, forecasts_topic: 2})
+    assert publish_readings(kafka_settings, readings_topic, [Reading("a", _t(k), float(k)) for k in range(60)]).published == 60
+    docs = []
+    for k in range(10, 60):
+        doc = _forecast_doc("a", k, [k + h + 0.5 for h in range(1, H + 1)])  # 0.5 above the actual
+        # The 0.8 interval holds the actual at even origins only; the 0.95 one always.
+        half = 1.0 if k % 2 == 0 else 0.25
+        doc["intervals"] = {
+            "0.8": {"lower": [v - half for v in doc["forecast"]], "upper": [v + half for v in doc["forecast"]]},
+            "0.95": {"lower": [v - 2.0 for v in doc["forecast"]], "upper": [v + 2.0 for v in doc["forecast"]]},
+        }
+        docs.append(("a", json.dumps(doc).encode()))
+    _send(kafka_settings, forecasts_topic, docs)
+    doc = _run_json(capsys, ["--bootstrap", kafka_settings.bootstrap, "--readings-topic", readings_topic,
+                             "--forecasts-topic", forecasts_topic, "--out", str(tmp_path / "r.png")])
+    # Origins 10..59-h are scored at step h: 50 - h of them, even ones first (10, 12, ...).
+    expected_08 = [sum(1 for k in range(10, 60 - h) if k % 2 == 0) / (50 - h) for h in range(1, H + 1)]
+    assert doc["intervals"]["0.8"]["coverage"] == pytest.approx(expected_08)
+    assert doc["interval_coverage"] == pytest.approx({"0.8": sum(expected_08) / H, "0.95": 1.0})
+    assert doc["intervals"]["0.95"]["width"] == pytest.approx([4.0] * H)
+    assert doc["intervals"]["0.95"]["winkler"] == pytest.approx([4.0] * H)
+    assert doc["intervals"]["0.8"]["points"] == [50 - h for h in range(1, H + 1)]

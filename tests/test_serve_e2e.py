@@ -106,6 +106,10 @@ def test_serve_end_to_end(broker, artifact: Path, tmp_path: Path) -> None:
         result = h.compare(forecasts, reference)
         assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
         assert result["max_diff"] <= 1e-6, result
+        # The trained artifact has prediction intervals (train's default levels): every forecast carries them,
+        # so max_diff above compared them too.
+        assert served.intervals is not None and served.intervals.levels == (0.8, 0.95)
+        assert all(set(doc["intervals"]) == {"0.8", "0.95"} for doc in forecasts)
 
         # Fields and timestamps of every forecast.
         for doc in forecasts:

@@ -1,9 +1,6 @@
 import dataclasses
 import struct
 
-import dataclasses
-import struct
-
 import numpy as np
 import pytest
 
@@ -45,7 +42,9 @@ def test_default_lstm_state_fits_in_two_kilobytes():
         (lambda b: b[:10], "shorter than"),
         (lambda b: b"XXXX" + b[4:], "bad magic"),
         (lambda b: b[:4] + (STATE_FORMAT_VERSION + 1).to_bytes(2, "little") + b[6:], "not supported"),
-        (lambda b: b + b"\0" * 8, "header says"),
+        (lambda b: b + b"\0" * 8, "unknown part"),
+        (lambda b: b + b"ACI1", "stray bytes"),
+        (lambda b: b + b"ACI1\x02\0\0\0" + b"\0" * 8, "needs 16 bytes"),
     ],
 )
 def test_corrupt_bytes_are_refused(mutate, message):
@@ -110,3 +109,53 @@ def test_with_source_equals_dataclasses_replace() -> None:
     assert state.source_offset != 7 and stamped.ring is state.ring  # a new value; the arrays are shared, as replace does
     with pytest.raises(dataclasses.FrozenInstanceError):
         stamped.source_offset = 8  # type: ignore[misc]
+
+
+def test_the_interval_part_round_trips_exactly_and_format_2_states_still_decode():
+    import struct
+
+    state = StreamState(**{**sample_state().__dict__, "interval_state": np.array([0.125, -1.0 / 3.0])})
+    data = encode_state(state)
+    back = decode_state(data)
+    np.testing.assert_array_equal(back.interval_state, state.interval_state)
+    assert back == state and encode_state(back) == data
+    assert len(data) == len(encode_state(sample_state())) + 8 + 16  # tag, count, two float64
+    # A state written before intervals existed (format 2: the same header, nothing after the cell state).
+    old = sample_state()
+    header = struct.Struct("<4sHqddddHHIqqQ").pack(
+        b"RNCS", 2, old.readings_seen, old.last_timestamp, old.value_mean, old.value_scale, old.one_step_forecast,
+        old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset, 7,
+    )
+    back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
+    assert back.model_key == 7 and back.interval_state.size == 0
+    with pytest.raises(StateDecodeError, match="header says"):
+        decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes() + b"ACI1")
+
+
+def test_an_interval_part_may_not_repeat():
+    state = StreamState(**{**sample_state().__dict__, "interval_state": np.array([0.5])})
+    data = encode_state(state)
+    with pytest.raises(StateDecodeError, match="twice"):
+        decode_state(data + data[-16:])
+
+
+def test_format_4_carries_the_level_and_the_interval_part_together():
+    state = StreamState(**{**sample_state().__dict__, "level": -0.375, "interval_state": np.array([0.25, np.nan, 1.5])})
+    data = encode_state(state)
+    assert struct.unpack_from("<H", data, 4)[0] == STATE_FORMAT_VERSION == 4
+    back = decode_state(data)
+    assert back.level == -0.375 and back == state and encode_state(back) == data
+    np.testing.assert_array_equal(back.interval_state, state.interval_state)
+    assert len(data) == len(encode_state(dataclasses.replace(state, interval_state=np.zeros(0)))) + 8 + 3 * 8
+
+
+def test_the_unreleased_format_3_layouts_are_refused():
+    """Both development layouts numbered 3 (level in the header; ACI1 part after a format-2 header)."""
+    state = StreamState(**{**sample_state().__dict__, "interval_state": np.array([0.5])})
+    with_level = bytearray(encode_state(dataclasses.replace(state, interval_state=np.zeros(0))))
+    with_level[4:6] = struct.pack("<H", 3)
+    with_part = bytearray(_format_2_bytes(state) + b"ACI1" + struct.pack("<I", 1) + struct.pack("<d", 0.5))
+    with_part[4:6] = struct.pack("<H", 3)
+    for data in (with_level, with_part):
+        with pytest.raises(StateDecodeError, match="format 3 is not supported.*unreleased"):
+            decode_state(bytes(data))

@@ -209,3 +209,28 @@ def test_evaluate_scores_a_statistical_peer_on_the_same_origins(artifact_dir, el
     # the text report names the peer beside the table
     assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--peer", "holt_winters", "--peer-origins", "2"]) == 0
     assert "strong peer holt_winters (statsforecast" in capsys.readouterr().out
+
+
+def test_interval_calibration_uses_the_served_smoothed_model(artifact_dir, elec_30_days_csv):
+    """The manifest's conformal offsets are the quantiles of the errors of the engine the artifact serves
+    (its smoothing included), not of the seasonal-naive base the network was built around."""
+    import dataclasses
+
+    from models.engine import Engine
+    from models.evaluation import calibrate_intervals
+
+    artifact = load_artifact(artifact_dir)
+    manifest = artifact.manifest
+    assert not artifact.smoothing.is_seasonal_naive  # the fixture's model smooths
+    dataset = load_csv(elec_30_days_csv)
+    block = manifest["intervals"]
+    levels = tuple(sorted(float(k) for k in block["levels"]))
+    split = (manifest["training"]["validation_from"], manifest["training"]["test_from"])
+
+    def offsets(engine):
+        spec, counts = calibrate_intervals(engine, dataset, *split, levels, block["gamma"])
+        return spec.to_json(counts)
+
+    assert offsets(artifact.engine()) == block
+    naive = dataclasses.replace(artifact.engine_config(), smoothing=None)
+    assert offsets(Engine(artifact.weights, artifact.features, naive))["levels"] != block["levels"]
