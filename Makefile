@@ -14,7 +14,7 @@ PY := .venv/bin/python
 DATA := data/elecdemand.csv
 ARTIFACT := artifacts/default
 
-.PHONY: venv sysdeps kafka flink test run bench compare lint clean distclean
+.PHONY: venv sysdeps kafka flink test run bench compare accuracy lint clean distclean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -46,6 +46,11 @@ bench: venv
 # Train and score every recurrent variant on the bundled data (table in benchmarks/results/compare.md).
 compare: venv
 	$(PY) scripts/compare_variants.py
+
+# rnncast against statsforecast's MSTL/AutoETS/Holt-Winters on the test sets of data/ (3 seeds each;
+# tens of minutes on 2 cores). Table in benchmarks/results/accuracy.md and the README.
+accuracy: venv
+	$(PY) -m benchmarks.accuracy
 
 lint: venv
 	$(PY) -m compileall -q models pipeline tests >/dev/null

@@ -46,6 +46,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.features import FeatureSpec, input_matrix
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
+from models.smoothing import Smoothing, SmoothingKernel
 from pipeline.messages import (
     Outcome,
     OutcomeBatch,
@@ -86,38 +87,40 @@ def append_reading(window: np.ndarray | None, reading: Reading, length: int) -> 
 
 
 def window_inputs(
-    spec: FeatureSpec, season: int, horizon: int, windows: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    spec: FeatureSpec, smoothing: Smoothing, horizon: int, windows: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs for equally long windows, exactly as training builds them.
 
     Args:
         spec: The artifact's feature spec.
-        season: S.
+        smoothing: The artifact's smoothing (its warm-up W is the window's first W readings).
         horizon: H.
-        windows: B arrays ``[n, 2 + k]`` (timestamp, value, covariates), the same n > S.
+        windows: B arrays ``[n, 2 + k]`` (timestamp, value, covariates), the same n > W.
 
     Returns:
-        ``(features [B, n-S, F] float32, base [B, n-S, H] float32, mean [B], scale [B])``.
+        ``(features [B, n-W, F] float32, base [B, n-W, H] float32, mean [B], scale [B], level [B])``,
+        the level at the last row (the model's output is relative to it).
     """
     stacked = np.stack(windows)  # [B, n, 2+k]
     batch, n, _ = stacked.shape
-    if n <= season:
-        raise ValueError(f"a window needs more than {season} readings, got {n}")
+    warmup = smoothing.warmup
+    if n <= warmup:
+        raise ValueError(f"a window needs more than {warmup} readings, got {n}")
     timestamps, values, covariates = stacked[:, :, 0], stacked[:, :, 1], stacked[:, :, 2:]
-    params = np.array([fit_stream_value_scaler(v[:season]) for v in values])  # [B, 2]
+    params = np.array([fit_stream_value_scaler(v[:warmup]) for v in values])  # [B, 2]
     mean, scale = params[:, 0], params[:, 1]
     scaled = (values - mean[:, None]) / scale[:, None]
-    rows = np.arange(season, n)
+    levels, base, errors = SmoothingKernel(smoothing, horizon).run(scaled)  # every window at once
+    rows = np.arange(warmup, n)
     steps = len(rows)
     features = input_matrix(
         spec,
-        scaled[:, rows].reshape(-1),
+        (scaled[:, rows] - levels).reshape(-1),
         covariates[:, rows, :].reshape(batch * steps, -1),
         timestamps[:, rows].reshape(-1),
+        errors.reshape(-1),
     ).reshape(batch, steps, -1)
-    h = np.arange(1, horizon + 1)
-    base = scaled[:, rows[:, None] - season + 1 + ((h - 1) % season)[None, :]]
-    return features.astype(np.float32), base.astype(np.float32), mean, scale
+    return features.astype(np.float32), base.astype(np.float32), mean, scale, levels[:, -1]
 
 
 @dataclass
@@ -127,7 +130,7 @@ class WindowModel:
     Attributes:
         model: The Keras model (``features [B,T,F]``, ``base [B,T,H]`` -> ``[B,T,H]``).
         spec: Feature spec of the artifact.
-        season: S.
+        smoothing: The artifact's smoothing (level and cycles).
         horizon: H.
         step_seconds: Sampling step.
         compiled: For batches: a ``tf.function`` with a fixed input signature
@@ -136,7 +139,7 @@ class WindowModel:
 
     model: object
     spec: FeatureSpec
-    season: int
+    smoothing: Smoothing
     horizon: int
     step_seconds: float
     compiled: object | None = None
@@ -153,13 +156,13 @@ class WindowModel:
             features = tf.TensorSpec([None, None, artifact.features.size], tf.float32)
             base = tf.TensorSpec([None, None, artifact.horizon], tf.float32)
             compiled = tf.function(lambda f, b: model([f, b], training=False), input_signature=[features, base])
-        return cls(model, artifact.features, artifact.season, artifact.horizon, artifact.step_seconds, compiled)
+        return cls(model, artifact.features, artifact.smoothing, artifact.horizon, artifact.step_seconds, compiled)
 
     def forecast_one(self, stream_id: str, window: np.ndarray, readings_seen: int) -> Forecast:
         """One direct Keras call ``model(inputs, training=False)`` for one window."""
-        features, base, mean, scale = window_inputs(self.spec, self.season, self.horizon, [window])
+        features, base, mean, scale, level = window_inputs(self.spec, self.smoothing, self.horizon, [window])
         out = np.asarray(self.model([features, base], training=False))
-        return self._forecast(stream_id, window, out[0, -1].astype(np.float64), mean[0], scale[0], readings_seen)
+        return self._forecast(stream_id, window, out[0, -1].astype(np.float64) + level[0], mean[0], scale[0], readings_seen)
 
     def forecast_batch(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[Forecast]:
         """Forecasts for many windows: windows of equal length share one model call."""
@@ -168,14 +171,14 @@ class WindowModel:
             by_length.setdefault(len(window), []).append(i)
         results: list[Forecast | None] = [None] * len(items)
         for indices in by_length.values():
-            features, base, mean, scale = window_inputs(
-                self.spec, self.season, self.horizon, [items[i][1] for i in indices]
+            features, base, mean, scale, level = window_inputs(
+                self.spec, self.smoothing, self.horizon, [items[i][1] for i in indices]
             )
             call = self.compiled if self.compiled is not None else (lambda f, b: self.model([f, b], training=False))
             out = np.asarray(call(features, base))[:, -1, :].astype(np.float64)
             for j, i in enumerate(indices):
                 stream_id, window, seen = items[i]
-                results[i] = self._forecast(stream_id, window, out[j], mean[j], scale[j], seen)
+                results[i] = self._forecast(stream_id, window, out[j] + level[j], mean[j], scale[j], seen)
         return results  # type: ignore[return-value]
 
     def _forecast(self, stream_id: str, window: np.ndarray, scaled: np.ndarray, mean: float, scale: float, seen: int) -> Forecast:
@@ -263,7 +266,7 @@ class NaiveWindowDoFn(beam.DoFn):
 
         artifact = load_artifact(self._artifact)
         self._model = WindowModel.from_artifact(artifact) if self._mode == "per_reading" else None
-        self._season = artifact.season
+        self._season = artifact.smoothing.warmup
         self._name, self._version = artifact.cell, artifact.version
         self._store = ShardStore(encode_window_snapshot, decode_window)
         self._covariates = self._decoded if self._decoded is not None else artifact.features.covariate_names

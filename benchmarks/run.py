@@ -1180,7 +1180,8 @@ def ensure_artifact(artifact: Path, data: Path) -> None:
     if (artifact / "manifest.json").is_file():
         return
     log(f"training {artifact} (about a minute)")
-    subprocess.run([PY, "-m", "pipeline.cli", "train", "--data", str(data), "--out", str(artifact)], cwd=ROOT, check=True)
+    # One daily cycle: the naive peers re-read a 96-reading window, which must cover the warm-up.
+    subprocess.run([PY, "-m", "pipeline.cli", "train", "--data", str(data), "--out", str(artifact), "--season", "48"], cwd=ROOT, check=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

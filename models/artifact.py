@@ -21,6 +21,7 @@ from models.engine import Engine, EngineConfig
 from models.features import FeatureSpec
 from models.intervals import IntervalSpec
 from models.networks import NETWORK_TYPES, Network, network_from_arrays
+from models.smoothing import Smoothing
 
 ARTIFACT_FORMAT = "rnncast-artifact"
 ARTIFACT_FORMAT_VERSION = 1
@@ -62,6 +63,13 @@ class Artifact:
     def step_seconds(self) -> float:
         return float(self.manifest["step_seconds"])
 
+    @property
+    def smoothing(self) -> Smoothing:
+        """The level and cycles the network corrects (the seasonal naive for artifacts made before smoothing)."""
+        if "smoothing" in self.manifest:
+            return Smoothing.from_json(self.manifest["smoothing"])
+        return Smoothing.seasonal_naive(self.season)
+
     def engine_config(self, min_history: int | None = None, max_gap: int | None = None) -> EngineConfig:
         serving = self.manifest["serving"]
         return EngineConfig(
@@ -69,6 +77,7 @@ class Artifact:
             step_seconds=self.step_seconds,
             min_history=int(min_history if min_history is not None else serving["min_history"]),
             max_gap=int(max_gap if max_gap is not None else serving["max_gap"]),
+            smoothing=self.smoothing,
         )
 
     def engine(self, min_history: int | None = None, max_gap: int | None = None) -> Engine:

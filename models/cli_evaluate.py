@@ -23,6 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--test-from", help="score forecasts issued at or after this time (RFC 3339 or epoch seconds)")
     parser.add_argument("--engine", choices=("numpy", "keras"), default="numpy", help="numpy (what serving runs) or keras (reference, slow)")
     parser.add_argument("--season", type=int, help="season for the seasonal naive baseline (default: the artifact's)")
+    parser.add_argument(
+        "--peer",
+        choices=("none", "mstl", "auto_ets", "holt_winters"),
+        default="none",
+        help="also score a statistical forecaster of statsforecast (an optional extra: pip install -r "
+        "requirements-accuracy.txt) on the same origins: mstl (the model's cycles), auto_ets or holt_winters. It is "
+        "fitted on the data before the test part and applied at each origin to the history up to it; MSTL costs "
+        "seconds per origin, hence --peer-origins (default: none)",
+    )
+    parser.add_argument("--peer-origins", type=int, default=30, help="origins per stream the peer is scored on, every k-th of the test part (default: 30)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="write forecast-vs-actual and MAE-per-horizon plots, and a fan chart of the prediction intervals when the artifact has them")
     parser.add_argument("--plot-stream", help="stream to plot (default: the first)")
@@ -72,6 +82,17 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     report["engine"] = args.engine
     report["model_version"] = artifact.version
+    if args.peer != "none":
+        from models.peers import PeersUnavailable, peer_report
+
+        if args.peer_origins < 1:
+            raise UsageError("--peer-origins must be at least 1")
+        try:
+            report["peer"] = peer_report(
+                streams, args.peer, artifact.smoothing.seasons, artifact.horizon, season, args.peer_origins
+            )
+        except PeersUnavailable as err:
+            raise UsageError(f"--peer {args.peer}: {err}") from None
     if args.plot:
         from models.plots import plot_evaluation
 
@@ -96,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"model {artifact.cell} {artifact.version} on {args.data} ({args.engine} engine)")
         print(format_report(report))
+        if "peer" in report:
+            from models.peers import format_peer_report
+
+            print()
+            print(format_peer_report(report["peer"]))
+        else:
+            print("(a strong statistical peer on the same origins: --peer mstl)")
         if args.plot:
             print(f"plot written to {args.plot}")
     return 0

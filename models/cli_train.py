@@ -39,7 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, help="birnn: inputs the backward pass re-reads at each reading, L (default: one season, at most 96)")
     parser.add_argument("--backward-units", type=int, help="birnn: units of the backward stack (default: --units / 2)")
     parser.add_argument("--horizon", type=int, help="forecast steps H (default: one season)")
-    parser.add_argument("--season", type=int, help="season S in steps (default: a day of steps for sub-daily data, 7 for daily)")
+    parser.add_argument(
+        "--season",
+        type=_seasons,
+        help="seasonal cycle(s) in steps, comma-separated, e.g. 48,336 for a day and a week of half-hours; each must divide "
+        "the longest, the first is the seasonal naive's (default: sub-daily data a day and, with 4 weeks of training "
+        "history, a week; daily data 7, and 364 with 3 years)",
+    )
+    parser.add_argument(
+        "--no-smoothing",
+        action="store_true",
+        help="correct the seasonal naive forecast around a level frozen at the warm-up (the model before smoothing) "
+        "instead of per-stream exponential smoothing of level and cycles",
+    )
     parser.add_argument("--step", type=float, help="sampling step in seconds (default: inferred per stream)")
     parser.add_argument("--layers", type=int, default=1, help="stacked recurrent layers, 1-3 (default: 1)")
     parser.add_argument("--units", type=int, default=64, help="units per recurrent layer (default: 64)")
@@ -103,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         covariates=tuple(args.covariates) if args.covariates is not None else None,
         calendar=not args.no_calendar,
+        smoothing=not args.no_smoothing,
         seed=args.seed,
         max_gap=args.max_gap,
         encoder_cell=args.encoder_cell,
@@ -146,6 +159,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seasons(text: str) -> tuple[int, ...]:
+    try:
+        seasons = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers of steps") from None
+    if any(s < 1 for s in seasons):
+        raise argparse.ArgumentTypeError(f"{text!r}: every season must be at least 1 step")
+    return seasons
+
+
 _VARIANT_FLAGS = {
     "decoder_units": ("--decoder-units", ("seq2seq",)),
     "attention_window": ("--attention-window", ("attention",)),
@@ -182,23 +205,31 @@ def _interval_levels(args: argparse.Namespace, error: type[Exception]) -> tuple[
 
 
 def _calibrate(result, dataset, levels: tuple[float, ...], gamma: float | None) -> dict | None:
-    """The manifest's ``intervals`` block: offsets calibrated on the validation part by the numpy engine."""
+    """The manifest's ``intervals`` block: offsets calibrated on the validation part by the numpy engine.
+
+    The engine is the one the artifact will serve (its smoothing, min_history and max_gap), so the
+    offsets are quantiles of the errors of the forecasts the stream will actually emit.
+    """
     if not levels:
         return None
-    from models.engine import Engine, EngineConfig
+    from models.engine import Engine
     from models.evaluation import calibrate_intervals
     from models.intervals import DEFAULT_GAMMA
 
-    engine = Engine(
-        numpy_weights(result),
-        result.features,
-        EngineConfig(result.season, result.step_seconds, result.season + 1, result.config.max_gap),
-    )
+    engine = Engine(numpy_weights(result), result.features, serving_config(result))
     spec, counts = calibrate_intervals(
         engine, dataset, result.split.validation_from, result.split.test_from, levels,
         DEFAULT_GAMMA if gamma is None else gamma,
     )
     return spec.to_json(counts)
+
+
+def serving_config(result):
+    """The trained model's serving semantics, as its manifest's ``serving`` block and ``smoothing`` record them."""
+    from models.engine import EngineConfig
+
+    warmup = result.smoothing.warmup if result.smoothing else result.season
+    return EngineConfig(result.season, result.step_seconds, warmup + 1, result.config.max_gap, smoothing=result.smoothing)
 
 
 def numpy_weights(result):
@@ -220,6 +251,7 @@ def write_artifact(out: str, result, dataset, config_json: dict, intervals: dict
     created = datetime.now(timezone.utc)
     val_losses = result.history.get("val_loss", [])
     best = int(np.nanargmin(val_losses)) if val_losses else -1
+    serving = serving_config(result)
     manifest = {
         "version": f"{result.config.cell}-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
         "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -228,10 +260,11 @@ def write_artifact(out: str, result, dataset, config_json: dict, intervals: dict
         "units": result.config.units,
         "horizon": result.horizon,
         "season": result.season,
+        **({"smoothing": result.smoothing.to_json(), "smoothing_choice": result.smoothing_choice} if result.smoothing else {}),
         "step_seconds": result.step_seconds,
         "features": result.features.to_json(),
-        "value_scaling": "per stream: mean/std of the stream's first `season` readings (frozen in its state)",
-        "serving": {"min_history": result.season + 1, "max_gap": result.config.max_gap},
+        "value_scaling": "per stream: mean/std of the stream's first warm-up readings (the longest cycle; frozen in its state)",
+        "serving": {"min_history": serving.min_history, "max_gap": serving.max_gap},
         "training": {
             "config": config_json,
             "data_file": str(dataset.path),

@@ -19,6 +19,7 @@ from models.features import FeatureSpec, InputColumnsBuilder, InputRowBuilder
 from models.intervals import IntervalSpec, adapt, interval_bounds, push
 from models.reading import Forecast, Reading
 from models.scaling import fit_stream_value_scaler
+from models.smoothing import Smoothing, SmoothingKernel
 from models.state import NO_INTERVALS, StreamState, serving_state
 
 APPLIED = "applied"
@@ -36,22 +37,31 @@ class EngineConfig:
     """Serving semantics that are not weights.
 
     Attributes:
-        season: S, steps per season; the first S readings of a stream are its warm-up.
+        season: S, steps per season (the seasonal naive's); the first season of readings is the
+            warm-up unless the smoothing has a longer cycle.
         step_seconds: sampling step of the streams.
-        min_history: readings a stream needs before forecasts are emitted (at least S + 1).
+        min_history: readings a stream needs before forecasts are emitted (at least warm-up + 1).
         max_gap: gaps up to this many missing steps are imputed; longer gaps reset the stream.
+        smoothing: the level and seasonal cycles the network corrects (None: the seasonal naive
+            around a level frozen at the warm-up's mean, as models trained before smoothing).
     """
 
     season: int
     step_seconds: float
     min_history: int
     max_gap: int = 4
+    smoothing: Smoothing | None = None
+
+    @property
+    def resolved_smoothing(self) -> Smoothing:
+        return self.smoothing if self.smoothing is not None else Smoothing.seasonal_naive(self.season)
 
     def __post_init__(self) -> None:
         if self.season < 1:
             raise ValueError("season must be at least 1")
-        if self.min_history < self.season + 1:
-            raise ValueError(f"min_history must be at least season + 1 = {self.season + 1}")
+        warmup = self.resolved_smoothing.warmup
+        if self.min_history < warmup + 1:
+            raise ValueError(f"min_history must be at least the warm-up + 1 = {warmup + 1}")
         if self.max_gap < 0:
             raise ValueError("max_gap must be >= 0")
 
@@ -96,15 +106,15 @@ class Engine:
         self.features = features
         self.config = config
         self.horizon = weights.horizon
+        self.smoothing = config.resolved_smoothing
+        self._smoothing = SmoothingKernel(self.smoothing, self.horizon)
+        self.ring_size = self.smoothing.ring_size
+        self.warmup = self.smoothing.warmup
         if intervals is not None and intervals.horizon != self.horizon:
             raise ValueError(f"interval offsets cover {intervals.horizon} steps, the network forecasts {self.horizon}")
         self.intervals = intervals
         # The interval adaptation a stream starts with (and restarts with, or gets when its state has none).
         self._initial_intervals = NO_INTERVALS if intervals is None else intervals.initial_state()
-        # base[h-1] = value at t+h−S·ceil(h/S) = ring[(h−1) mod S]  (ring holds t−S+1 .. t, oldest first)
-        self._base_index = np.arange(self.horizon) % config.season
-        # H <= S (the usual case): the base is the first H ring entries, a view instead of a gather.
-        self._base_slice = slice(0, self.horizon) if self.horizon <= config.season else None
         self._input_row = InputRowBuilder(features)
         self._covariate_count = len(features.covariate_names)
         # The per-reading path works on one stream's 1-D arrays; networks without the single-stream
@@ -125,13 +135,12 @@ class Engine:
         return self.weights.skip(x[np.newaxis, :], base[np.newaxis, :])[0]
 
     def init_state(self) -> StreamState:
-        season = self.config.season
         return StreamState(
             readings_seen=0,
             last_timestamp=float("nan"),
             value_mean=float("nan"),
             value_scale=float("nan"),
-            ring=np.zeros(season),
+            ring=np.zeros(self.ring_size),
             ring_fill=0,
             cell_state=np.zeros(self.weights.state_size),
             interval_state=self._initial_intervals,
@@ -162,8 +171,8 @@ class Engine:
         interval_state = None
         if self.intervals is not None:
             mean, scale = state.value_mean, state.value_scale
-            # The warm-up's one-step forecast is the seasonal naive's, not the model's: not scored.
-            one_step = (state.one_step_forecast - mean) / scale if state.readings_seen > self.config.season else math.nan
+            # The warm-up's one-step forecast is the smoothing's alone, not the model's: not scored.
+            one_step = (state.one_step_forecast - mean) / scale if state.readings_seen > self.warmup else math.nan
             interval_state = adapt(state.interval_state, (reading.value - mean) / scale, one_step, self.intervals)
         state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, interval_state)
         forecast = None
@@ -253,7 +262,7 @@ class Engine:
         return inf. So is whatever cannot even be checked (a value that is not a number): :meth:`step`
         reports it at its index.
         """
-        season, state_size, covariate_count = self.config.season, self._state_size, self._covariate_count
+        ring_size, state_size, covariate_count = self.ring_size, self._state_size, self._covariate_count
         step_seconds = self.config.step_seconds
         interval_size = len(self._initial_intervals)
         isfinite = math.isfinite
@@ -268,8 +277,8 @@ class Engine:
                 )
                 if (
                     state.readings_seen != 0
-                    and state.ring_fill >= season
-                    and len(state.ring) == season
+                    and state.ring_fill >= ring_size
+                    and len(state.ring) == ring_size
                     and len(state.cell_state) == state_size
                     and isfinite(value)
                     and isfinite(timestamp)
@@ -302,21 +311,21 @@ class Engine:
             # value, timestamp, mean, scale, covariates...: one contiguous row each, [4 + C, n]
             columns = np.array(scalars, dtype=np.float64).T.copy()
             values, mean, scale = columns[0], columns[2], columns[3]
-            x = self._input_rows(columns).T
             flat_state = np.array([state.cell_state for state in states])
             old_rings = np.array([state.ring for state in states])
             if flat_state.dtype != np.float64 or old_rings.dtype != np.float64 or old_rings.ndim != 2:
                 return None  # states built outside the engine: step() keeps their dtype
+            old_levels = np.array([state.level for state in states], dtype=np.float64)
+            z = np.subtract(values, mean)
+            z /= scale
+            levels, rings, errors = self._smoothing.update(old_levels, old_rings, z)
+            x = self._input_rows(columns, levels, errors).T
             head, cell_states = self._step_many(x, flat_state)
-            rings = np.empty_like(old_rings)
-            rings[:, :-1] = old_rings[:, 1:]
-            rings[:, -1] = values
             mean, scale = mean[:, np.newaxis], scale[:, np.newaxis]
-            base = rings[:, self._base_slice] if self._base_slice is not None else rings[:, self._base_index]
-            base = np.subtract(base, mean)
-            base /= scale
+            base = self._smoothing.base(rings)
             scaled = np.add(base, head)
             scaled += self._skip_many(x, base)
+            scaled += levels[:, np.newaxis]
         except Exception:  # noqa: BLE001 - step() redoes these readings and reports each one's error
             return None
         original = np.multiply(scaled, scale)
@@ -324,7 +333,9 @@ class Engine:
         interval_states = bounds = None
         if self.intervals is not None:
             interval_states, bounds = self._steady_intervals(states, values, mean[:, 0], scale[:, 0], scaled)
-        return self._steady_results(states, readings, rings, cell_states, original, scaled, interval_states, bounds)
+        return self._steady_results(
+            states, readings, rings, cell_states, original, scaled, levels.tolist(), interval_states, bounds
+        )
 
     def _steady_intervals(
         self, states: Sequence[StreamState], values: np.ndarray, mean: np.ndarray, scale: np.ndarray, scaled: np.ndarray
@@ -333,9 +344,9 @@ class Engine:
         spec = self.intervals
         old = np.array([state.interval_state for state in states]).reshape(len(states), -1)
         actual = (values - mean) / scale
-        season = self.config.season
+        warmup = self.warmup
         one_step = np.array(
-            [state.one_step_forecast if state.readings_seen > season else math.nan for state in states]
+            [state.one_step_forecast if state.readings_seen > warmup else math.nan for state in states]
         )
         one_step = (one_step - mean) / scale
         interval_states = push(adapt(old, actual, one_step, spec), scaled, spec)
@@ -349,6 +360,7 @@ class Engine:
         cell_states: np.ndarray,
         original: np.ndarray,
         scaled: np.ndarray,
+        smoothed_levels: list[float],
         interval_states: np.ndarray | None = None,
         bounds: np.ndarray | None = None,
     ) -> list[StepResult]:
@@ -364,8 +376,8 @@ class Engine:
         new = _new_instance
         results = []
         append = results.append
-        for i, (state, reading, ring, cell_state, values, scaled_row, one_step) in enumerate(zip(
-            states, readings, rings, cell_states, original, scaled, original[:, 0].tolist()
+        for i, (state, reading, ring, cell_state, values, scaled_row, one_step, level) in enumerate(zip(
+            states, readings, rings, cell_states, original, scaled, original[:, 0].tolist(), smoothed_levels
         )):
             readings_seen = state.readings_seen + 1
             timestamp = reading.timestamp
@@ -378,6 +390,7 @@ class Engine:
                 state.ring_fill,
                 cell_state.copy(),
                 one_step,
+                level,
                 NO_INTERVALS if interval_states is None else interval_states[i].copy(),
             )
             forecast = None
@@ -411,17 +424,24 @@ class Engine:
         return max(int(round((timestamp - last_timestamp) / self.config.step_seconds)) - 1, 0)
 
     def _warm_up(self, state: StreamState, reading: Reading, missing: int) -> StreamState:
-        """Collect the first S values; a short gap repeats the last value (no model exists yet)."""
+        """Collect the first W values (in ``ring[:W]``); a short gap repeats the last value (no model exists yet).
+
+        After the W-th: the stream's scaler from them, and the smoothing's components (level 0).
+        """
         ring = state.ring.copy()
-        fill = state.ring_fill
-        for value in [ring[-1]] * missing + [reading.value]:
-            ring[:-1] = ring[1:]
-            ring[-1] = value
-            fill = min(fill + 1, len(ring))
+        fill, warmup = state.ring_fill, self.warmup
+        window = ring[:warmup]
+        for value in [window[-1]] * missing + [reading.value]:
+            window[:-1] = window[1:]
+            window[-1] = value
+            fill = min(fill + 1, warmup)
         mean, scale, one_step = float("nan"), float("nan"), float("nan")
-        if fill == len(ring):
-            mean, scale = fit_stream_value_scaler(ring)
-            one_step = float(ring[self._base_index[0]])  # the seasonal naive, until the model has spoken
+        if fill == warmup:
+            mean, scale = fit_stream_value_scaler(window)
+            ring = self.smoothing.initial_ring((window - mean) / scale)
+            fill = len(ring)
+            # the smoothed forecast, until the model has spoken
+            one_step = float(self._smoothing.base(ring)[0]) * scale + mean
         return StreamState(
             readings_seen=state.readings_seen + 1,
             last_timestamp=reading.timestamp,
@@ -450,17 +470,15 @@ class Engine:
         forecast made here joins its pending forecasts.
         """
         mean, scale = state.value_mean, state.value_scale
-        x = self._input_row((value - mean) / scale, covariates, timestamp)
+        # 0-d level and reading, 1-D ring: the batch recursion on one stream, arrays of its own
+        new_level, ring, new_error = self._smoothing.update(np.array(state.level), state.ring, np.array((value - mean) / scale))
+        level, error = float(new_level), float(new_error)
+        x = self._input_row((value - mean) / scale - level, covariates, timestamp, error)
         head, cell_state = self._step_one(x, state.cell_state)
-        old_ring = state.ring
-        ring = np.empty_like(old_ring)
-        ring[:-1] = old_ring[1:]
-        ring[-1] = value
-        base = ring[self._base_slice] if self._base_slice is not None else ring[self._base_index]
-        base = base - mean
-        base /= scale
+        base = self._smoothing.base(ring)
         forecast = base + head
         forecast += self._skip_one(x, base)
+        forecast += level
         if interval_state is None:
             interval_state = state.interval_state
         if self.intervals is not None:
@@ -474,6 +492,7 @@ class Engine:
             ring_fill=state.ring_fill,
             cell_state=cell_state,
             one_step_forecast=float(forecast[0]) * scale + mean,
+            level=level,
             interval_state=interval_state,
         )
         return new_state, forecast

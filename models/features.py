@@ -1,8 +1,9 @@
 """Model inputs: one definition of the feature vector, shared by training and serving.
 
-The input at time t is ``[value_scaled, covariates_scaled..., calendar...]`` where the calendar
-part is sin/cos of the time of day and of the day of week, computed in UTC from the event
-timestamp (never from the clock).
+The input at time t is ``[value_scaled, covariates_scaled..., calendar..., one_step_error]`` where
+the value is relative to the stream's smoothed level (:mod:`models.smoothing`), the calendar part is
+sin/cos of the time of day and of the day of week, computed in UTC from the event timestamp (never
+from the clock), and the last entry (models with smoothing) the smoothing's one-step error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 # 1970-01-01 was a Thursday; shifting by 3 days makes Monday 00:00 the start of the week.
 _WEEK_ORIGIN_SHIFT = 3 * SECONDS_PER_DAY
 CALENDAR_FEATURE_NAMES = ("time_of_day_sin", "time_of_day_cos", "day_of_week_sin", "day_of_week_cos")
+ERROR_FEATURE_NAME = "one_step_error"
 _TWO_PI = 2.0 * math.pi
 
 
@@ -30,11 +32,13 @@ class FeatureSpec:
     covariate_names: tuple[str, ...]
     covariate_scaler: ScalerParams
     calendar: bool = True
+    one_step_error: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
         calendar = CALENDAR_FEATURE_NAMES if self.calendar else ()
-        return ("value", *self.covariate_names, *calendar)
+        error = (ERROR_FEATURE_NAME,) if self.one_step_error else ()
+        return ("value", *self.covariate_names, *calendar, *error)
 
     @property
     def size(self) -> int:
@@ -46,6 +50,7 @@ class FeatureSpec:
             "covariates": list(self.covariate_names),
             "covariate_scaler": self.covariate_scaler.to_json(),
             "calendar": self.calendar,
+            "one_step_error": self.one_step_error,
         }
 
     @classmethod
@@ -54,6 +59,7 @@ class FeatureSpec:
             covariate_names=tuple(data["covariates"]),
             covariate_scaler=ScalerParams.from_json(data["covariate_scaler"]),
             calendar=bool(data["calendar"]),
+            one_step_error=bool(data.get("one_step_error", False)),
         )
 
 
@@ -66,19 +72,21 @@ def calendar_features(timestamps: np.ndarray) -> np.ndarray:
 
 
 def input_matrix(
-    spec: FeatureSpec, values_scaled: np.ndarray, covariates: np.ndarray, timestamps: np.ndarray
+    spec: FeatureSpec, values_scaled: np.ndarray, covariates: np.ndarray, timestamps: np.ndarray, errors: np.ndarray | None = None
 ) -> np.ndarray:
-    """Feature rows for a whole sequence: float64 [n, spec.size]."""
+    """Feature rows for a whole sequence: float64 [n, spec.size] (``errors``: the one-step errors, if the spec has them)."""
     parts = [np.asarray(values_scaled, dtype=np.float64).reshape(-1, 1)]
     if spec.covariate_names:
         parts.append(spec.covariate_scaler.transform(np.asarray(covariates, dtype=np.float64)))
     if spec.calendar:
         parts.append(calendar_features(timestamps))
+    if spec.one_step_error:
+        parts.append(np.asarray(errors, dtype=np.float64).reshape(-1, 1))
     return np.concatenate(parts, axis=1)
 
 
 def input_vector(
-    spec: FeatureSpec, value_scaled: float, covariates: np.ndarray, timestamp: float
+    spec: FeatureSpec, value_scaled: float, covariates: np.ndarray, timestamp: float, error: float = 0.0
 ) -> np.ndarray:
     """Feature row for one reading; equals one row of :func:`input_matrix`."""
     return input_matrix(
@@ -86,6 +94,7 @@ def input_vector(
         np.array([value_scaled]),
         np.asarray(covariates, dtype=np.float64).reshape(1, -1),
         np.array([timestamp], dtype=np.float64),
+        np.array([error]),
     )[0]
 
 
@@ -100,9 +109,10 @@ class InputRowBuilder:
     def __init__(self, spec: FeatureSpec):
         self.size = spec.size
         self._calendar = spec.calendar
+        self._error = spec.one_step_error
         self._covariate_scaler = tuple(zip(spec.covariate_scaler.mean, spec.covariate_scaler.scale))
 
-    def __call__(self, value_scaled: float, covariates: Sequence[float], timestamp: float) -> np.ndarray:
+    def __call__(self, value_scaled: float, covariates: Sequence[float], timestamp: float, error: float = 0.0) -> np.ndarray:
         """Feature row [spec.size] for one reading."""
         scaler = self._covariate_scaler
         if len(covariates) != len(scaler):
@@ -119,14 +129,17 @@ class InputRowBuilder:
             )
             (day_sin, week_sin), (day_cos, week_cos) = np.sin(angles).tolist(), np.cos(angles).tolist()
             row += (day_sin, day_cos, week_sin, week_cos)
+        if self._error:
+            row.append(float(error))
         return np.array(row)
 
 
 class InputColumnsBuilder:
     """:class:`InputRowBuilder` for a batch: feature rows of n readings, feature-major.
 
-    ``rows(columns [4 + C, n]) -> [F, n]``, where ``columns`` holds the values, timestamps, value
-    means, value scales and the C covariates, one row each. Each entry is the per-reading row's (and
+    ``rows(columns [4 + C, n], levels, errors) -> [F, n]``, where ``columns`` holds the values,
+    timestamps, value means, value scales and the C covariates, one row each; ``levels`` (subtracted
+    from the scaled value) and ``errors`` are the smoothing's, for models that have them. Each entry is the per-reading row's (and
     :func:`input_matrix`'s) with the same IEEE operations, one numpy call per
     feature block on contiguous rows; the constants are 0-d arrays (a Python float costs a
     conversion per call).
@@ -135,6 +148,7 @@ class InputColumnsBuilder:
     def __init__(self, spec: FeatureSpec):
         self.size = spec.size
         self.calendar = spec.calendar
+        self.error = spec.one_step_error
         self.covariate_count = count = len(spec.covariate_names)
         # [C, 1] columns: one broadcast subtraction and division for all covariates
         self.covariate_mean = np.array(spec.covariate_scaler.mean, dtype=np.float64).reshape(count, 1)
@@ -142,11 +156,15 @@ class InputColumnsBuilder:
         self.day, self.week = np.array(SECONDS_PER_DAY), np.array(SECONDS_PER_WEEK)
         self.week_shift, self.two_pi = np.array(_WEEK_ORIGIN_SHIFT), np.array(_TWO_PI)
 
-    def __call__(self, columns: np.ndarray) -> np.ndarray:
+    def __call__(self, columns: np.ndarray, levels: np.ndarray | None = None, errors: np.ndarray | None = None) -> np.ndarray:
         rows = np.empty((self.size, columns.shape[1]))
         value = rows[0]
         np.subtract(columns[0], columns[2], out=value)
         value /= columns[3]
+        if levels is not None:
+            value -= levels
+        if self.error:
+            rows[-1] = errors
         count = self.covariate_count
         if count:
             covariates = rows[1 : 1 + count]

@@ -1,9 +1,11 @@
 """Training arrays built with exactly the engine's semantics (pure numpy).
 
-A contiguous segment of a stream is served like this: its first S readings are the warm-up that
-fits the stream's value scaler; from reading S+1 on, the network steps once per reading, with the
-seasonal-naive base read from the last S values. These functions produce, for every such step,
-the input row, the base row and the target row, so Keras trains on what the engine will see.
+A contiguous segment of a stream is served like this: its first W readings are the warm-up that
+fits the stream's value scaler and the smoothing's components; from reading W+1 on, every reading
+updates the smoothing (:mod:`models.smoothing`) and steps the network once, on the value relative
+to the level, with the smoothed seasonal base. These functions produce, for every such step, the
+input row, the base row and the target row (relative to the level at the origin), so Keras trains
+on what the engine will see.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from models.features import FeatureSpec, input_matrix
 from models.scaling import fit_stream_value_scaler
+from models.smoothing import Smoothing, SmoothingKernel
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,8 @@ class SegmentArrays:
     stream_id: str
     timestamps: np.ndarray  # [m] origin of each step
     inputs: np.ndarray  # [m, F]
-    base: np.ndarray  # [m, H] scaled seasonal-naive base
-    targets: np.ndarray  # [m, H] scaled actual values, NaN where absent or masked
+    base: np.ndarray  # [m, H] the smoothed seasonal base (scaled, relative to the level)
+    targets: np.ndarray  # [m, H] scaled actual values relative to the level at the origin, NaN where absent or masked
 
 
 def contiguous_segments(stream_id: str, timestamps, values, covariates, step_seconds: float) -> list[Segment]:
@@ -50,26 +53,34 @@ def contiguous_segments(stream_id: str, timestamps, values, covariates, step_sec
 
 
 def segment_arrays(
-    segment: Segment, spec: FeatureSpec, season: int, horizon: int, targets_before: float = np.inf
+    segment: Segment,
+    spec: FeatureSpec,
+    season: int,
+    horizon: int,
+    targets_before: float = np.inf,
+    smoothing: Smoothing | None = None,
 ) -> SegmentArrays | None:
     """Rows for every recurrent step of ``segment``; ``None`` if it never gets past the warm-up.
 
+    ``smoothing`` None is the seasonal naive of ``season`` (models trained before smoothing).
     Targets at or after ``targets_before`` are NaN, so no target from a held-out part leaks in.
     """
+    smoothing = smoothing if smoothing is not None else Smoothing.seasonal_naive(season)
+    warmup = smoothing.warmup
     n = len(segment.values)
-    if n <= season:
+    if n <= warmup:
         return None
-    mean, scale = fit_stream_value_scaler(segment.values[:season])
+    mean, scale = fit_stream_value_scaler(segment.values[:warmup])
     scaled = (segment.values - mean) / scale
-    rows = np.arange(season, n)
-    inputs = input_matrix(spec, scaled[rows], segment.covariates[rows], segment.timestamps[rows])
+    levels, base, errors = SmoothingKernel(smoothing, horizon).run(scaled)
+    rows = np.arange(warmup, n)
+    inputs = input_matrix(spec, scaled[rows] - levels, segment.covariates[rows], segment.timestamps[rows], errors)
     h = np.arange(1, horizon + 1)
-    base = scaled[rows[:, None] - season + 1 + ((h - 1) % season)[None, :]]
     target_index = rows[:, None] + h[None, :]
     valid = target_index < n
     clipped = np.minimum(target_index, n - 1)
     valid &= segment.timestamps[clipped] < targets_before
-    targets = np.where(valid, scaled[clipped], np.nan)
+    targets = np.where(valid, scaled[clipped] - levels[:, None], np.nan)
     return SegmentArrays(segment.stream_id, segment.timestamps[rows], inputs, base, targets)
 
 

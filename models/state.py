@@ -5,9 +5,14 @@ per-stream scaler, array lengths, the source position of the last applied readin
 model that produced the state), then the seasonal ring buffer and the recurrent state as raw float64.
 
 Format 2 added ``model_key``; format 1 states (no key) still decode, with ``model_key = 0`` (unknown).
-Format 3 appends *parts* after the recurrent state: each a 4-byte tag, a uint32 count and that many
-float64. The one part so far is ``ACI1``, the stream's interval adaptation (:mod:`models.intervals`);
-a state without it (formats 1 and 2, or a model without intervals) decodes with none.
+Format 4 added the smoothed ``level`` to the header, keeps the ring as the smoothing's seasonal
+components in scaled units (:mod:`models.smoothing`) and appends *parts* after the recurrent state:
+each a 4-byte tag, a uint32 count and that many float64. The one part so far is ``ACI1``, the
+stream's interval adaptation (:mod:`models.intervals`); a state without it (formats 1 and 2, or a
+model without intervals) decodes with none. Formats 1 and 2 held the last S values in original
+units, which decode as the components of the seasonal-naive smoothing those models used (level 0).
+Format 3 was never released (two development branches used the number for different layouts, the
+level alone or the parts alone) and is refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 STATE_MAGIC = b"RNCS"
-STATE_FORMAT_VERSION = 3
+STATE_FORMAT_VERSION = 4
+_HEADER = struct.Struct("<4sHqddddHHIqqQd")
+_HEADER_V2 = struct.Struct("<4sHqddddHHIqqQ")
 _PART = struct.Struct("<4sI")
 INTERVAL_PART = b"ACI1"
 _KNOWN_PARTS = frozenset({INTERVAL_PART})
 NO_INTERVALS = np.zeros(0)
 NO_INTERVALS.setflags(write=False)
-_HEADER = struct.Struct("<4sHqddddHHIqqQ")
 _HEADER_V1 = struct.Struct("<4sHqddddHHIqq")
 UNKNOWN_MODEL = 0
 _new_instance = object.__new__
@@ -43,8 +49,10 @@ class StreamState:
         last_timestamp: event time of the last applied reading (epoch seconds).
         value_mean: per-stream value scaler, NaN while warming up.
         value_scale: per-stream value scaler, NaN while warming up.
-        ring: the last S values in original units, oldest first (S = season).
-        ring_fill: how many entries of ``ring`` are real (< S only while warming up).
+        ring: while warming up, the first readings in original units (at the end, oldest first);
+            then the smoothing's seasonal components of every cycle in scaled units, each cycle's
+            oldest first (S = the season: the last S values, scaled).
+        ring_fill: readings held while warming up; ``len(ring)`` once warmed up.
         cell_state: all recurrent state vectors of all layers, flattened (zeros while warming up).
         one_step_forecast: the forecast for the next step made at the last reading (original
             units, NaN while warming up); a missing next reading is imputed with it.
@@ -53,6 +61,7 @@ class StreamState:
         model_key: compatibility key (64 bits) of the model that produced ``cell_state``, so that a
             state is only ever continued by a model that can read it (0: unknown, e.g. a format-1
             state or a state built outside the job). See ``pipeline.model_watch.compatibility_key``.
+        level: the smoothed level in scaled units (0 while warming up, and for seasonal-naive models).
         interval_state: the stream's interval adaptation, log-scales and pending anchor forecasts
             (empty: no intervals; see :mod:`models.intervals`).
     """
@@ -68,6 +77,7 @@ class StreamState:
     source_partition: int = -1
     source_offset: int = -1
     model_key: int = UNKNOWN_MODEL
+    level: float = 0.0
     interval_state: np.ndarray = field(default_factory=lambda: NO_INTERVALS)
 
     @property
@@ -104,6 +114,7 @@ def serving_state(
     ring_fill: int,
     cell_state: np.ndarray,
     one_step_forecast: float,
+    level: float = 0.0,
     interval_state: np.ndarray = NO_INTERVALS,
 ) -> StreamState:
     """``StreamState(...)`` as the engine builds it once per reading (source and model key at their defaults).
@@ -125,6 +136,7 @@ def serving_state(
     fields["source_partition"] = -1
     fields["source_offset"] = -1
     fields["model_key"] = UNKNOWN_MODEL
+    fields["level"] = level
     fields["interval_state"] = interval_state
     return state
 
@@ -146,6 +158,7 @@ def encode_state(state: StreamState) -> bytes:
         state.source_partition,
         state.source_offset,
         state.model_key,
+        state.level,
     )
     parts = b""
     if len(state.interval_state):
@@ -161,34 +174,42 @@ def decode_state(data: bytes) -> StreamState:
     if magic != STATE_MAGIC:
         raise StateDecodeError("not an rnncast stream state (bad magic)")
     if version not in (1, 2, STATE_FORMAT_VERSION):
-        raise StateDecodeError(f"stream state format {version} is not supported (expected 1 to {STATE_FORMAT_VERSION})")
-    header = _HEADER_V1 if version == 1 else _HEADER
+        raise StateDecodeError(
+            f"stream state format {version} is not supported (expected 1, 2 or {STATE_FORMAT_VERSION};"
+            " format 3 was an unreleased development format)"
+        )
+    header = {1: _HEADER_V1, 2: _HEADER_V2, STATE_FORMAT_VERSION: _HEADER}[version]
     if len(data) < header.size:
         raise StateDecodeError(f"state is {len(data)} bytes, shorter than its {header.size}-byte header")
     fields = header.unpack_from(data)
     (_, _, seen, last_ts, mean, scale, one_step, ring_len, fill, cell_len, partition, offset) = fields[:12]
     model_key = fields[12] if version >= 2 else UNKNOWN_MODEL
+    level = fields[13] if version >= 4 else 0.0
     expected = header.size + 8 * (ring_len + cell_len)
     ring_end = header.size + 8 * ring_len
     interval_state = NO_INTERVALS
-    if version >= 3:
+    if version >= 4:
         parts = _decode_parts(data, expected)
         if INTERVAL_PART in parts:
             interval_state = parts[INTERVAL_PART]
     elif len(data) != expected:
         raise StateDecodeError(f"stream state is {len(data)} bytes, header says {expected}")
+    ring = np.frombuffer(data, dtype="<f8", count=ring_len, offset=header.size).astype(np.float64)
+    if version < 4 and fill >= ring_len and ring_len:
+        ring = (ring - mean) / scale  # the last S values -> the seasonal-naive smoothing's components
     return StreamState(
         readings_seen=seen,
         last_timestamp=last_ts,
         value_mean=mean,
         value_scale=scale,
-        ring=np.frombuffer(data, dtype="<f8", count=ring_len, offset=header.size).astype(np.float64),
+        ring=ring,
         ring_fill=fill,
         cell_state=np.frombuffer(data, dtype="<f8", count=cell_len, offset=ring_end).astype(np.float64),
         one_step_forecast=one_step,
         source_partition=partition,
         source_offset=offset,
         model_key=model_key,
+        level=level,
         interval_state=interval_state,
     )
 

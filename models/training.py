@@ -12,7 +12,9 @@ import numpy as np
 from models.data import Dataset
 from models.features import FeatureSpec
 from models.scaling import fit_scaler
+from models.scaling import fit_stream_value_scaler
 from models.sequences import SegmentArrays, contiguous_segments, segment_arrays, windows
+from models.smoothing import Smoothing, fit_smoothing
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,8 @@ class TrainConfig:
 
     cell: str = "lstm"
     horizon: int | None = None  # default: one season
-    season: int | None = None  # default: inferred from the step
+    season: int | tuple[int, ...] | None = None  # one or several cycles (steps); default: from the step and history
+    smoothing: bool = True  # per-stream exponential smoothing of level and cycles (False: frozen-level seasonal naive base)
     layers: int = 1
     units: int = 64
     dropout: float = 0.0
@@ -65,6 +68,8 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     variant: object | None = None  # models.keras_variants.VariantSpec for seq2seq/attention/birnn
+    smoothing: Smoothing | None = None  # None: the seasonal naive of `season`
+    smoothing_choice: dict = field(default_factory=dict)
 
 
 def default_season(step_seconds: float) -> int:
@@ -74,6 +79,22 @@ def default_season(step_seconds: float) -> int:
     if step_seconds == 86_400:
         return 7
     return 1
+
+
+def default_seasons(step_seconds: float, shortest_training_rows: int) -> tuple[int, ...]:
+    """The cycles a stream of this step most likely has, as far as the history can warm them up.
+
+    Sub-daily: a day and a week (the week only when the shortest stream's training part holds at
+    least 4 weeks: a week of warm-up, then enough windows); daily: a week and a year (the year only
+    with 3 years of training data). Otherwise :func:`default_season` alone.
+    """
+    day = default_season(step_seconds)
+    if step_seconds < 86_400 and day > 1:
+        week = 7 * day
+        return (day, week) if shortest_training_rows >= 4 * week else (day,)
+    if step_seconds == 86_400:
+        return (7, 364) if shortest_training_rows >= 3 * 364 else (7,)
+    return (day,)
 
 
 def common_step(dataset: Dataset) -> float:
@@ -108,26 +129,48 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     step = common_step(dataset)
-    season = config.season or default_season(step)
+    split = split_dataset(dataset, config.test_fraction, config.validation_fraction)
+    if config.season is None:
+        shortest = min(int(np.sum(s.timestamps < split.validation_from[sid])) for sid, s in dataset.series.items())
+        seasons = default_seasons(step, shortest)
+    else:
+        seasons = tuple(sorted({int(config.season)} if isinstance(config.season, int) else set(config.season)))
+    season = seasons[0]
     horizon = config.horizon or season
     covariate_names = dataset.covariate_names if config.covariates is None else tuple(config.covariates)
     unknown = [c for c in covariate_names if c not in dataset.covariate_names]
     if unknown:
         raise ValueError(f"unknown covariates {unknown}; the data has {list(dataset.covariate_names)}")
     columns = [dataset.covariate_names.index(c) for c in covariate_names]
-    split = split_dataset(dataset, config.test_fraction, config.validation_fraction)
 
     train_covariates = [
         s.covariates[s.timestamps < split.validation_from[sid]][:, columns] for sid, s in dataset.series.items()
     ]
-    spec = FeatureSpec(covariate_names, fit_scaler(np.concatenate(train_covariates)), config.calendar)
+    spec = FeatureSpec(covariate_names, fit_scaler(np.concatenate(train_covariates)), config.calendar, one_step_error=config.smoothing)
 
+    segments = [
+        (sid, segment)
+        for sid, series in dataset.series.items()
+        for segment in contiguous_segments(sid, series.timestamps, series.values, series.covariates[:, columns], step)
+    ]
+    smoothing, smoothing_choice = None, {}
+    if config.smoothing:
+        try:
+            smoothing = Smoothing(seasons, 0.0, tuple(1.0 for _ in seasons))
+        except ValueError as err:
+            raise ValueError(f"--season {','.join(map(str, seasons))}: {err}") from None
+        smoothing, smoothing_choice = fit_smoothing(
+            [_scaled_training_part(seg, smoothing.warmup, split.validation_from[sid]) for sid, seg in segments],
+            seasons,
+            horizon,
+        )
+    elif len(seasons) > 1:
+        raise ValueError("several seasonal cycles need smoothing (the seasonal naive base has one)")
     arrays: list[SegmentArrays] = []
-    for sid, series in dataset.series.items():
-        for segment in contiguous_segments(sid, series.timestamps, series.values, series.covariates[:, columns], step):
-            seg = segment_arrays(segment, spec, season, horizon, targets_before=split.test_from[sid])
-            if seg is not None:
-                arrays.append(seg)
+    for sid, segment in segments:
+        seg = segment_arrays(segment, spec, season, horizon, targets_before=split.test_from[sid], smoothing=smoothing)
+        if seg is not None:
+            arrays.append(seg)
     variant = _variant_spec(config, season, step, spec.calendar)
     length, warmup = window_shape(season)
     if variant is not None and variant.context > warmup:
@@ -138,9 +181,13 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     while math.gcd(stride, every) != 1:  # window starts cycle through every phase of the scored origins
         stride += 1
     train_sets = [_restrict(a, -np.inf, split.validation_from[a.stream_id]) for a in arrays]
-    x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
-    val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
-    vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
+    stream_warmup = smoothing.warmup if smoothing is not None else season
+    try:
+        x, b, y = windows(train_sets, length=length, warmup=warmup, stride=stride)
+        val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
+        vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
+    except ValueError as err:
+        raise ValueError(why_no_windows(dataset, [seg for _, seg in segments], step, stream_warmup, horizon, str(err))) from None
 
     x, b, y = _at_least_batches(x, b, y, config.batch_size, _MIN_BATCHES_PER_EPOCH)
     if variant is None:
@@ -182,12 +229,53 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
         features=spec,
         season=season,
         horizon=horizon,
+        smoothing=smoothing,
+        smoothing_choice=smoothing_choice,
         step_seconds=step,
         split=split,
         history={k: [float(v) for v in vals] for k, vals in history.history.items()},
         seconds=time.monotonic() - started,
         variant=variant,
     )
+
+
+def why_no_windows(dataset: Dataset, segments: list, step: float, warmup: int, horizon: int, what: str) -> str:
+    """The real reason no training (or validation) window could be built, in one line.
+
+    Gaps cut a stream into pieces and every piece warms up again, so the usual cause on a long file
+    is pieces shorter than the warm-up; gaps that recur at the same time of day are the closures of
+    a stream that only exists in some hours (e.g. business hours), which rnncast does not model yet.
+    """
+    rows = sum(len(s.timestamps) for s in dataset.series.values())
+    longest = max((len(seg.timestamps) for seg in segments), default=0)
+    needed = warmup + 1
+    if longest >= needed + horizon:
+        return f"{what} (longest gap-free piece: {longest} readings; the split keeps 70% x 85% of each stream for training)"
+    gaps = [gap for series in dataset.series.values() for gap in series.gaps]
+    reason = (
+        f"no training windows: {rows:,} rows, but {len(gaps):,} gaps (missing steps of {step:g} s) cut the streams into "
+        f"{len(segments):,} gap-free pieces of at most {longest} readings, and each piece must first warm up on "
+        f"{warmup} readings (the longest --season) and then have targets {horizon} steps (--horizon) ahead"
+    )
+    starts = [gap.after_timestamp % 86_400 for gap in gaps]
+    if len(gaps) >= 7:
+        hour, count = max(((h, starts.count(h)) for h in set(starts)), key=lambda hc: hc[1])
+        if count >= 0.5 * len(gaps):
+            reason += (
+                f"; {count} of the gaps start after the reading at {int(hour // 3600):02d}:{int(hour % 3600 // 60):02d} UTC: "
+                "regular closures (e.g. business hours), which rnncast does not model yet (each closure restarts the "
+                "stream like any long gap)"
+            )
+    return reason
+
+
+def _scaled_training_part(segment, warmup: int, validation_from: float) -> np.ndarray:
+    """A segment's readings before the validation part, scaled by its warm-up as the engine scales them."""
+    values = segment.values[segment.timestamps < validation_from]
+    if len(values) <= warmup:
+        return values[:0]
+    mean, scale = fit_stream_value_scaler(values[:warmup])
+    return (values - mean) / scale
 
 
 def _variant_spec(config: TrainConfig, season: int, step_seconds: float, calendar: bool):

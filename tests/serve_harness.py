@@ -50,7 +50,7 @@ def trained_artifact() -> Path:
                 out = Path(tempfile.mkdtemp(prefix="rnncast-serve-art-")) / "artifact"
                 subprocess.run(
                     [sys.executable, "-m", "pipeline.cli", "train", "--data", str(DATA), "--out", str(out),
-                     "--epochs", "1", "--units", "32"],
+                     "--epochs", "1", "--units", "32", "--season", "48"],  # a day's warm-up: the tests replay days, not weeks
                     cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300,
                 )
                 _artifact = out

@@ -21,12 +21,16 @@ from models.features import FeatureSpec
 from models.reading import Reading
 from models.scaling import ScalerParams
 from models.sequences import Segment, segment_arrays
+from models.smoothing import Smoothing
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _spec() -> FeatureSpec:
-    return FeatureSpec(covariate_names=("temperature",), covariate_scaler=ScalerParams(mean=(15.0,), scale=(5.0,)), calendar=True)
+def _spec(one_step_error: bool = False) -> FeatureSpec:
+    return FeatureSpec(
+        covariate_names=("temperature",), covariate_scaler=ScalerParams(mean=(15.0,), scale=(5.0,)), calendar=True,
+        one_step_error=one_step_error,
+    )
 
 
 def _readings(n: int, stream: str = "s#0") -> list[Reading]:
@@ -35,10 +39,14 @@ def _readings(n: int, stream: str = "s#0") -> list[Reading]:
     return [Reading(stream, t0 + 1800.0 * i, 3.0 + np.sin(i / 7) + 0.1 * rng.standard_normal(), (15 + i % 11,)) for i in range(n)]
 
 
-def test_naive_window_inputs_equal_the_training_rows() -> None:
+@pytest.mark.parametrize(
+    "smoothing", [Smoothing.seasonal_naive(8), Smoothing((4, 8), 0.1, (0.3, 0.2))], ids=["seasonal_naive", "two_cycles"]
+)
+def test_naive_window_inputs_equal_the_training_rows(smoothing) -> None:
     from benchmarks.naive_job import append_reading, window_inputs
 
-    season, horizon, length = 8, 5, 16
+    spec = _spec(one_step_error=not smoothing.is_seasonal_naive)
+    warmup, horizon, length = smoothing.warmup, 5, 16
     windows = []
     window = None
     for reading in _readings(40):
@@ -47,12 +55,15 @@ def test_naive_window_inputs_equal_the_training_rows() -> None:
         windows.append(window)
     assert len(windows[-1]) == length and windows[-1][-1, 0] == _readings(40)[-1].timestamp
     full = windows[-3:]  # three full windows at once, as a batch
-    features, base, mean, scale = window_inputs(_spec(), season, horizon, full)
-    assert features.shape == (3, length - season, _spec().size) and base.shape == (3, length - season, horizon)
+    features, base, mean, scale, level = window_inputs(spec, smoothing, horizon, full)
+    assert features.shape == (3, length - warmup, spec.size) and base.shape == (3, length - warmup, horizon)
     for i, w in enumerate(full):
-        rows = segment_arrays(Segment("s#0", w[:, 0], w[:, 1], w[:, 2:]), _spec(), season, horizon)
+        rows = segment_arrays(Segment("s#0", w[:, 0], w[:, 1], w[:, 2:]), spec, warmup, horizon, smoothing=smoothing)
         np.testing.assert_allclose(features[i], rows.inputs, atol=1e-5)
         np.testing.assert_allclose(base[i], rows.base, atol=1e-5)
+        scaled = (w[:, 1] - mean[i]) / scale[i]
+        # the training target of the last row is relative to the same level the window forecast adds back
+        np.testing.assert_allclose(scaled[-1] - level[i], rows.inputs[-1, 0], atol=1e-12)
 
 
 def test_naive_window_ignores_repeated_and_older_readings() -> None:
@@ -101,7 +112,7 @@ def _artifact(tmp: Path) -> Path:
         out = tmp / "artifact"
         subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "train", "--data", str(REPO / "data" / "elecdemand.csv"),
-             "--out", str(out), "--epochs", "1", "--units", "32"],
+             "--out", str(out), "--epochs", "1", "--units", "32", "--season", "48"],
             cwd=REPO, check=True, capture_output=True, timeout=300,
         )
         return out

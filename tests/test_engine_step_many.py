@@ -15,6 +15,7 @@ from models.engine import APPLIED, MIN_BATCH, Engine, EngineConfig, StepResult
 from models.features import FeatureSpec
 from models.reading import Reading
 from models.scaling import ScalerParams
+from models.smoothing import Smoothing
 from models.state import StreamState
 from tests.model_helpers import VARIANTS, random_weights, small_variant_engine
 
@@ -32,16 +33,19 @@ EVENTS = (
 
 
 def plain_engine(
-    cell: str, layers: int = 1, season: int = 4, horizon: int = 3, covariates: int = 1, calendar: bool = True
+    cell: str, layers: int = 1, season: int = 4, horizon: int = 3, covariates: int = 1, calendar: bool = True,
+    smoothing: Smoothing | None = None,
 ) -> Engine:
     """A plain stack; ``min_history`` one past the warm-up, so that a steady step can be forecast-less."""
     features = FeatureSpec(
         covariate_names=tuple(f"c{i}" for i in range(covariates)),
         covariate_scaler=ScalerParams(mean=(0.5, -1.0)[:covariates], scale=(2.0, 0.5)[:covariates]),
         calendar=calendar,
+        one_step_error=smoothing is not None,
     )
     weights = random_weights(cell, layers, 5, features.size, horizon, seed=layers)
-    config = EngineConfig(season=season, step_seconds=STEP, min_history=season + 2, max_gap=MAX_GAP)
+    warmup = smoothing.warmup if smoothing is not None else season
+    config = EngineConfig(season=season, step_seconds=STEP, min_history=warmup + 2, max_gap=MAX_GAP, smoothing=smoothing)
     return Engine(weights, features, config)
 
 
@@ -148,6 +152,16 @@ ALL_BRANCHES = {"forecast", "no_forecast", "imputed", "reset", "duplicate", "out
 @pytest.mark.parametrize("season,horizon", [(4, 3), (3, 5)])
 def test_step_many_equals_step_over_many_mixed_rounds(cell, layers, season, horizon):
     seen = play(plain_engine(cell, layers, season, horizon), random_rounds(16, 80, seed=layers), seed=layers)
+    assert ALL_BRANCHES <= set(seen)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "smoothing", [Smoothing((4,), 0.3, (0.2,)), Smoothing((2, 6), 0.1, (0.5, 0.25))], ids=["one_cycle", "two_cycles"]
+)
+def test_step_many_equals_step_with_smoothing(cell, smoothing):
+    engine = plain_engine(cell, season=smoothing.seasons[0], horizon=5, smoothing=smoothing)
+    seen = play(engine, random_rounds(12, 60, seed=5), seed=5)
     assert ALL_BRANCHES <= set(seen)
 
 
@@ -360,4 +374,18 @@ def test_step_many_equals_step_with_prediction_intervals(cell, season, horizon):
     plain = plain_engine(cell, 1, season, horizon)
     engine = Engine(plain.weights, plain.features, plain.config, random_intervals(horizon))
     seen = play(engine, random_rounds(16, 80, seed=5), seed=5)
+    assert ALL_BRANCHES <= set(seen)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "smoothing", [Smoothing((4,), 0.3, (0.2,)), Smoothing((2, 6), 0.1, (0.5, 0.25))], ids=["one_cycle", "two_cycles"]
+)
+def test_step_many_equals_step_with_smoothing_and_prediction_intervals(cell, smoothing):
+    """Both per-stream adaptations at once: level, seasonal components, log-scales and pending forecasts."""
+    from tests.model_helpers import random_intervals
+
+    plain = plain_engine(cell, season=smoothing.seasons[0], horizon=5, smoothing=smoothing)
+    engine = Engine(plain.weights, plain.features, plain.config, random_intervals(5))
+    seen = play(engine, random_rounds(12, 80, seed=9), seed=9)
     assert ALL_BRANCHES <= set(seen)

@@ -57,7 +57,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     jobs = {
         name: subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "train", "--data", str(small), "--out", str(root / name),
-             "--epochs", "1", *args],
+             "--epochs", "1", "--season", "48", *args],
             cwd=h.REPO, env=h._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         for name, args in (("b", ["--units", "32", "--seed", "1"]), ("c", ["--units", "16"]))

@@ -1,3 +1,6 @@
+import dataclasses
+import struct
+
 import numpy as np
 import pytest
 
@@ -61,7 +64,38 @@ def test_the_model_key_round_trips_and_format_1_states_still_decode():
         old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset,
     )
     back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
-    assert back == old and back.model_key == 0
+    # Formats 1 and 2 held the last S values in original units: they decode as the seasonal-naive
+    # smoothing's components (scaled), level 0, which the engine continues exactly as before.
+    converted = dataclasses.replace(old, ring=(old.ring - old.value_mean) / old.value_scale)
+    assert back == converted and back.model_key == 0 and back.level == 0.0
+
+
+def _format_2_bytes(state) -> bytes:
+    header = struct.Struct("<4sHqddddHHIqqQ").pack(
+        b"RNCS", 2, state.readings_seen, state.last_timestamp, state.value_mean, state.value_scale,
+        state.one_step_forecast, state.ring.size, state.ring_fill, state.cell_state.size,
+        state.source_partition, state.source_offset, state.model_key,
+    )
+    return header + state.ring.astype("<f8").tobytes() + state.cell_state.astype("<f8").tobytes()
+
+
+def test_format_2_states_decode_with_their_key_and_a_level_of_zero():
+    old = sample_state().with_source(3, 98765, model_key=77)
+    back = decode_state(_format_2_bytes(old))
+    np.testing.assert_array_equal(back.ring, (old.ring - old.value_mean) / old.value_scale)
+    assert back.model_key == 77 and back.level == 0.0
+    # A format-2 state still warming up holds raw readings, which stay as they are.
+    warming = dataclasses.replace(old, ring_fill=10, value_mean=float("nan"), value_scale=float("nan"))
+    np.testing.assert_array_equal(decode_state(_format_2_bytes(warming)).ring, warming.ring)
+
+
+def test_the_level_round_trips_and_unknown_formats_are_refused():
+    state = dataclasses.replace(sample_state(), level=-0.125)
+    assert decode_state(encode_state(state)).level == -0.125
+    data = bytearray(encode_state(state))
+    data[4:6] = struct.pack("<H", STATE_FORMAT_VERSION + 1)
+    with pytest.raises(StateDecodeError, match=f"format {STATE_FORMAT_VERSION + 1} is not supported"):
+        decode_state(bytes(data))
 
 
 def test_with_source_equals_dataclasses_replace() -> None:
@@ -103,3 +137,25 @@ def test_an_interval_part_may_not_repeat():
     data = encode_state(state)
     with pytest.raises(StateDecodeError, match="twice"):
         decode_state(data + data[-16:])
+
+
+def test_format_4_carries_the_level_and_the_interval_part_together():
+    state = StreamState(**{**sample_state().__dict__, "level": -0.375, "interval_state": np.array([0.25, np.nan, 1.5])})
+    data = encode_state(state)
+    assert struct.unpack_from("<H", data, 4)[0] == STATE_FORMAT_VERSION == 4
+    back = decode_state(data)
+    assert back.level == -0.375 and back == state and encode_state(back) == data
+    np.testing.assert_array_equal(back.interval_state, state.interval_state)
+    assert len(data) == len(encode_state(dataclasses.replace(state, interval_state=np.zeros(0)))) + 8 + 3 * 8
+
+
+def test_the_unreleased_format_3_layouts_are_refused():
+    """Both development layouts numbered 3 (level in the header; ACI1 part after a format-2 header)."""
+    state = StreamState(**{**sample_state().__dict__, "interval_state": np.array([0.5])})
+    with_level = bytearray(encode_state(dataclasses.replace(state, interval_state=np.zeros(0))))
+    with_level[4:6] = struct.pack("<H", 3)
+    with_part = bytearray(_format_2_bytes(state) + b"ACI1" + struct.pack("<I", 1) + struct.pack("<d", 0.5))
+    with_part[4:6] = struct.pack("<H", 3)
+    for data in (with_level, with_part):
+        with pytest.raises(StateDecodeError, match="format 3 is not supported.*unreleased"):
+            decode_state(bytes(data))

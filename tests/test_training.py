@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.scaling import fit_stream_value_scaler
+from models.smoothing import SmoothingKernel
 from models.artifact import ArtifactError, load_artifact, load_keras_model
 from models.data import load_csv
 from models.evaluation import run_engine
@@ -54,11 +56,13 @@ def test_engine_equals_keras_on_the_stream(artifact_dir, elec_30_days_csv):
     forecasts = run_engine(engine, "vic_demand", series, [0, 1])
     model = load_keras_model(artifact)
     segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
-    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon)
+    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon, smoothing=artifact.smoothing)
     predicted = model.predict({"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0)[0]
-    mean = series.values[: artifact.season].mean()
-    scale = series.values[: artifact.season].std()
-    served_scaled = (forecasts[artifact.season :] - mean) / scale
+    # Keras forecasts relative to the smoothed level at each origin; serving adds the level back.
+    warmup = artifact.smoothing.warmup
+    mean, scale = fit_stream_value_scaler(series.values[:warmup])
+    levels, _, _ = SmoothingKernel(artifact.smoothing, artifact.horizon).run((series.values - mean) / scale)
+    served_scaled = (forecasts[warmup:] - mean) / scale - levels[:, None]
     assert served_scaled.shape == predicted.shape and np.isfinite(served_scaled).all()
     assert np.max(np.abs(served_scaled - predicted)) <= 1e-5
 
@@ -161,3 +165,72 @@ def test_cli_reports_data_errors_with_location(tmp_path, capsys):
 def test_cli_reports_missing_artifact(tmp_path, elec_30_days_csv, capsys):
     assert main(["evaluate", "--artifact", str(tmp_path / "nope"), "--data", str(elec_30_days_csv)]) == 2
     assert "not an artifact directory" in capsys.readouterr().err
+
+
+def test_train_explains_regular_closures_instead_of_too_short_data(tmp_path, capsys):
+    """The demand cut to business hours (every night and weekend closed) cannot be trained on yet: say why."""
+    source = Path(__file__).resolve().parent.parent / "data" / "elecdemand-business.csv"
+    lines = source.read_text().splitlines()
+    cut = tmp_path / "business.csv"
+    cut.write_text("\n".join(lines[:2801]) + "\n")  # 100 weekdays of 07:00-21:00
+    assert main(["train", "--data", str(cut), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: no training windows: 2,800 rows")
+    err = err[0]
+    assert "gap-free pieces of at most 28 readings" in err
+    assert "start after the reading at 20:30 UTC: regular closures" in err
+
+
+def test_several_seasons_and_the_smoothing_choice_are_recorded(artifact_dir):
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    smoothing = manifest["smoothing"]
+    assert smoothing["seasons"] == [manifest["season"]]  # 30 days: too short for a weekly cycle by default
+    assert manifest["serving"]["min_history"] == manifest["season"] + 1
+    assert "chosen_by" in manifest["smoothing_choice"] and len(manifest["smoothing_choice"]["candidates"]) > 1
+    assert "one_step_error" in manifest["features"]["names"]
+
+
+def test_season_flag_takes_several_cycles_and_refuses_ones_that_do_not_divide(tmp_path, elec_30_days_csv, capsys):
+    assert main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,100", "--epochs", "1"]) == 2
+    assert "--season 48,100: each season must divide the longest" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse: usage and the error on stderr, exit 2
+        main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,x"])
+    assert exited.value.code == 2 and "not a comma-separated list" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_statistical_peer_on_the_same_origins(artifact_dir, elec_30_days_csv, capsys):
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--json",
+                 "--peer", "holt_winters", "--peer-origins", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    peer = report["peer"]
+    assert peer["peer"] == "holt_winters" and peer["origins"] == 3
+    assert len(peer["model_mae"]) == len(peer["peer_mae"]) == report["horizon"]
+    assert all(np.isfinite(peer["peer_mae"])) and np.isfinite(peer["model_vs_peer"])
+    # the text report names the peer beside the table
+    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--peer", "holt_winters", "--peer-origins", "2"]) == 0
+    assert "strong peer holt_winters (statsforecast" in capsys.readouterr().out
+
+
+def test_interval_calibration_uses_the_served_smoothed_model(artifact_dir, elec_30_days_csv):
+    """The manifest's conformal offsets are the quantiles of the errors of the engine the artifact serves
+    (its smoothing included), not of the seasonal-naive base the network was built around."""
+    import dataclasses
+
+    from models.engine import Engine
+    from models.evaluation import calibrate_intervals
+
+    artifact = load_artifact(artifact_dir)
+    manifest = artifact.manifest
+    assert not artifact.smoothing.is_seasonal_naive  # the fixture's model smooths
+    dataset = load_csv(elec_30_days_csv)
+    block = manifest["intervals"]
+    levels = tuple(sorted(float(k) for k in block["levels"]))
+    split = (manifest["training"]["validation_from"], manifest["training"]["test_from"])
+
+    def offsets(engine):
+        spec, counts = calibrate_intervals(engine, dataset, *split, levels, block["gamma"])
+        return spec.to_json(counts)
+
+    assert offsets(artifact.engine()) == block
+    naive = dataclasses.replace(artifact.engine_config(), smoothing=None)
+    assert offsets(Engine(artifact.weights, artifact.features, naive))["levels"] != block["levels"]

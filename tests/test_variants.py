@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.scaling import fit_stream_value_scaler
+from models.smoothing import SmoothingKernel
 from models.engine import APPLIED
 from models.features import calendar_features
 from models.networks import NETWORK_TYPES, VARIANT_TYPES, network_from_arrays, network_hyperparameters
@@ -313,10 +315,13 @@ def test_engine_equals_keras_on_the_stream(trained, elec_30_days_csv, variant):
     forecasts = run_engine(artifact.engine(), "vic_demand", series, [0, 1])
     model = load_keras_model(artifact)  # safe_mode=True, Lambda refused
     segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
-    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon)
+    arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon, smoothing=artifact.smoothing)
     predicted = model.predict({"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0)[0]
-    mean, scale = artifact_scaler(series.values[: artifact.season])
-    served_scaled = (forecasts[artifact.season :] - mean) / scale
+    # Keras forecasts relative to the smoothed level at each origin; serving adds the level back.
+    warmup = artifact.smoothing.warmup
+    mean, scale = fit_stream_value_scaler(series.values[:warmup])
+    levels, _, _ = SmoothingKernel(artifact.smoothing, artifact.horizon).run((series.values - mean) / scale)
+    served_scaled = (forecasts[warmup:] - mean) / scale - levels[:, None]
     assert served_scaled.shape == predicted.shape and np.isfinite(served_scaled).all()
     assert np.max(np.abs(served_scaled - predicted)) <= 1e-5
 
@@ -325,12 +330,6 @@ def load_artifact_weights(path):
     from models.artifact import load_artifact
 
     return load_artifact(path).weights
-
-
-def artifact_scaler(first_season):
-    from models.scaling import fit_stream_value_scaler
-
-    return fit_stream_value_scaler(first_season)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
