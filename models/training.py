@@ -81,11 +81,27 @@ def default_season(step_seconds: float) -> int:
     return 1
 
 
+def warmable_training_rows(dataset: Dataset, validation_from: dict[str, float], step_seconds: float) -> int:
+    """Rows before validation in the shortest of the streams' longest gap-free pieces.
+
+    Training windows never cross a gap (a long one restarts the stream), so this, not a stream's
+    length, is the history that can warm a cycle up.
+    """
+    return min(
+        max(
+            (int(np.sum(piece.timestamps < validation_from[sid]))
+             for piece in contiguous_segments(sid, s.timestamps, s.values, s.covariates, step_seconds)),
+            default=0,
+        )
+        for sid, s in dataset.series.items()
+    )
+
+
 def default_seasons(step_seconds: float, shortest_training_rows: int) -> tuple[int, ...]:
     """The cycles a stream of this step most likely has, as far as the history can warm them up.
 
-    Sub-daily: a day and a week (the week only when the shortest stream's training part holds at
-    least 4 weeks: a week of warm-up, then enough windows); daily: a week and a year (the year only
+    Sub-daily: a day and a week (the week only when every stream's longest gap-free training piece holds
+    at least 4 weeks: a week of warm-up, then enough windows); daily: a week and a year (the year only
     with 3 years of training data). Otherwise :func:`default_season` alone.
     """
     day = default_season(step_seconds)
@@ -131,8 +147,7 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     step = common_step(dataset)
     split = split_dataset(dataset, config.test_fraction, config.validation_fraction)
     if config.season is None:
-        shortest = min(int(np.sum(s.timestamps < split.validation_from[sid])) for sid, s in dataset.series.items())
-        seasons = default_seasons(step, shortest)
+        seasons = default_seasons(step, warmable_training_rows(dataset, split.validation_from, step))
     else:
         seasons = tuple(sorted({int(config.season)} if isinstance(config.season, int) else set(config.season)))
     season = seasons[0]

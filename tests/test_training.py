@@ -234,3 +234,20 @@ def test_interval_calibration_uses_the_served_smoothed_model(artifact_dir, elec_
     assert offsets(artifact.engine()) == block
     naive = dataclasses.replace(artifact.engine_config(), smoothing=None)
     assert offsets(Engine(artifact.weights, artifact.features, naive))["levels"] != block["levels"]
+
+
+def test_default_cycles_follow_the_gap_free_history_not_the_stream_length() -> None:
+    """water-flow holds 7.5 weeks of hours but its gaps cut it into pieces of at most 503 readings:
+    a week cycle could not warm up in any training window, so the default is the day alone."""
+    from models.data import load_csv
+    from models.training import common_step, default_seasons, split_dataset, warmable_training_rows
+
+    dataset = load_csv(Path(__file__).resolve().parent.parent / "data" / "water-flow.csv")
+    step = common_step(dataset)
+    split = split_dataset(dataset, 0.3, 0.15)
+    rows = warmable_training_rows(dataset, split.validation_from, step)
+    (series,) = dataset.series.values()
+    assert int(sum(series.timestamps < split.validation_from[series.stream_id])) >= 4 * 168  # long enough by length
+    assert rows < 4 * 168
+    assert default_seasons(step, rows) == (24,)
+    assert default_seasons(step, 4 * 168) == (24, 168)
