@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from models.argtypes import int_at_least, positive_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``flink-cluster`` options."""
@@ -18,11 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'flink ready: OPTIONS' with the Beam options `rnncast serve` needs for it, and stop everything on "
         "Ctrl-C/SIGTERM. The pieces come from `make flink`."
     )
-    parser.add_argument("--taskmanagers", type=int, default=2, help="TaskManagers to start (default: %(default)s)")
-    parser.add_argument("--slots", type=int, default=1, help="task slots per TaskManager (default: %(default)s)")
-    parser.add_argument("--rest-port", type=int, default=8081,
+    parser.add_argument("--taskmanagers", type=int_at_least(1), default=2, help="TaskManagers to start (default: %(default)s)")
+    parser.add_argument("--slots", type=int_at_least(1), default=1, help="task slots per TaskManager (default: %(default)s)")
+    parser.add_argument("--rest-port", type=int_at_least(0), default=8081,
                         help="the JobManager's REST/web port on 127.0.0.1; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--checkpoint-interval", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--checkpoint-interval", type=positive_float, default=5.0, metavar="SECONDS",
                         help="how often Flink checkpoints the job's state (default: %(default)s)")
     parser.add_argument("--workdir", type=Path,
                         help="configuration, logs, checkpoints and savepoints (default: a new temporary directory)")

@@ -8,30 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from models.argtypes import int_at_least, positive_float
 from pipeline.kafka_config import add_kafka_arguments, settings_from_args
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,29 +19,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", default="readings", help="destination topic (default: %(default)s)")
     parser.add_argument(
         "--partitions",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=4,
         help="partitions if the topic has to be created (default: %(default)s)",
     )
     pacing = parser.add_mutually_exclusive_group()
-    pacing.add_argument("--rate", type=_positive_float, metavar="N", help="publish at most N readings per second")
+    pacing.add_argument("--rate", type=positive_float, metavar="N", help="publish at most N readings per second")
     pacing.add_argument(
         "--speedup",
-        type=_positive_float,
+        type=positive_float,
         metavar="X",
         help="pace by event time, X times faster than real time (1800: one half-hour step per second)",
     )
     parser.add_argument(
         "--streams-multiply",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=1,
         metavar="K",
         help="clone every stream K times as '{id}#0'..'{id}#K-1' (load testing; default: 1 = no cloning)",
     )
-    parser.add_argument("--limit", type=_int_at_least(0), metavar="N", help="stop after N readings")
+    parser.add_argument("--limit", type=int_at_least(0), metavar="N", help="stop after N readings")
     parser.add_argument(
         "--step",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="sampling step of every stream (default: inferred per stream)",
     )

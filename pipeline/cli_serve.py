@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.kafka_config import add_kafka_arguments, settings_from_args
+from pipeline.kafka_config import settings_from_args
 
 _EPILOG = """\
 Any other argument is a Beam pipeline option, e.g. --runner=FlinkRunner --flink_master=HOST:8081
@@ -21,128 +21,15 @@ and see each forecast once; needs Apache Kafka, not Tansu).
 """
 
 
-def _partition_list(text: str) -> tuple[int, ...]:
-    """``"0,2,5-7"`` -> ``(0, 2, 5, 6, 7)``."""
-    partitions: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                low, high = (int(x) for x in part.split("-", 1))
-                if low > high:
-                    raise ValueError
-                partitions.update(range(low, high + 1))
-            else:
-                partitions.add(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected partition numbers like 0,1 or 0-3, got {text!r}") from None
-    if not partitions or min(partitions) < 0:
-        raise argparse.ArgumentTypeError(f"expected partition numbers >= 0, got {text!r}")
-    return tuple(sorted(partitions))
-
-
-def _number(kind: type, minimum: float, *, strictly: bool = False):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strictly and value == minimum):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum:g}, got {text}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``serve`` options; unknown arguments are Beam pipeline options."""
-    from pipeline.messages import DEFAULT_STATE_SHARDS
-    from pipeline.options import COMMIT_INTERVALS, DEFAULT_GUARANTEE, GUARANTEES
+    """Adds the ``serve`` options (generated from :class:`~pipeline.options.ServeOptions`); unknown
+    arguments are Beam pipeline options."""
+    from pipeline.options import add_serve_arguments
 
     parser.allow_abbrev = False  # "--part" must not silently mean --partitions; Beam options pass through
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--artifact", required=True, type=Path, metavar="PATH",
-        help="the model: an artifact directory (from rnncast train), a symbolic link to one (e.g. current), or a "
-        "directory of versioned artifact directories (the newest valid one by manifest 'created', then name); "
-        "watched while the job runs: a new model there is loaded and swapped in without a restart",
-    )
-    add_kafka_arguments(parser)
-    topics = parser.add_argument_group("topics")
-    topics.add_argument("--input-topic", default="readings", help="readings topic (default: %(default)s)")
-    topics.add_argument("--output-topic", default="forecasts", help="forecasts topic (default: %(default)s)")
-    topics.add_argument("--dlq-topic", default="readings-dlq", help="dead-letter topic (default: %(default)s)")
-    topics.add_argument(
-        "--group", default="rnncast",
-        help="consumer group: its committed offsets and its state changelog <group>.rnncast-state (default: %(default)s)",
-    )
-    topics.add_argument(
-        "--partitions", type=_partition_list, metavar="LIST",
-        help="input partitions to consume, e.g. 0,1 or 0-3 (default: all); instances with disjoint lists run side by side",
-    )
-    topics.add_argument(
-        "--topic-partitions", type=_number(int, 1), default=4, metavar="N",
-        help="partitions of the topics created when missing (default: %(default)s)",
-    )
-    serving = parser.add_argument_group("serving")
-    serving.add_argument("--min-history", type=_number(int, 1), metavar="N", help="readings before a stream's first forecast (default: the artifact's)")
-    serving.add_argument("--max-gap", type=_number(int, 0), metavar="N", help="missing steps imputed; longer gaps restart the stream (default: the artifact's)")
-    serving.add_argument(
-        "--state-ttl", type=_number(float, 0, strictly=True), metavar="SECONDS",
-        help="a stream silent for longer (event time) starts fresh and its state is dropped (default: never)",
-    )
-    serving.add_argument(
-        "--max-future", type=_number(float, 0, strictly=True), default=86_400.0, metavar="SECONDS",
-        help="readings further after their stream's last reading are dead letters (default: %(default)g)",
-    )
-    serving.add_argument(
-        "--batch-size", type=_number(int, 1), default=2000, metavar="N",
-        help="records read from a partition at a time: a bundle's forecasts and dead letters are flushed together; "
-        "larger batches amortise Beam's per-bundle and per-stream costs under load (default: %(default)s)",
-    )
-    serving.add_argument(
-        "--state-shards", type=_number(int, 1), default=DEFAULT_STATE_SHARDS, metavar="N",
-        help="streams are spread over N keys of the stateful step (by a hash of the stream id); each batch of "
-        "records becomes one element per shard, so Beam's per-element costs are paid per batch and the readings "
-        "of a shard's streams are stepped together. More shards: more parallelism on a distributed runner (at "
-        "least its number of workers), but smaller elements and rounds (default: %(default)s, best measured on "
-        "one local worker)",
-    )
-    serving.add_argument(
-        "--guarantee", choices=GUARANTEES, default=DEFAULT_GUARANTEE,
-        help="at-least-once: forecasts are published at once, a crash may publish some again (identical); "
-        "exactly-once: forecasts, dead letters, state snapshots and input offsets of a partition go into one "
-        "Kafka transaction per commit interval, read_committed consumers see each forecast once, after its "
-        "commit (needs a broker with reliable transactions: Apache Kafka, not Tansu) (default: %(default)s)",
-    )
-    serving.add_argument(
-        "--commit-interval", type=_number(float, 0, strictly=True), metavar="SECONDS",
-        help="while a partition is busy, state snapshots are written and offsets committed this often (and "
-        "whenever it goes idle, and at stop); with exactly-once this is how often its transaction commits, "
-        "so it bounds how long a forecast stays invisible. Longer means less changelog traffic, more readings "
-        "replayed (never applied twice) after a crash (default: "
-        + ", ".join(f"{interval:g} with {guarantee}" for guarantee, interval in COMMIT_INTERVALS.items()) + ")",
-    )
-    serving.add_argument(
-        "--artifact-poll-seconds", type=_number(float, 0), default=10.0, metavar="SECONDS",
-        help="how often --artifact is checked for a new model; an invalid one is refused and the current model "
-        "keeps serving; 0: never (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--connect-timeout", type=_number(float, 0), default=60.0, metavar="SECONDS",
-        help="when Kafka cannot be reached at start, retry this long (logging why) before exiting 2; "
-        "0 fails at once. Once running, the job rides out broker outages by itself (default: %(default)g)",
-    )
-    monitoring = parser.add_argument_group("monitoring")
-    monitoring.add_argument("--metrics-host", default="127.0.0.1", help="interface of the /metrics server (default: %(default)s)")
-    monitoring.add_argument("--metrics-port", type=_number(int, 0), default=9108, help="port of the /metrics server, 0 for any (default: %(default)s)")
-    monitoring.add_argument(
-        "--metrics-targets-dir", metavar="DIR",
-        help="distributed runners (Flink): each SDK worker serves its own /metrics on --metrics-host and a free port, "
-        "and registers it here as a Prometheus file_sd target file (default: rnncast-workers-GROUP in the temporary "
-        "directory)",
-    )
+    add_serve_arguments(parser)
     parser.set_defaults(accepts_extra_args=True)
 
 
@@ -229,24 +116,17 @@ def run(args: argparse.Namespace) -> int:
 
     from models.artifact import ArtifactError, load_artifact
     from pipeline.messages import reserved_covariates
-    from pipeline.options import COMMIT_INTERVALS, ServeOptions, beam_options
+    from pipeline.options import ServeOptions, beam_options
 
     try:
-        options = ServeOptions(
-            artifact=str(args.artifact), kafka=settings, input_topic=args.input_topic, output_topic=args.output_topic,
-            dlq_topic=args.dlq_topic, group=args.group, partitions=args.partitions, topic_partitions=args.topic_partitions,
-            metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-            metrics_targets_dir=args.metrics_targets_dir, min_history=args.min_history,
-            max_gap=args.max_gap, state_ttl=args.state_ttl, max_future=args.max_future,
-            max_records=args.batch_size, state_shards=args.state_shards, artifact_poll_seconds=args.artifact_poll_seconds,
-            commit_interval=COMMIT_INTERVALS[args.guarantee] if args.commit_interval is None else args.commit_interval,
-            guarantee=args.guarantee,
-        )
+        pipeline_options = beam_options(getattr(args, "extra_args", []))
+        from apache_beam.options.pipeline_options import StandardOptions
+
+        options = ServeOptions.from_args(args, settings, runner=pipeline_options.view_as(StandardOptions).runner)
         from pipeline.topics import validate_topic_name
 
         for topic in (options.input_topic, options.output_topic, options.dlq_topic, options.changelog_topic):
             validate_topic_name(topic)
-        pipeline_options = beam_options(getattr(args, "extra_args", []))
     except ValueError as err:
         raise UsageError(str(err)) from None
     from pipeline.model_watch import resolve_artifact
@@ -269,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.transactions import TransactionError
 
     reason = unreachable(settings)
-    if reason and args.connect_timeout > 0:
-        reason = _wait_for_kafka(settings, args.connect_timeout, reason)
+    if reason and options.connect_timeout > 0:
+        reason = _wait_for_kafka(settings, options.connect_timeout, reason)
     if reason:
-        waited = f" after {args.connect_timeout:g}s" if args.connect_timeout > 0 else ""
+        waited = f" after {options.connect_timeout:g}s" if options.connect_timeout > 0 else ""
         raise UsageError(f"cannot reach Kafka at {settings.bootstrap}{waited} ({reason})")
     reason = login_failure(settings)
     if reason:

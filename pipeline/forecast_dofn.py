@@ -49,7 +49,6 @@ from models.state import StreamState, decode_state, encode_state
 from pipeline import model_watch
 from pipeline.accuracy_monitor import AccuracyMonitor
 from pipeline.messages import (
-    DEFAULT_STATE_SHARDS,
     KafkaBatch,
     Outcome,
     OutcomeBatch,
@@ -110,7 +109,7 @@ class RouteToShards(beam.DoFn):
     shuffle carries the records' raw bytes (cheaper to code than decoded readings).
     """
 
-    def __init__(self, shards: int = DEFAULT_STATE_SHARDS) -> None:
+    def __init__(self, shards: int) -> None:
         self._shards = shards
 
     def process(self, batch: KafkaBatch) -> Iterator[tuple[str, KafkaBatch]]:

@@ -52,7 +52,6 @@ from models.reading import Forecast, Reading
 from models.timeutil import format_timestamp, parse_timestamp
 
 __all__ = [
-    "DEFAULT_STATE_SHARDS",
     "MAX_MESSAGE_BYTES",
     "MAX_STREAM_ID_CHARS",
     "MAX_TIMESTAMP",
@@ -73,9 +72,6 @@ __all__ = [
     "state_shard",
 ]
 
-# --state-shards. On one local worker (bench, 1,000 streams on 4 partitions) 4 beat 16: bigger rounds of
-# streams stepped together, fewer elements per cycle (p99 at half load 62-98 vs 123-186 ms).
-DEFAULT_STATE_SHARDS = 4
 MAX_MESSAGE_BYTES = 1_000_000  # "too_large": more than 1 MB
 MAX_STREAM_ID_CHARS = 256
 MAX_TIMESTAMP = 253_370_764_800.0  # 9999-01-01T00:00:00Z: leaves a year for forecast target times

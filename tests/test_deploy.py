@@ -3,7 +3,7 @@
 promtool must be on PATH (Debian's `prometheus` package; CI installs it). Without it these tests
 FAIL on purpose: a skipped rules test is an untested alert.
 
-Every flag the manifests and launchers use (SERVE_FLAGS) is checked against `rnncast serve --help`.
+Every flag the manifests and launchers use is checked against `rnncast serve`'s parser (SERVE_FLAGS).
 """
 
 from __future__ import annotations
@@ -27,14 +27,21 @@ PROM = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "rnncast.json"
 K8S = DEPLOY / "k8s"
 
-# The `rnncast serve` flags the manifests and launch scripts rely on (the serve command is owned by
-# pipeline/cli_serve.py). Anything else on a serve command line must be a Beam pipeline option.
-SERVE_FLAGS = frozenset({
-    "--artifact", "--bootstrap", "--input-topic", "--output-topic", "--dlq-topic", "--group",
-    "--partitions", "--metrics-host", "--metrics-port", "--min-history", "--max-gap", "--state-ttl", "--state-shards",
-    "--security-protocol", "--sasl-mechanism", "--sasl-username", "--sasl-password-file",
-    "--ssl-cafile", "--ssl-certfile", "--ssl-keyfile",
-})
+
+
+def _serve_flags() -> frozenset[str]:
+    """Every option `rnncast serve` accepts, from its own parser (generated from ServeOptions). Anything else on
+    a serve command line must be a Beam pipeline option."""
+    import argparse
+
+    from pipeline.cli_serve import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return frozenset(o for action in parser._actions for o in action.option_strings) - {"-h", "--help"}
+
+
+SERVE_FLAGS = _serve_flags()
 
 ALERTS = (
     "RnncastDown",
@@ -486,31 +493,29 @@ def test_deployment_kafka_options_parse_with_the_shared_kafka_parser():
 
 # --------------------------------------------------------------------------- launch scripts
 
-FLINK = DEPLOY / "flink" / "launch.sh"
-DATAFLOW = DEPLOY / "dataflow" / "launch.sh"
+LAUNCH = DEPLOY / "launch.sh"
 FLINK_ENV = {"DRY_RUN": "1", "FLINK_MASTER": "jm:8081", "BOOTSTRAP": "kafka:9093"}
 DATAFLOW_ENV = {"DRY_RUN": "1", "PROJECT": "p", "REGION": "europe-west1", "BUCKET": "b",
                 "BOOTSTRAP": "kafka:9093", "SDK_IMAGE": "img:1"}
 
 
-@pytest.mark.parametrize("script", [FLINK, DATAFLOW])
-def test_launch_scripts_are_valid_bash(script):
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    assert os.access(script, os.X_OK), f"{script} is not executable"
+def test_launch_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(LAUNCH)], capture_output=True).returncode == 0
+    assert os.access(LAUNCH, os.X_OK), f"{LAUNCH} is not executable"
 
 
 @pytest.mark.parametrize(
-    "script, env, extra, required",
+    "target, env, extra, required",
     [
-        (FLINK, FLINK_ENV, ["--flink_submit_uber_jar"],
+        ("flink", FLINK_ENV, ["--flink_submit_uber_jar"],
          {"--runner=FlinkRunner", "--flink_master=jm:8081", "--environment_type=EXTERNAL", "--streaming"}),
-        (DATAFLOW, DATAFLOW_ENV, ["--update"],
+        ("dataflow", DATAFLOW_ENV, ["--update"],
          {"--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/rnncast/tmp",
           "--streaming", "--sdk_container_image=img:1"}),
     ],
 )
-def test_launch_scripts_build_a_serve_command_with_known_options(script, env, extra, required):
-    result = run_launcher(script, {**env, "RNNCAST_KAFKA_PASSWORD": "s3cret-value"}, *extra)
+def test_launch_script_builds_a_serve_command_with_known_options(target, env, extra, required):
+    result = run_launcher(LAUNCH, {**env, "RNNCAST_KAFKA_PASSWORD": "s3cret-value"}, target, *extra)
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
     assert argv[:2] == ["rnncast", "serve"]
@@ -518,21 +523,43 @@ def test_launch_scripts_build_a_serve_command_with_known_options(script, env, ex
     assert argv[-len(extra):] == extra
     beam = beam_option_names()
     for flag in flags_of(argv[2:]):
-        assert flag in SERVE_FLAGS or flag[2:] in beam, f"{script.name}: unknown option {flag}"
+        assert flag in SERVE_FLAGS or flag[2:] in beam, f"{target}: unknown option {flag}"
     assert "s3cret-value" not in result.stdout
     kafka_parser().parse_args(kafka_part(argv, kafka_parser()))
 
 
-@pytest.mark.parametrize("script, env, missing", [(FLINK, FLINK_ENV, "FLINK_MASTER"), (DATAFLOW, DATAFLOW_ENV, "PROJECT")])
-def test_launch_scripts_require_their_settings(script, env, missing):
-    result = run_launcher(script, {k: v for k, v in env.items() if k != missing})
+@pytest.mark.parametrize("target, env", [("flink", FLINK_ENV), ("dataflow", DATAFLOW_ENV)])
+def test_launch_script_leaves_unset_serve_options_to_rnncast(target, env):
+    """Serve options the operator does not set are not passed: `rnncast serve` holds the only defaults."""
+    unset = run_launcher(LAUNCH, {**env, "RNNCAST_KAFKA_PASSWORD": "x"}, target)
+    assert unset.returncode == 0, unset.stderr
+    assert "--state-shards" not in shlex.split(unset.stdout) and "--group" not in shlex.split(unset.stdout)
+    every = {"INPUT_TOPIC": "in", "OUTPUT_TOPIC": "out", "DLQ_TOPIC": "dlq", "GROUP": "g", "STATE_SHARDS": "32",
+             "GUARANTEE": "exactly-once", "STATE_TTL": "3600"}
+    given = run_launcher(LAUNCH, {**env, "RNNCAST_KAFKA_PASSWORD": "x", **every}, target)
+    argv = shlex.split(given.stdout)
+    assert argv[argv.index("--state-shards") + 1] == "32" and argv[argv.index("--group") + 1] == "g"
+    assert {"--input-topic", "--output-topic", "--dlq-topic", "--guarantee", "--state-ttl"} <= set(argv)
+    beam = beam_option_names()
+    for flag in flags_of(argv[2:]):
+        assert flag in SERVE_FLAGS or flag[2:] in beam, f"{target}: unknown option {flag}"
+
+
+@pytest.mark.parametrize("target, env, missing", [("flink", FLINK_ENV, "FLINK_MASTER"), ("dataflow", DATAFLOW_ENV, "PROJECT")])
+def test_launch_script_requires_its_settings(target, env, missing):
+    result = run_launcher(LAUNCH, {k: v for k, v in env.items() if k != missing}, target)
     assert result.returncode != 0 and missing in result.stderr
 
 
-@pytest.mark.parametrize("script, env", [(FLINK, FLINK_ENV), (DATAFLOW, DATAFLOW_ENV)])
-def test_launch_scripts_refuse_sasl_without_a_password(script, env):
+def test_launch_script_requires_a_target():
+    result = run_launcher(LAUNCH, FLINK_ENV, "spark")
+    assert result.returncode == 2 and "flink or dataflow" in result.stderr
+
+
+@pytest.mark.parametrize("target, env", [("flink", FLINK_ENV), ("dataflow", DATAFLOW_ENV)])
+def test_launch_script_refuses_sasl_without_a_password(target, env):
     env = {k: v for k, v in env.items() if k != "DRY_RUN"}
-    result = run_launcher(script, {**env, "SECURITY_PROTOCOL": "SASL_SSL"})
+    result = run_launcher(LAUNCH, {**env, "SECURITY_PROTOCOL": "SASL_SSL"}, target)
     assert result.returncode == 2 and "RNNCAST_KAFKA_PASSWORD" in result.stderr
 
 
@@ -541,13 +568,14 @@ def test_flink_readme_documents_runner_options_and_kafkaio():
     for needle in ("--runner=FlinkRunner", "--flink_master", "--environment_type", "KafkaIO", "RNNCAST_KAFKA_PASSWORD",
                    "launch.sh"):
         assert needle in text, needle
-    dataflow = DATAFLOW.read_text()
-    for needle in ("--runner=DataflowRunner", "--project", "--region", "--temp_location", "--streaming", "KafkaIO"):
-        assert needle in dataflow, needle
+    launcher = LAUNCH.read_text()
+    for needle in ("--runner=DataflowRunner", "--project", "--region", "--temp_location", "--streaming"):
+        assert needle in launcher, needle
+    assert "KafkaIO" in (DEPLOY / "dataflow" / "README.md").read_text()
 
 
-def test_every_flag_the_deploy_files_use_is_a_serve_option(capsys):
-    """The manifests and launchers only pass flags that `rnncast serve` really accepts."""
+def test_every_serve_option_is_documented_in_help(capsys):
+    """`rnncast serve --help` shows every option the deploy files may use (none is hidden)."""
     from pipeline.cli import main
 
     with pytest.raises(SystemExit) as exit_info:

@@ -33,7 +33,6 @@ from models.state import decode_state, encode_state
 from pipeline.coders import KafkaBatchCoder, OffsetLedgerCoder
 from pipeline.forecast_dofn import ForecastDoFn, RouteToShards, ServedModel
 from pipeline.messages import (
-    DEFAULT_STATE_SHARDS,
     KafkaBatch,
     OutcomeBatch,
     SweepRequest,
@@ -44,6 +43,7 @@ from pipeline.messages import (
 )
 from pipeline.replay import encode_reading
 from pipeline.metrics import JobMetrics
+from pipeline.options import default_state_shards
 from pipeline.state_store import StaticRestore, is_marker
 
 _REGISTRIES: dict[str, JobMetrics] = {}
@@ -112,7 +112,7 @@ def _batches(elements: list[Rec | SweepRequest], batch: int) -> list[KafkaBatch]
 
 
 def _run(elements: list[Rec | SweepRequest], expected: Any, dofn: ForecastDoFn, batch: int = 1,
-         snapshots: list[tuple] | None = None, shards: int = DEFAULT_STATE_SHARDS) -> None:
+         snapshots: list[tuple] | None = None, shards: int = default_state_shards(None)) -> None:
     """Feeds the elements in order, ``batch`` per source batch routed by :class:`RouteToShards` (one bundle
     per source batch), and asserts the outcomes' summaries (and the snapshots', if given).
 
