@@ -156,7 +156,7 @@ class Engine:
         if reading.timestamp < state.last_timestamp:
             return StepResult(state, None, OUT_OF_ORDER)
         missing = int(round((reading.timestamp - state.last_timestamp) / self.config.step_seconds)) - 1
-        if missing < 0:  # = missing_steps(), inlined
+        if missing < 0:
             missing = 0
         if missing > self.config.max_gap:
             return StepResult(self._warm_up(self.init_state(), reading, missing=0), None, APPLIED, reset=True)
@@ -419,9 +419,6 @@ class Engine:
             fields["reset"] = False
             append(result)
         return results
-
-    def missing_steps(self, last_timestamp: float, timestamp: float) -> int:
-        return max(int(round((timestamp - last_timestamp) / self.config.step_seconds)) - 1, 0)
 
     def _warm_up(self, state: StreamState, reading: Reading, missing: int) -> StreamState:
         """Collect the first W values (in ``ring[:W]``); a short gap repeats the last value (no model exists yet).

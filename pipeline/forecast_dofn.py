@@ -43,7 +43,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from models.engine import APPLIED, Engine, StepResult
+from models.engine import APPLIED, StepResult
 from models.reading import Reading
 from models.state import StreamState, decode_state, encode_state
 from pipeline import model_watch
@@ -93,11 +93,6 @@ class ServedModel:
 
     def spec(self) -> model_watch.ModelSpec:
         return model_watch.ModelSpec(self.artifact, self.min_history, self.max_gap, self.poll_seconds, self.covariates)
-
-    def load(self) -> tuple[Engine, str, str]:
-        """Returns (engine, model name for messages, model version) of the model served now."""
-        served = model_watch.load_served(model_watch.resolve_artifact(self.artifact), self.spec(), self.covariates, 0)
-        return served.engine, served.name, served.version
 
 
 class RouteToShards(beam.DoFn):

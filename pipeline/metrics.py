@@ -305,12 +305,6 @@ class JobMetrics:
         self.consumed_offset.labels(partition=label).set(consumed_offset)
         self.consumer_lag.labels(partition=label).set(max(lag, 0))
 
-    def observe_errors(self, step: int, horizon: int, model_error: float, persistence_error: float) -> None:
-        """Record |error| (scaled units) of the model and of persistence for forecast step ``step``."""
-        band = horizon_band(step, horizon)
-        self.forecast_abs_error.labels(horizon=band, model="model").observe(abs(model_error))
-        self.forecast_abs_error.labels(horizon=band, model="persistence").observe(abs(persistence_error))
-
     def add_errors(self, band: str, forecaster: str, errors: Sequence[float]) -> None:
         """Records many |errors| (scaled units) in ``rnncast_forecast_abs_error{horizon=band, model=forecaster}``.
 

@@ -412,8 +412,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.job import JobLayout, build_pipeline
 from pipeline.options import ServeOptions
 from pipeline.kafka_config import KafkaSettings
+from pipeline import model_watch
 from pipeline.forecast_dofn import ServedModel
-ServedModel({str(artifact)!r}).load()
+model = ServedModel({str(artifact)!r})
+model_watch.load_served(model_watch.resolve_artifact(model.artifact), model.spec(), model.covariates, 0)
 options = ServeOptions(artifact={str(artifact)!r}, kafka=KafkaSettings(bootstrap="127.0.0.1:1"))
 pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
 build_pipeline(pipeline, options, JobLayout((0, 1), {{0: 0, 1: 0}}, ("temperature", "workday"), "x"))

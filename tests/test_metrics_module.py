@@ -146,9 +146,11 @@ def test_horizon_band_rejects_steps_outside_the_horizon():
             m.horizon_band(step, horizon)
 
 
-def test_observe_errors_records_model_and_persistence(jm):
-    jm.observe_errors(step=1, horizon=48, model_error=-0.2, persistence_error=0.6)
-    jm.observe_errors(step=40, horizon=48, model_error=0.05, persistence_error=-0.02)
+def test_add_errors_records_model_and_persistence_by_band(jm):
+    jm.add_errors(m.horizon_band(1, 48), "model", [-0.2])
+    jm.add_errors(m.horizon_band(1, 48), "persistence", [0.6])
+    jm.add_errors(m.horizon_band(40, 48), "model", [0.05])
+    jm.add_errors(m.horizon_band(40, 48), "persistence", [-0.02])
     assert value(jm, "rnncast_forecast_abs_error_sum", horizon="1", model="model") == pytest.approx(0.2)
     assert value(jm, "rnncast_forecast_abs_error_sum", horizon="1", model="persistence") == pytest.approx(0.6)
     assert value(jm, "rnncast_forecast_abs_error_count", horizon="le_full", model="model") == 1
