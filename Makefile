@@ -2,7 +2,7 @@
 #   make test   bootstrap .venv + system packages + Apache Kafka's jars, then the whole test suite
 #   make kafka  fetch the pinned Apache Kafka broker's jars with Maven (cached; a no-op when present)
 #   make run    the demo (see below)
-#   make lint   syntax/compile check of the Python sources
+#   make lint   ruff (lint + format check, ruff.toml) and bash -n on the scripts; CI runs it before the tests
 #   make flink  fetch (pinned, cached) Beam's Flink job server, a Flink 1.19 distribution and Beam's boot
 #   make clean  remove caches and build leftovers (make distclean also removes .venv)
 
@@ -53,8 +53,9 @@ accuracy: venv
 	$(PY) -m benchmarks.accuracy
 
 lint: venv
-	$(PY) -m compileall -q models pipeline tests >/dev/null
-	bash -n scripts/*.sh .ci/run
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	bash -n scripts/*.sh .ci/run deploy/launch.sh
 
 clean:
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

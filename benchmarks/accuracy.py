@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +72,35 @@ class TestSet:
 TEST_SETS = {
     s.name: s
     for s in (
-        TestSet("elecdemand", "data/elecdemand.csv", 48, (48, 336), note="half-hourly, 1 year, with temperature and work-day covariates (rnncast uses them; the peers are univariate)"),
-        TestSet("taylor", "data/taylor.csv", 48, (48, 336), note="half-hourly, 12 weeks, no covariates: two cycles (day, week)"),
-        TestSet("business", "data/elecdemand-business.csv", 28, (28, 140), open_steps=True, note="half-hourly 07:00-21:00 on weekdays only: nights and weekends closed (28 open steps a day)"),
-        TestSet("nox", "data/nox-ch.csv", 7, (7,), note="13 related daily streams (NOx at Swiss sites, 2004), missing days are gaps"),
+        TestSet(
+            "elecdemand",
+            "data/elecdemand.csv",
+            48,
+            (48, 336),
+            note="half-hourly, 1 year, with temperature and work-day covariates (rnncast uses them; the peers are univariate)",
+        ),
+        TestSet(
+            "taylor",
+            "data/taylor.csv",
+            48,
+            (48, 336),
+            note="half-hourly, 12 weeks, no covariates: two cycles (day, week)",
+        ),
+        TestSet(
+            "business",
+            "data/elecdemand-business.csv",
+            28,
+            (28, 140),
+            open_steps=True,
+            note="half-hourly 07:00-21:00 on weekdays only: nights and weekends closed (28 open steps a day)",
+        ),
+        TestSet(
+            "nox",
+            "data/nox-ch.csv",
+            7,
+            (7,),
+            note="13 related daily streams (NOx at Swiss sites, 2004), missing days are gaps",
+        ),
     )
 }
 
@@ -96,11 +121,24 @@ def positions_of(series, open_steps: bool) -> np.ndarray:
     return positions(series.timestamps, series.step_seconds, open_steps)
 
 
-def train_rnncast(test_set: TestSet, seed: int, workdir: Path, epochs: int | None) -> tuple[Path | None, str | None, float]:
+def train_rnncast(
+    test_set: TestSet, seed: int, workdir: Path, epochs: int | None
+) -> tuple[Path | None, str | None, float]:
     """Trains with the CLI; returns (artifact, None, seconds) or (None, the CLI's error line, seconds)."""
     out = workdir / f"{test_set.name}-seed{seed}"
-    cmd = [str(ROOT / ".venv" / "bin" / "rnncast"), "train", "--data", str(ROOT / test_set.data), "--out", str(out),
-           "--horizon", str(test_set.horizon), "--seed", str(seed), *test_set.train_flags]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "rnncast"),
+        "train",
+        "--data",
+        str(ROOT / test_set.data),
+        "--out",
+        str(out),
+        "--horizon",
+        str(test_set.horizon),
+        "--seed",
+        str(seed),
+        *test_set.train_flags,
+    ]
     if epochs is not None:
         cmd += ["--epochs", str(epochs)]
     started = time.monotonic()
@@ -122,26 +160,50 @@ def rnncast_forecasts(artifact_dir: Path, dataset, test_fraction: float) -> dict
     return {s.stream_id: s.forecasts for s in streams}
 
 
-def cached_peers(test_set: TestSet, dataset, sid: str, fit_before: int, origins: np.ndarray, on_origin=None) -> dict[str, np.ndarray]:
+def cached_peers(
+    test_set: TestSet, dataset, sid: str, fit_before: int, origins: np.ndarray, on_origin=None
+) -> dict[str, np.ndarray]:
     from models.peers import PeerSpec, peer_forecasts
 
     series = dataset.series[sid]
     spec = PeerSpec(test_set.seasons)
     key = hashlib.sha256(
-        json.dumps([dataset.sha256, sid, test_set.horizon, list(spec.seasons), list(spec.peers), spec.mstl_window,
-                    test_set.open_steps, fit_before, origins.tolist(), "v1"]).encode()
+        json.dumps(
+            [
+                dataset.sha256,
+                sid,
+                test_set.horizon,
+                list(spec.seasons),
+                list(spec.peers),
+                spec.mstl_window,
+                test_set.open_steps,
+                fit_before,
+                origins.tolist(),
+                "v1",
+            ]
+        ).encode()
     ).hexdigest()[:20]
     path = CACHE / f"{test_set.name}-{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as cached:
             return {name: cached[name] for name in cached.files}
-    out = peer_forecasts(spec, positions_of(series, test_set.open_steps), series.values, fit_before, origins.tolist(), test_set.horizon, on_origin)
+    out = peer_forecasts(
+        spec,
+        positions_of(series, test_set.open_steps),
+        series.values,
+        fit_before,
+        origins.tolist(),
+        test_set.horizon,
+        on_origin,
+    )
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
     return out
 
 
-def score_set(test_set: TestSet, seeds: list[int], workdir: Path, max_origins: int, test_fraction: float, epochs: int | None) -> dict:
+def score_set(
+    test_set: TestSet, seeds: list[int], workdir: Path, max_origins: int, test_fraction: float, epochs: int | None
+) -> dict:
     """Trains, forecasts and scores every method of one test set."""
     from models.data import load_csv
     from models.evaluation import test_boundaries
@@ -168,8 +230,15 @@ def score_set(test_set: TestSet, seeds: list[int], workdir: Path, max_origins: i
     trained = [r for r in runs if r["forecasts"] is not None]
     if len(trained) > 1:
         # What serving the seeds' mean would forecast (an offline ensemble of the same runs).
-        runs.append({"seed": None, "name": ENSEMBLE, "error": None, "train_seconds": 0.0,
-                     "forecasts": {sid: np.mean([r["forecasts"][sid] for r in trained], axis=0) for sid in dataset.series}})
+        runs.append(
+            {
+                "seed": None,
+                "name": ENSEMBLE,
+                "error": None,
+                "train_seconds": 0.0,
+                "forecasts": {sid: np.mean([r["forecasts"][sid] for r in trained], axis=0) for sid in dataset.series},
+            }
+        )
     for run in runs:
         run.setdefault("name", f"rnncast seed {run['seed']}")
     methods = [r["name"] for r in runs] + list(next(iter(peer_sets.values())))
@@ -180,7 +249,11 @@ def score_set(test_set: TestSet, seeds: list[int], workdir: Path, max_origins: i
         positions = positions_of(series, test_set.open_steps)
         step = series.step_seconds
         clock = positions.astype(np.float64) * step  # the grid the horizons count on
-        test_from = float(clock[np.searchsorted(series.timestamps, boundaries[sid])]) if boundaries[sid] <= series.timestamps[-1] else np.inf
+        test_from = (
+            float(clock[np.searchsorted(series.timestamps, boundaries[sid])])
+            if boundaries[sid] <= series.timestamps[-1]
+            else np.inf
+        )
         rows = origins_of[sid]
         per_method = {r["name"]: r["forecasts"][sid] for r in runs if r["forecasts"] is not None}
         per_method.update(peer_sets[sid])
@@ -201,7 +274,7 @@ def score_set(test_set: TestSet, seeds: list[int], workdir: Path, max_origins: i
         else:
             report = combine_scores(scores[name], test_set.horizon, season)
             results.append(MethodScores(name, report["model"]["mae"], extra={"train_seconds": run["train_seconds"]}))
-    for name in methods[len(runs):]:
+    for name in methods[len(runs) :]:
         results.append(MethodScores(name, combine_scores(scores[name], test_set.horizon, season)["model"]["mae"]))
     base = combine_scores(baselines, test_set.horizon, season)
     results.append(MethodScores("persistence", base["persistence"]["mae"]))
@@ -277,7 +350,9 @@ def markdown(result: dict) -> str:
     for r in result["sets"]:
         s = r["summary"]
         if s["failed"] and not s["rnncast_vs_best_peer"]:
-            lines.append(f"| {r['name']} | rnncast train failed: `{s['failed'][0]}` | | | | {s['best_peer']} ({_f(s['best_peer_vs_seasonal_naive'], '.3f')}) | |")
+            lines.append(
+                f"| {r['name']} | rnncast train failed: `{s['failed'][0]}` | | | | {s['best_peer']} ({_f(s['best_peer_vs_seasonal_naive'], '.3f')}) | |"
+            )
             continue
         lines.append(
             f"| {r['name']} | {', '.join(_f(x, '.3f') for x in s['rnncast_vs_best_peer'])} | {_f(s['rnncast_vs_best_peer_median'], '.3f')} "
@@ -320,7 +395,9 @@ def update_readme(readme: Path, table: str) -> None:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -338,12 +415,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.peers import PeersUnavailable
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     sets = []
     with tempfile.TemporaryDirectory(prefix="rnncast-accuracy-") as workdir:
         try:
             for name in args.sets:
-                result = score_set(TEST_SETS[name], args.seeds, Path(workdir), args.max_origins, args.test_fraction, args.epochs)
+                result = score_set(
+                    TEST_SETS[name], args.seeds, Path(workdir), args.max_origins, args.test_fraction, args.epochs
+                )
                 result["summary"] = summarise(result)
                 print(json.dumps({"set": name, **result["summary"]}), file=sys.stderr, flush=True)
                 sets.append(result)
@@ -357,8 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         "test_fraction": args.test_fraction,
         "max_origins_per_stream": args.max_origins,
         "epochs_cap": args.epochs,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        },
         "sets": sets,
     }
     out = Path(args.out)

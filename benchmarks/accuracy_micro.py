@@ -48,7 +48,8 @@ def readings(streams: int, steps: int, seed: int = 0) -> list[tuple]:
     ids = [f"stream#{k}" for k in range(streams)]
     return [
         (ids[k], START + (i // streams) * STEP_SECONDS, values[i], means[k], scales[k], forecasts[i])
-        for i in range(n) for k in (i % streams,)
+        for i in range(n)
+        for k in (i % streams,)
     ]
 
 
@@ -90,9 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     timed = all_readings[warm_steps * args.streams :][: args.readings]
     result = {
         "what": "microseconds of CPU per applied reading: record/observe + the flush at each bundle's end, amortised",
-        "streams": args.streams, "horizon": HORIZON, "readings": len(timed), "bundle": args.bundle,
-        "warm_up_readings": len(warm), "repeats": args.repeats,
-        "python": sys.version.split()[0], "numpy": np.__version__,
+        "streams": args.streams,
+        "horizon": HORIZON,
+        "readings": len(timed),
+        "bundle": args.bundle,
+        "warm_up_readings": len(warm),
+        "repeats": args.repeats,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
     }
     for kind in ("tracker", "monitor"):
         result[kind] = us_per_reading(kind, args.streams, warm, timed, args.bundle, args.repeats)

@@ -32,8 +32,15 @@ def sample_forecast(intervals: bool, seed: int = 0) -> Forecast:
         return forecast
     spec = default_shaped_intervals()
     return Forecast(
-        forecast.stream_id, forecast.timestamp, forecast.values, scaled, STEP_SECONDS, 1000,
-        spec.levels, (spec.lower + scaled) * scale + mean, (spec.upper + scaled) * scale + mean,
+        forecast.stream_id,
+        forecast.timestamp,
+        forecast.values,
+        scaled,
+        STEP_SECONDS,
+        1000,
+        spec.levels,
+        (spec.lower + scaled) * scale + mean,
+        (spec.upper + scaled) * scale + mean,
     )
 
 

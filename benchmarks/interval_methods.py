@@ -37,7 +37,9 @@ def summarise(name: str, report: dict) -> dict:
         "method": name,
         "coverage": {k: round(v, 4) for k, v in report["summary"]["interval_coverage"].items()},
         "coverage_by_band": bands,
-        "score_ratio_vs_baseline": {k: round(v, 4) for k, v in report["summary"]["interval_score_ratio_vs_baseline"].items()},
+        "score_ratio_vs_baseline": {
+            k: round(v, 4) for k, v in report["summary"]["interval_score_ratio_vs_baseline"].items()
+        },
         "baseline_coverage": {k: round(v, 4) for k, v in report["summary"]["baseline_interval_coverage"].items()},
         "mae_ratio_vs_persistence": round(report["summary"]["mae_ratio_vs_persistence"], 4),
     }
@@ -79,7 +81,17 @@ def rolling(engine: Engine, dataset, season: int, test_fraction: float, window: 
             lower[i] = run.forecasts[i] + (spec.centre - half) * run.scales[i]
             upper[i] = run.forecasts[i] + (spec.centre + half) * run.scales[i]
         scores.append(
-            score_series(series.timestamps, series.values, run.forecasts, series.step_seconds, season, boundaries[sid], spec.levels, lower, upper)
+            score_series(
+                series.timestamps,
+                series.values,
+                run.forecasts,
+                series.step_seconds,
+                season,
+                boundaries[sid],
+                spec.levels,
+                lower,
+                upper,
+            )
         )
     return combine_scores(scores, engine.horizon, season)
 
@@ -108,7 +120,10 @@ def main() -> None:
         print(json.dumps(summarise("static" if gamma == 0 else f"aci_{gamma:g}", report)), flush=True)
     for window in [int(w) for w in args.windows.split(",") if w]:
         engine = Engine(artifact.weights, artifact.features, artifact.engine_config(), spec)
-        print(json.dumps(summarise(f"rolling_{window}", rolling(engine, dataset, season, test_fraction, window))), flush=True)
+        print(
+            json.dumps(summarise(f"rolling_{window}", rolling(engine, dataset, season, test_fraction, window))),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ class WindowModel:
     compiled: object | None = None
 
     @classmethod
-    def from_artifact(cls, artifact, *, compile_batches: bool = False) -> "WindowModel":
+    def from_artifact(cls, artifact, *, compile_batches: bool = False) -> WindowModel:
         from models.artifact import load_keras_model
 
         model = load_keras_model(artifact)
@@ -162,7 +162,9 @@ class WindowModel:
         """One direct Keras call ``model(inputs, training=False)`` for one window."""
         features, base, mean, scale, level = window_inputs(self.spec, self.smoothing, self.horizon, [window])
         out = np.asarray(self.model([features, base], training=False))
-        return self._forecast(stream_id, window, out[0, -1].astype(np.float64) + level[0], mean[0], scale[0], readings_seen)
+        return self._forecast(
+            stream_id, window, out[0, -1].astype(np.float64) + level[0], mean[0], scale[0], readings_seen
+        )
 
     def forecast_batch(self, items: Sequence[tuple[str, np.ndarray, int]]) -> list[Forecast]:
         """Forecasts for many windows: windows of equal length share one model call."""
@@ -181,7 +183,9 @@ class WindowModel:
                 results[i] = self._forecast(stream_id, window, out[j] + level[j], mean[j], scale[j], seen)
         return results  # type: ignore[return-value]
 
-    def _forecast(self, stream_id: str, window: np.ndarray, scaled: np.ndarray, mean: float, scale: float, seen: int) -> Forecast:
+    def _forecast(
+        self, stream_id: str, window: np.ndarray, scaled: np.ndarray, mean: float, scale: float, seen: int
+    ) -> Forecast:
         return Forecast(
             stream_id=stream_id,
             timestamp=float(window[-1, 0]),
@@ -251,7 +255,12 @@ class NaiveWindowDoFn(beam.DoFn):
     VERSION = version_spec("windows")
 
     def __init__(
-        self, artifact: str, mode: str, min_history: int | None, window: int = DEFAULT_WINDOW, min_window: int | None = None,
+        self,
+        artifact: str,
+        mode: str,
+        min_history: int | None,
+        window: int = DEFAULT_WINDOW,
+        min_window: int | None = None,
         covariates: tuple[str, ...] | None = None,
     ) -> None:
         self._artifact = artifact
@@ -352,7 +361,9 @@ class BatchForecasts(beam.DoFn):
         return OutcomeBatch(outcomes, {})
 
 
-def build_pipeline(pipeline, options, layout, mode: str, metrics=None, window: int = DEFAULT_WINDOW, min_window: int | None = None) -> None:
+def build_pipeline(
+    pipeline, options, layout, mode: str, metrics=None, window: int = DEFAULT_WINDOW, min_window: int | None = None
+) -> None:
     """The job's graph (``pipeline.job.build_pipeline``) with the stateful step swapped for a naive one."""
     from pipeline.job import publish_and_commit, read_and_route
     from pipeline.metrics import default_metrics
@@ -360,6 +371,7 @@ def build_pipeline(pipeline, options, layout, mode: str, metrics=None, window: i
     metrics = metrics or default_metrics
     # Referenced through the importable module (not __main__), so Beam pickles the DoFns by reference.
     from benchmarks.naive_job import BatchForecasts, NaiveWindowDoFn
+
     stepped = read_and_route(pipeline, options, layout, metrics) | "NaiveForecast" >> beam.ParDo(
         NaiveWindowDoFn(options.artifact, mode, options.min_history, window, min_window, layout.covariate_names)
     )
@@ -377,10 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import cli_serve, job
     from pipeline.cli import UsageError
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.naive_job", description="naive window-recompute peer of rnncast serve")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.naive_job", description="naive window-recompute peer of rnncast serve"
+    )
     cli_serve.add_arguments(parser)
     parser.add_argument("--mode", choices=("per_reading", "batched"), required=True)
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="L: readings kept per stream (default: %(default)s)")
+    parser.add_argument(
+        "--window", type=int, default=DEFAULT_WINDOW, help="L: readings kept per stream (default: %(default)s)"
+    )
     parser.add_argument("--min-window", type=int, help="readings before a stream forecasts (default: L, a full window)")
     args = parser.parse_args(argv)
     args.extra_args = []

@@ -30,7 +30,11 @@ __all__ = ["main", "run_pipe"]
 
 # The sink's producer settings (pipeline.kafka_sink.SINK_PRODUCER_CONFIG) in kafka-python's terms.
 KAFKA_PYTHON_PRODUCER_CONFIG = {
-    "acks": "all", "enable_idempotence": True, "linger_ms": 20, "batch_size": 256 * 1024, "client_id": "rnncast-bench-pipe",
+    "acks": "all",
+    "enable_idempotence": True,
+    "linger_ms": 20,
+    "batch_size": 256 * 1024,
+    "client_id": "rnncast-bench-pipe",
 }
 
 
@@ -118,8 +122,16 @@ def _run_confluent(
 
     stop = stop or threading.Event()
     config = librdkafka_config(settings)
-    consumer = Consumer({**config, "group.id": group or "rnncast-bench-pipe", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20, "client.id": "rnncast-bench-pipe"})
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": group or "rnncast-bench-pipe",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,
+            "client.id": "rnncast-bench-pipe",
+        }
+    )
     producer = Producer({**config, **SINK_PRODUCER_CONFIG, "client.id": "rnncast-bench-pipe"})
     try:
         if partitions is None:
@@ -170,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", default=None, help="comma-separated input partitions (default: all)")
     parser.add_argument("--group", default=None, help="consumer group to commit positions to (no membership)")
     parser.add_argument("--commit-every", type=float, default=0.5, help="seconds between flush + commit")
-    parser.add_argument("--client", choices=("confluent", "kafka-python"), default="confluent",
-                        help="Kafka client library (default: %(default)s, the job's own)")
+    parser.add_argument(
+        "--client",
+        choices=("confluent", "kafka-python"),
+        default="confluent",
+        help="Kafka client library (default: %(default)s, the job's own)",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

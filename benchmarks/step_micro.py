@@ -107,7 +107,9 @@ def default_shaped_spec() -> tuple[FeatureSpec, EngineConfig]:
 def default_shaped_intervals(seed: int = 0) -> IntervalSpec:
     """Prediction intervals at the default levels over H = 48 steps, widening with the step (random offsets)."""
     rng = np.random.default_rng(seed)
-    half = np.cumsum(rng.uniform(0.2, 0.6, size=(len(DEFAULT_LEVELS), HORIZON)), axis=0) * np.sqrt(np.arange(1, HORIZON + 1))
+    half = np.cumsum(rng.uniform(0.2, 0.6, size=(len(DEFAULT_LEVELS), HORIZON)), axis=0) * np.sqrt(
+        np.arange(1, HORIZON + 1)
+    )
     centre = rng.normal(scale=0.1, size=HORIZON)
     return IntervalSpec.from_offsets(DEFAULT_LEVELS, centre - half, centre + half, DEFAULT_GAMMA)
 

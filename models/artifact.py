@@ -119,7 +119,9 @@ def read_manifest(directory: Path) -> dict:
         raise ArtifactError(f"{directory}: not an artifact directory")
     refused = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in _REFUSED_SUFFIXES)
     if refused:
-        raise ArtifactError(f"{directory}: refusing an artifact that contains {', '.join(refused)} (only .keras and .npz weights are accepted; no HDF5 models, no pickles)")
+        raise ArtifactError(
+            f"{directory}: refusing an artifact that contains {', '.join(refused)} (only .keras and .npz weights are accepted; no HDF5 models, no pickles)"
+        )
     path = directory / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text())
@@ -144,7 +146,9 @@ def _check_hash(directory: Path, name: str, expected: str | None) -> Path:
         raise ArtifactError(f"{path}: missing")
     actual = sha256_file(path)
     if actual != expected:
-        raise ArtifactError(f"{path}: SHA-256 {actual[:12]}… does not match the manifest's {str(expected)[:12]}…; refusing to load a modified model")
+        raise ArtifactError(
+            f"{path}: SHA-256 {actual[:12]}… does not match the manifest's {str(expected)[:12]}…; refusing to load a modified model"
+        )
     return path
 
 
@@ -162,7 +166,9 @@ def load_artifact(directory: Path) -> Artifact:
     except (ValueError, KeyError, OSError) as err:
         raise ArtifactError(f"{weights_path}: unreadable weights ({err})") from None
     if weights.horizon != int(manifest["horizon"]):
-        raise ArtifactError(f"{weights_path}: head has {weights.horizon} outputs, manifest says horizon {manifest['horizon']}")
+        raise ArtifactError(
+            f"{weights_path}: head has {weights.horizon} outputs, manifest says horizon {manifest['horizon']}"
+        )
     intervals = None
     if manifest.get("intervals") is not None:
         try:

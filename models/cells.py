@@ -349,7 +349,9 @@ def layers_from_arrays(prefix: str, cell: str, arrays: dict[str, np.ndarray]) ->
         )
         i += 1
     if not layers:
-        raise ValueError("weights contain no recurrent layer" if prefix == "layer" else f"weights contain no {prefix} layer")
+        raise ValueError(
+            "weights contain no recurrent layer" if prefix == "layer" else f"weights contain no {prefix} layer"
+        )
     return tuple(layers)
 
 
@@ -450,7 +452,7 @@ class NetworkWeights:
         return arrays
 
     @classmethod
-    def from_arrays(cls, cell: str, arrays: dict[str, np.ndarray]) -> "NetworkWeights":
+    def from_arrays(cls, cell: str, arrays: dict[str, np.ndarray]) -> NetworkWeights:
         return cls(
             layers=layers_from_arrays("layer", cell, arrays),
             head_kernel=np.asarray(arrays["head_kernel"], dtype=np.float64),

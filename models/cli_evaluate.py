@@ -19,9 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifact", required=True, help="artifact directory written by `rnncast train`")
     parser.add_argument("--data", required=True, help="CSV to evaluate on (long format)")
     split = parser.add_mutually_exclusive_group()
-    split.add_argument("--test-fraction", type=float, help="score the last fraction of each stream (default: the artifact's training hold-out)")
+    split.add_argument(
+        "--test-fraction",
+        type=float,
+        help="score the last fraction of each stream (default: the artifact's training hold-out)",
+    )
     split.add_argument("--test-from", help="score forecasts issued at or after this time (RFC 3339 or epoch seconds)")
-    parser.add_argument("--engine", choices=("numpy", "keras"), default="numpy", help="numpy (what serving runs) or keras (reference, slow)")
+    parser.add_argument(
+        "--engine",
+        choices=("numpy", "keras"),
+        default="numpy",
+        help="numpy (what serving runs) or keras (reference, slow)",
+    )
     parser.add_argument("--season", type=int, help="season for the seasonal naive baseline (default: the artifact's)")
     parser.add_argument(
         "--peer",
@@ -32,17 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fitted on the data before the test part and applied at each origin to the history up to it; MSTL costs "
         "seconds per origin, hence --peer-origins (default: none)",
     )
-    parser.add_argument("--peer-origins", type=int, default=30, help="origins per stream the peer is scored on, every k-th of the test part (default: 30)")
+    parser.add_argument(
+        "--peer-origins",
+        type=int,
+        default=30,
+        help="origins per stream the peer is scored on, every k-th of the test part (default: 30)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--plot", metavar="FILE.png", help="write forecast-vs-actual and MAE-per-horizon plots, and a fan chart of the prediction intervals when the artifact has them")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write forecast-vs-actual and MAE-per-horizon plots, and a fan chart of the prediction intervals when the artifact has them",
+    )
     parser.add_argument("--plot-stream", help="stream to plot (default: the first)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import UsageError
-
     from models.artifact import ArtifactError, load_artifact
     from models.data import DataError, load_csv
+    from models.errors import UsageError
     from models.evaluation import evaluate
     from models.metrics import format_report
     from models.timeutil import parse_timestamp

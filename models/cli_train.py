@@ -8,7 +8,7 @@ import json
 import math
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -33,10 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "attention (Luong attention over the last --attention-window encoder states), birnn "
         "(forward pass carried, backward pass re-run over the last --window inputs) (default: lstm)",
     )
-    parser.add_argument("--encoder-cell", choices=("rnn", "lstm", "gru"), default="lstm", help="variants: the recurrent cell of the encoder / of both directions (default: lstm)")
+    parser.add_argument(
+        "--encoder-cell",
+        choices=("rnn", "lstm", "gru"),
+        default="lstm",
+        help="variants: the recurrent cell of the encoder / of both directions (default: lstm)",
+    )
     parser.add_argument("--decoder-units", type=int, help="seq2seq: decoder units (default: --units / 2)")
-    parser.add_argument("--attention-window", type=int, help="attention: encoder states kept per stream, W (default: one season, at most 96)")
-    parser.add_argument("--window", type=int, help="birnn: inputs the backward pass re-reads at each reading, L (default: one season, at most 96)")
+    parser.add_argument(
+        "--attention-window",
+        type=int,
+        help="attention: encoder states kept per stream, W (default: one season, at most 96)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="birnn: inputs the backward pass re-reads at each reading, L (default: one season, at most 96)",
+    )
     parser.add_argument("--backward-units", type=int, help="birnn: units of the backward stack (default: --units / 2)")
     parser.add_argument("--horizon", type=int, help="forecast steps H (default: one season)")
     parser.add_argument(
@@ -56,15 +69,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=1, help="stacked recurrent layers, 1-3 (default: 1)")
     parser.add_argument("--units", type=int, default=64, help="units per recurrent layer (default: 64)")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout after each recurrent layer (default: 0)")
-    parser.add_argument("--epochs", type=int, default=60, help="maximum epochs; early stopping usually ends sooner (default: 60)")
+    parser.add_argument(
+        "--epochs", type=int, default=60, help="maximum epochs; early stopping usually ends sooner (default: 60)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--loss", choices=("mae", "mse"), default="mae", help="training loss on scaled targets (default: mae, as forecasts are scored)")
+    parser.add_argument(
+        "--loss",
+        choices=("mae", "mse"),
+        default="mae",
+        help="training loss on scaled targets (default: mae, as forecasts are scored)",
+    )
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (default: 8)")
-    parser.add_argument("--covariates", nargs="*", help="covariate columns to use (default: all; give none to use none)")
+    parser.add_argument(
+        "--covariates", nargs="*", help="covariate columns to use (default: all; give none to use none)"
+    )
     parser.add_argument("--no-calendar", action="store_true", help="do not feed time-of-day/day-of-week features")
     parser.add_argument("--test-fraction", type=float, default=0.3, help="held-out tail of each stream (default: 0.3)")
-    parser.add_argument("--max-gap", type=int, default=4, help="serving: impute gaps up to this many steps (default: 4)")
+    parser.add_argument(
+        "--max-gap", type=int, default=4, help="serving: impute gaps up to this many steps (default: 4)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model")
     parser.add_argument(
         "--interval-levels",
@@ -83,9 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import UsageError
-
     from models.data import DataError, load_csv
+    from models.errors import UsageError
 
     if not 1 <= args.layers <= 3:
         raise UsageError("--layers must be 1, 2 or 3")
@@ -188,7 +211,9 @@ def _check_variant_flags(args: argparse.Namespace, error: type[Exception]) -> No
         if value < 1:
             raise error(f"{flag} must be at least 1")
     if args.encoder_cell != "lstm" and args.cell not in VARIANT_TYPES:
-        raise error(f"--encoder-cell applies to --cell {', '.join(VARIANT_TYPES)}; for a plain stack use --cell {args.encoder_cell}")
+        raise error(
+            f"--encoder-cell applies to --cell {', '.join(VARIANT_TYPES)}; for a plain stack use --cell {args.encoder_cell}"
+        )
 
 
 def _interval_levels(args: argparse.Namespace, error: type[Exception]) -> tuple[float, ...]:
@@ -218,7 +243,11 @@ def _calibrate(result, dataset, levels: tuple[float, ...], gamma: float | None) 
 
     engine = Engine(numpy_weights(result), result.features, serving_config(result))
     spec, counts = calibrate_intervals(
-        engine, dataset, result.split.validation_from, result.split.test_from, levels,
+        engine,
+        dataset,
+        result.split.validation_from,
+        result.split.test_from,
+        levels,
         DEFAULT_GAMMA if gamma is None else gamma,
     )
     return spec.to_json(counts)
@@ -229,7 +258,9 @@ def serving_config(result):
     from models.engine import EngineConfig
 
     warmup = result.smoothing.warmup if result.smoothing else result.season
-    return EngineConfig(result.season, result.step_seconds, warmup + 1, result.config.max_gap, smoothing=result.smoothing)
+    return EngineConfig(
+        result.season, result.step_seconds, warmup + 1, result.config.max_gap, smoothing=result.smoothing
+    )
 
 
 def numpy_weights(result):
@@ -248,7 +279,7 @@ def write_artifact(out: str, result, dataset, config_json: dict, intervals: dict
 
     weights = numpy_weights(result)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in weights.to_arrays().values()))
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     val_losses = result.history.get("val_loss", [])
     best = int(np.nanargmin(val_losses)) if val_losses else -1
     serving = serving_config(result)
@@ -260,7 +291,11 @@ def write_artifact(out: str, result, dataset, config_json: dict, intervals: dict
         "units": result.config.units,
         "horizon": result.horizon,
         "season": result.season,
-        **({"smoothing": result.smoothing.to_json(), "smoothing_choice": result.smoothing_choice} if result.smoothing else {}),
+        **(
+            {"smoothing": result.smoothing.to_json(), "smoothing_choice": result.smoothing_choice}
+            if result.smoothing
+            else {}
+        ),
         "step_seconds": result.step_seconds,
         "features": result.features.to_json(),
         "value_scaling": "per stream: mean/std of the stream's first warm-up readings (the longest cycle; frozen in its state)",

@@ -265,7 +265,9 @@ def _read_header(path: str, reader: Any) -> _Header:
     missing = [name for name in REQUIRED_COLUMNS if name not in seen]
     if missing:
         raise DataError(
-            path, 1, missing[0],
+            path,
+            1,
+            missing[0],
             f"missing required column (missing: {', '.join(missing)}; header has: {', '.join(names)})",
         )
     index = {name: i for i, name in enumerate(names)}
@@ -329,7 +331,9 @@ def _parse_number(path: str, line: int, column: str, text: str) -> float:
         raise DataError(path, line, column, f"not a number: {text!r}") from None
     if not math.isfinite(number):
         raise DataError(
-            path, line, column,
+            path,
+            line,
+            column,
             f"{text.strip()!r} is not a finite number (leave missing readings out instead of writing NaN)",
         )
     return number
@@ -339,12 +343,16 @@ def _raise_order_error(path: str, line: int, stream_id: str, timestamp: float, r
     previous, previous_line = rows.timestamps[-1], rows.lines[-1]
     if timestamp == previous:
         raise DataError(
-            path, line, "timestamp",
+            path,
+            line,
+            "timestamp",
             f"duplicate timestamp {format_timestamp(timestamp)} in stream {stream_id!r} "
             f"(already on line {previous_line})",
         )
     raise DataError(
-        path, line, "timestamp",
+        path,
+        line,
+        "timestamp",
         f"timestamp {format_timestamp(timestamp)} is earlier than {format_timestamp(previous)} "
         f"on line {previous_line} in stream {stream_id!r}: timestamps must increase within a stream",
     )
@@ -362,7 +370,9 @@ def _build_series(path: str, rows: _StreamRows, step_seconds: float | None) -> S
     if step_seconds is None:
         if diffs.size == 0:
             raise DataError(
-                path, rows.lines[0], None,
+                path,
+                rows.lines[0],
+                None,
                 f"stream {stream_id!r} has a single row, so its step cannot be inferred: "
                 "give the step explicitly (step_seconds / --step)",
             )
@@ -407,7 +417,9 @@ def _raise_first_irregular(path: str, streams: dict[str, _StreamRows], series: d
     s, rows = series[stream_id], streams[stream_id]
     difference = s.timestamps[index] - s.timestamps[index - 1]
     raise DataError(
-        path, line, "timestamp",
+        path,
+        line,
+        "timestamp",
         f"irregular sampling in stream {stream_id!r}: {format_timestamp(s.timestamps[index])} is "
         f"{difference:g} s after the previous reading (line {rows.lines[index - 1]}), "
         f"not a whole multiple of the step {s.step_seconds:g} s",

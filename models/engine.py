@@ -100,7 +100,11 @@ class Engine:
     """Serves one artifact: weights, features, serving semantics and (optionally) prediction intervals."""
 
     def __init__(
-        self, weights: NetworkWeights, features: FeatureSpec, config: EngineConfig, intervals: IntervalSpec | None = None
+        self,
+        weights: NetworkWeights,
+        features: FeatureSpec,
+        config: EngineConfig,
+        intervals: IntervalSpec | None = None,
     ):
         self.weights = weights
         self.features = features
@@ -174,7 +178,9 @@ class Engine:
             # The warm-up's one-step forecast is the smoothing's alone, not the model's: not scored.
             one_step = (state.one_step_forecast - mean) / scale if state.readings_seen > self.warmup else math.nan
             interval_state = adapt(state.interval_state, (reading.value - mean) / scale, one_step, self.intervals)
-        state, scaled = self._advance(state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, interval_state)
+        state, scaled = self._advance(
+            state, reading.value, covariates, reading.timestamp, state.readings_seen + 1, interval_state
+        )
         forecast = None
         if state.readings_seen >= self.config.min_history:
             mean, scale = state.value_mean, state.value_scale
@@ -243,7 +249,7 @@ class Engine:
     def _step_or_error(self, state: StreamState | None, reading: Reading) -> StepResult | Exception:
         try:
             return self.step(state, reading)
-        except Exception as err:  # noqa: BLE001 - the caller dead-letters it; the other readings go on
+        except Exception as err:
             return err
 
     def _steady(
@@ -273,7 +279,11 @@ class Engine:
                 continue
             try:
                 value, timestamp, last, scale, covariates = (
-                    reading.value, reading.timestamp, state.last_timestamp, state.value_scale, reading.covariates
+                    reading.value,
+                    reading.timestamp,
+                    state.last_timestamp,
+                    state.value_scale,
+                    reading.covariates,
                 )
                 if (
                     state.readings_seen != 0
@@ -290,7 +300,7 @@ class Engine:
                 ):
                     steady.append(i)
                     scalars.append((value, timestamp, state.value_mean, scale, *covariates))
-            except Exception:  # noqa: BLE001, S112 - step() raises it for this reading
+            except Exception:
                 continue
         return steady, scalars
 
@@ -326,7 +336,7 @@ class Engine:
             scaled = np.add(base, head)
             scaled += self._skip_many(x, base)
             scaled += levels[:, np.newaxis]
-        except Exception:  # noqa: BLE001 - step() redoes these readings and reports each one's error
+        except Exception:
             return None
         original = np.multiply(scaled, scale)
         original += mean
@@ -345,9 +355,7 @@ class Engine:
         old = np.array([state.interval_state for state in states]).reshape(len(states), -1)
         actual = (values - mean) / scale
         warmup = self.warmup
-        one_step = np.array(
-            [state.one_step_forecast if state.readings_seen > warmup else math.nan for state in states]
-        )
+        one_step = np.array([state.one_step_forecast if state.readings_seen > warmup else math.nan for state in states])
         one_step = (one_step - mean) / scale
         interval_states = push(adapt(old, actual, one_step, spec), scaled, spec)
         return interval_states, interval_bounds(interval_states, scaled, mean, scale, spec)
@@ -376,9 +384,9 @@ class Engine:
         new = _new_instance
         results = []
         append = results.append
-        for i, (state, reading, ring, cell_state, values, scaled_row, one_step, level) in enumerate(zip(
-            states, readings, rings, cell_states, original, scaled, original[:, 0].tolist(), smoothed_levels
-        )):
+        for i, (state, reading, ring, cell_state, values, scaled_row, one_step, level) in enumerate(
+            zip(states, readings, rings, cell_states, original, scaled, original[:, 0].tolist(), smoothed_levels)
+        ):
             readings_seen = state.readings_seen + 1
             timestamp = reading.timestamp
             new_state = serving_state(
@@ -468,7 +476,9 @@ class Engine:
         """
         mean, scale = state.value_mean, state.value_scale
         # 0-d level and reading, 1-D ring: the batch recursion on one stream, arrays of its own
-        new_level, ring, new_error = self._smoothing.update(np.array(state.level), state.ring, np.array((value - mean) / scale))
+        new_level, ring, new_error = self._smoothing.update(
+            np.array(state.level), state.ring, np.array((value - mean) / scale)
+        )
         level, error = float(new_level), float(new_error)
         x = self._input_row((value - mean) / scale - level, covariates, timestamp, error)
         head, cell_state = self._step_one(x, state.cell_state)

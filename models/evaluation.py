@@ -7,8 +7,8 @@ seasonal naive on the same points (:mod:`models.metrics`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -50,7 +50,9 @@ def covariate_columns(engine: Engine, dataset: Dataset) -> list[int]:
     return [dataset.covariate_names.index(c) for c in engine.features.covariate_names]
 
 
-def run_engine(engine: Engine, stream_id: str, series: Series, columns: list[int], on_reading: Callable[[], None] | None = None) -> np.ndarray:
+def run_engine(
+    engine: Engine, stream_id: str, series: Series, columns: list[int], on_reading: Callable[[], None] | None = None
+) -> np.ndarray:
     """Forecasts issued at each reading of one stream, state carried from its first reading."""
     return run_stream(engine, stream_id, series, columns, on_reading).forecasts
 
@@ -152,8 +154,15 @@ def evaluate(
         run = run_stream(engine, sid, series, columns, on_reading)
         scores.append(
             score_series(
-                series.timestamps, series.values, run.forecasts, series.step_seconds, season, boundaries[sid],
-                levels, run.lower, run.upper,
+                series.timestamps,
+                series.values,
+                run.forecasts,
+                series.step_seconds,
+                season,
+                boundaries[sid],
+                levels,
+                run.lower,
+                run.upper,
             )
         )
         streams.append(StreamForecasts(sid, series, run.forecasts, boundaries[sid], run.lower, run.upper))

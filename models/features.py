@@ -54,7 +54,7 @@ class FeatureSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "FeatureSpec":
+    def from_json(cls, data: dict) -> FeatureSpec:
         return cls(
             covariate_names=tuple(data["covariates"]),
             covariate_scaler=ScalerParams.from_json(data["covariate_scaler"]),
@@ -72,7 +72,11 @@ def calendar_features(timestamps: np.ndarray) -> np.ndarray:
 
 
 def input_matrix(
-    spec: FeatureSpec, values_scaled: np.ndarray, covariates: np.ndarray, timestamps: np.ndarray, errors: np.ndarray | None = None
+    spec: FeatureSpec,
+    values_scaled: np.ndarray,
+    covariates: np.ndarray,
+    timestamps: np.ndarray,
+    errors: np.ndarray | None = None,
 ) -> np.ndarray:
     """Feature rows for a whole sequence: float64 [n, spec.size] (``errors``: the one-step errors, if the spec has them)."""
     parts = [np.asarray(values_scaled, dtype=np.float64).reshape(-1, 1)]
@@ -112,7 +116,9 @@ class InputRowBuilder:
         self._error = spec.one_step_error
         self._covariate_scaler = tuple(zip(spec.covariate_scaler.mean, spec.covariate_scaler.scale))
 
-    def __call__(self, value_scaled: float, covariates: Sequence[float], timestamp: float, error: float = 0.0) -> np.ndarray:
+    def __call__(
+        self, value_scaled: float, covariates: Sequence[float], timestamp: float, error: float = 0.0
+    ) -> np.ndarray:
         """Feature row [spec.size] for one reading."""
         scaler = self._covariate_scaler
         if len(covariates) != len(scaler):
@@ -156,7 +162,9 @@ class InputColumnsBuilder:
         self.day, self.week = np.array(SECONDS_PER_DAY), np.array(SECONDS_PER_WEEK)
         self.week_shift, self.two_pi = np.array(_WEEK_ORIGIN_SHIFT), np.array(_TWO_PI)
 
-    def __call__(self, columns: np.ndarray, levels: np.ndarray | None = None, errors: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, columns: np.ndarray, levels: np.ndarray | None = None, errors: np.ndarray | None = None
+    ) -> np.ndarray:
         rows = np.empty((self.size, columns.shape[1]))
         value = rows[0]
         np.subtract(columns[0], columns[2], out=value)

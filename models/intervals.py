@@ -153,8 +153,12 @@ class IntervalSpec:
         check_levels(self.levels)
         shape = (len(self.levels), self.centre.shape[-1] if self.centre.ndim == 2 else -1)
         if self.centre.shape != shape or self.half_width.shape != shape:
-            raise ValueError(f"interval offsets must be [levels, horizon], got {self.centre.shape} and {self.half_width.shape}")
-        if not (np.all(np.isfinite(self.centre)) and np.all(np.isfinite(self.half_width)) and np.all(self.half_width >= 0)):
+            raise ValueError(
+                f"interval offsets must be [levels, horizon], got {self.centre.shape} and {self.half_width.shape}"
+            )
+        if not (
+            np.all(np.isfinite(self.centre)) and np.all(np.isfinite(self.half_width)) and np.all(self.half_width >= 0)
+        ):
             raise ValueError("interval offsets must be finite with a non-negative width")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"interval adaptation step must be >= 0, got {self.gamma}")
@@ -217,7 +221,9 @@ class IntervalSpec:
         return state
 
     @classmethod
-    def from_offsets(cls, levels: tuple[float, ...], lower: np.ndarray, upper: np.ndarray, gamma: float = DEFAULT_GAMMA) -> "IntervalSpec":
+    def from_offsets(
+        cls, levels: tuple[float, ...], lower: np.ndarray, upper: np.ndarray, gamma: float = DEFAULT_GAMMA
+    ) -> IntervalSpec:
         lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
         return cls(tuple(float(a) for a in levels), (lower + upper) / 2.0, (upper - lower) / 2.0, float(gamma))
 
@@ -233,7 +239,7 @@ class IntervalSpec:
     def upper(self) -> np.ndarray:
         return self.centre + self.half_width
 
-    def with_gamma(self, gamma: float) -> "IntervalSpec":
+    def with_gamma(self, gamma: float) -> IntervalSpec:
         return IntervalSpec(self.levels, self.centre, self.half_width, float(gamma))
 
     def to_json(self, counts: np.ndarray | None = None) -> dict:
@@ -252,7 +258,7 @@ class IntervalSpec:
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict, horizon: int) -> "IntervalSpec":
+    def from_json(cls, doc: dict, horizon: int) -> IntervalSpec:
         """Reads the manifest block; raises ValueError (with what is wrong) on a malformed one."""
         try:
             entries = sorted((float(k), v) for k, v in doc["levels"].items())
@@ -269,7 +275,9 @@ class IntervalSpec:
         return cls.from_offsets(levels, lower, upper, gamma)
 
 
-def adapt(state: np.ndarray, actual: np.ndarray | float, one_step: np.ndarray | float, spec: IntervalSpec) -> np.ndarray:
+def adapt(
+    state: np.ndarray, actual: np.ndarray | float, one_step: np.ndarray | float, spec: IntervalSpec
+) -> np.ndarray:
     """Scores the pending anchor forecasts that target this reading and moves the log-scales.
 
     Args:

@@ -109,7 +109,9 @@ class FeedbackDecoder(keras.layers.Layer):
         self.bridge = keras.layers.Dense(self.state_count * self.units, activation="tanh", name="bridge", dtype=policy)
         self.feedback = _FeedbackCell(cell, self.units, self.calendar, name="feedback", dtype=policy)
         self.unroll = keras.layers.RNN(self.feedback, return_sequences=True, name="unroll", dtype=policy)
-        self._rotation = calendar_rotation(self.horizon, self.step_seconds)  # float64: constants round once, at the compute dtype
+        self._rotation = calendar_rotation(
+            self.horizon, self.step_seconds
+        )  # float64: constants round once, at the compute dtype
 
     @property
     def cell(self):
@@ -194,7 +196,9 @@ class WindowAttention(keras.layers.Layer):
         units = int(input_shape[-1])
         self.score_kernel = self.add_weight(name="score_kernel", shape=(units, units), initializer="glorot_uniform")
         self.lag_bias = self.add_weight(name="lag_bias", shape=(self.window,), initializer="zeros")
-        self.combine_kernel = self.add_weight(name="combine_kernel", shape=(2 * units, units), initializer="glorot_uniform")
+        self.combine_kernel = self.add_weight(
+            name="combine_kernel", shape=(2 * units, units), initializer="glorot_uniform"
+        )
         self.combine_bias = self.add_weight(name="combine_bias", shape=(units,), initializer="zeros")
         self.built = True
 
@@ -219,7 +223,9 @@ class WindowAttention(keras.layers.Layer):
         scores = ops.where(band, scores + ops.take(self.lag_bias, lag), -1e9)
         weights = ops.softmax(scores, axis=-1)
         context = ops.reshape(ops.einsum("bnqk,bnku->bnqu", weights, keys), (batch, -1, units))[:, :rows]
-        return ops.tanh(ops.matmul(ops.concatenate([context, current], axis=-1), self.combine_kernel) + self.combine_bias)
+        return ops.tanh(
+            ops.matmul(ops.concatenate([context, current], axis=-1), self.combine_kernel) + self.combine_bias
+        )
 
     def get_config(self):
         return {**super().get_config(), "window": self.window}

@@ -134,11 +134,15 @@ def build_variant(
     head_dense = keras.layers.Dense(horizon, kernel_initializer="zeros", name="head", **kw)
     skip_dense = keras.layers.Dense(horizon, kernel_initializer="zeros", name="skip", **kw)
     if spec.cell == "seq2seq":
-        decoder = FeedbackDecoder(spec.encoder_cell, spec.decoder_units, horizon, spec.step_seconds, spec.calendar, name="decoder", **kw)
+        decoder = FeedbackDecoder(
+            spec.encoder_cell, spec.decoder_units, horizon, spec.step_seconds, spec.calendar, name="decoder", **kw
+        )
     elif spec.cell == "attention":
         attention = WindowAttention(spec.window, name="attention", **kw)
     else:
-        backward = WindowedBackwardRNN(spec.encoder_cell, spec.backward_units, layers, spec.window, name="backward", **kw)
+        backward = WindowedBackwardRNN(
+            spec.encoder_cell, spec.backward_units, layers, spec.window, name="backward", **kw
+        )
 
     def wire(start: int, step: int, base_input):
         suffix = "" if (start, step) == (0, 1) else "_scored"
@@ -151,14 +155,18 @@ def build_variant(
         elif spec.cell == "attention":
             head = head_dense(attention(encoded, scored_from=start))
         else:
-            joined = keras.layers.Concatenate(name=f"head_inputs{suffix}", **kw)([rows(encoded), backward(features, scored_from=start, every=step)])
+            joined = keras.layers.Concatenate(name=f"head_inputs{suffix}", **kw)(
+                [rows(encoded), backward(features, scored_from=start, every=step)]
+            )
             head = head_dense(joined)
         skip = skip_dense(keras.layers.Concatenate(name=f"skip_inputs{suffix}", **kw)([rows(features), base_input]))
         return keras.layers.Add(name=f"forecast{suffix}", **kw)([base_input, head, skip])
 
     serving = keras.Model(inputs=[features, base], outputs=wire(0, 1, base), name=f"rnncast_{spec.cell}")
     training = keras.Model(
-        inputs=[features, scored_base], outputs=wire(scored_from, every, scored_base), name=f"rnncast_{spec.cell}_training"
+        inputs=[features, scored_base],
+        outputs=wire(scored_from, every, scored_base),
+        name=f"rnncast_{spec.cell}_training",
     )
     return serving, training
 

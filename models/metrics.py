@@ -150,9 +150,7 @@ def _validate(
         raise ValueError("timestamps must be strictly increasing")
 
 
-def mase_scale(
-    timestamps: np.ndarray, values: np.ndarray, step_seconds: float, season: int, test_from: float
-) -> float:
+def mase_scale(timestamps: np.ndarray, values: np.ndarray, step_seconds: float, season: int, test_from: float) -> float:
     """In-sample seasonal-naive MAE of one series, the MASE denominator.
 
     The mean of ``|y_t - y_{t - season*step}|`` over all pairs present on the step grid whose two
@@ -291,7 +289,10 @@ def score_series(
         score.interval_sums = {
             "model": _interval_sums(lower[origins], upper[origins], actual, ok, interval_levels),
             "baseline": _interval_sums(
-                seasonal[:, None, :] + baseline_lower[None], seasonal[:, None, :] + baseline_upper[None], actual, ok,
+                seasonal[:, None, :] + baseline_lower[None],
+                seasonal[:, None, :] + baseline_upper[None],
+                actual,
+                ok,
                 interval_levels,
             ),
         }
@@ -299,8 +300,14 @@ def score_series(
 
 
 def _seasonal_naive_offsets(
-    timestamps: np.ndarray, values: np.ndarray, grid: np.ndarray, index: "_GridIndex", season: int, horizon: int,
-    test_from: float, levels: tuple[float, ...],
+    timestamps: np.ndarray,
+    values: np.ndarray,
+    grid: np.ndarray,
+    index: _GridIndex,
+    season: int,
+    horizon: int,
+    test_from: float,
+    levels: tuple[float, ...],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Conformal offsets ``[L, H]`` of the seasonal naive's errors on the part before ``test_from``."""
     origins = np.flatnonzero(timestamps < test_from)

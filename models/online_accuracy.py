@@ -137,8 +137,14 @@ class AccuracyTracker:
     """
 
     def __init__(
-        self, horizon: int, step_seconds: float, window: int = 1000, max_streams: int = 1000,
-        on_batch=None, buffer_rows: int = 4096, levels: tuple[float, ...] = (),
+        self,
+        horizon: int,
+        step_seconds: float,
+        window: int = 1000,
+        max_streams: int = 1000,
+        on_batch=None,
+        buffer_rows: int = 4096,
+        levels: tuple[float, ...] = (),
     ):
         self.horizon = horizon
         self.levels = tuple(levels)
@@ -185,8 +191,15 @@ class AccuracyTracker:
         self._interval_windows = {(b, j): _Window(window) for b, _, _ in self.band_columns for j in range(levels_count)}
 
     def observe(
-        self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
-        forecast_scaled: np.ndarray | None, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+        self,
+        stream_id: str,
+        timestamp: float,
+        value: float,
+        value_mean: float,
+        value_scale: float,
+        forecast_scaled: np.ndarray | None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> list[ScoredPoint]:
         """Score what this reading settles, then remember the forecast it produced (if any).
 
@@ -204,8 +217,15 @@ class AccuracyTracker:
         ]
 
     def record(
-        self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
-        forecast_scaled: np.ndarray | None, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+        self,
+        stream_id: str,
+        timestamp: float,
+        value: float,
+        value_mean: float,
+        value_scale: float,
+        forecast_scaled: np.ndarray | None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> None:
         """:meth:`observe` without scoring now (the job's hot path): the reading waits in the buffer.
 

@@ -42,7 +42,9 @@ def _models(spec: PeerSpec) -> dict[str, Callable[[], object]]:
     try:
         from statsforecast.models import MSTL, AutoETS, HoltWinters, SeasonalNaive
     except ImportError as err:
-        raise PeersUnavailable(f"the statistical peers need statsforecast ({err}); install them with: {INSTALL_HINT}") from None
+        raise PeersUnavailable(
+            f"the statistical peers need statsforecast ({err}); install them with: {INSTALL_HINT}"
+        ) from None
     main = spec.seasons[0]
     return {
         "mstl": lambda: MSTL(season_length=list(spec.seasons) if len(spec.seasons) > 1 else spec.seasons[0]),
@@ -123,7 +125,9 @@ def peer_forecasts(
     return out
 
 
-def peer_report(streams, peer: str, seasons: tuple[int, ...], horizon: int, season: int, max_origins: int, on_origin=None) -> dict:
+def peer_report(
+    streams, peer: str, seasons: tuple[int, ...], horizon: int, season: int, max_origins: int, on_origin=None
+) -> dict:
     """A peer beside the model for ``rnncast evaluate``: both scored on the same origins and points.
 
     Args:
@@ -154,8 +158,12 @@ def peer_report(streams, peer: str, seasons: tuple[int, ...], horizon: int, seas
         keep = np.zeros(len(series.values), dtype=bool)
         keep[rows] = True
         model = np.where(keep[:, None], stream.forecasts, np.nan)
-        model_scores.append(score_series(series.timestamps, series.values, model, series.step_seconds, season, stream.test_from))
-        peer_scores.append(score_series(series.timestamps, series.values, forecasts, series.step_seconds, season, stream.test_from))
+        model_scores.append(
+            score_series(series.timestamps, series.values, model, series.step_seconds, season, stream.test_from)
+        )
+        peer_scores.append(
+            score_series(series.timestamps, series.values, forecasts, series.step_seconds, season, stream.test_from)
+        )
         origins_total += int(rows.size)
     model = combine_scores(model_scores, horizon, season)
     other = combine_scores(peer_scores, horizon, season)
@@ -189,5 +197,7 @@ def format_peer_report(report: dict) -> str:
         lines.append(f"{label:<12}{m:>12.6g}{p:>12.6g}{(m / p if p > 0 else math.nan):>10.3f}")
     ratio = report["model_vs_peer"]
     verdict = "beats" if ratio < 1 else "LOSES to"
-    lines.append(f"model {verdict} {report['peer']} by {abs(1 - ratio) * 100:.1f}% on these origins (mean MAE over horizons)")
+    lines.append(
+        f"model {verdict} {report['peer']} by {abs(1 - ratio) * 100:.1f}% on these origins (mean MAE over horizons)"
+    )
     return "\n".join(lines)

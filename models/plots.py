@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def _step_label(step_seconds: float) -> str:
 
 
 def _to_datetimes(seconds: np.ndarray) -> list[datetime]:
-    return [datetime.fromtimestamp(float(s), tz=timezone.utc) for s in seconds]
+    return [datetime.fromtimestamp(float(s), tz=UTC) for s in seconds]
 
 
 def _stretch_rows(timestamps: np.ndarray, forecasts: np.ndarray, test_from: float | None, stretch: int) -> np.ndarray:
@@ -140,8 +140,9 @@ def plot_evaluation(
         one_t = timestamps[rows] + step_seconds
         keep = one_t <= t_hi
         if horizon and np.any(np.isfinite(one[keep])):
-            ax1.plot(_to_datetimes(one_t[keep]), one[keep], color="tab:blue", lw=1.0, alpha=0.8,
-                     label="model, 1 step ahead")
+            ax1.plot(
+                _to_datetimes(one_t[keep]), one[keep], color="tab:blue", lw=1.0, alpha=0.8, label="model, 1 step ahead"
+            )
 
         issued = rows[np.all(np.isfinite(forecasts[rows]), axis=1)] if horizon else rows[:0]
         if issued.size:
@@ -161,11 +162,16 @@ def plot_evaluation(
             for k, i in enumerate(origins):
                 path_t = np.concatenate([[timestamps[i]], timestamps[i] + h * step_seconds])
                 path_v = np.concatenate([[values[i]], forecasts[i]])
-                ax1.plot(_to_datetimes(path_t), path_v, color=colors[k], lw=1.6,
-                         label=f"model, {horizon}-step path" if k == 0 else None)
+                ax1.plot(
+                    _to_datetimes(path_t),
+                    path_v,
+                    color=colors[k],
+                    lw=1.6,
+                    label=f"model, {horizon}-step path" if k == 0 else None,
+                )
                 ax1.plot(_to_datetimes(path_t[:1]), path_v[:1], "o", color=colors[k], ms=4)
-        first = datetime.fromtimestamp(float(t_lo), tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-        last = datetime.fromtimestamp(float(t_hi), tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        first = datetime.fromtimestamp(float(t_lo), tz=UTC).strftime("%Y-%m-%d %H:%M")
+        last = datetime.fromtimestamp(float(t_hi), tz=UTC).strftime("%Y-%m-%d %H:%M")
         ax1.set_title(f"stream {stream_id}: test stretch {first} to {last} UTC ({rows.size} readings)")
     else:
         ax1.set_title(f"stream {stream_id}: no readings")
@@ -193,15 +199,29 @@ def plot_evaluation(
     ax2.legend(loc="upper left", fontsize="small")
 
     if fan:
-        _fan_chart(ax3, timestamps, values, forecasts, np.asarray(lower), np.asarray(upper), interval_levels,
-                   rows, step_seconds, report, unit, mdates)
+        _fan_chart(
+            ax3,
+            timestamps,
+            values,
+            forecasts,
+            np.asarray(lower),
+            np.asarray(upper),
+            interval_levels,
+            rows,
+            step_seconds,
+            report,
+            unit,
+            mdates,
+        )
 
     out = os.fspath(path)
     fig.savefig(out, format="png")
     return out
 
 
-def _fan_chart(ax, timestamps, values, forecasts, lower, upper, levels, rows, step_seconds, report, unit, mdates) -> None:
+def _fan_chart(
+    ax, timestamps, values, forecasts, lower, upper, levels, rows, step_seconds, report, unit, mdates
+) -> None:
     """Panel 3: the last forecast of the stretch whose whole horizon has happened, with its intervals."""
     horizon = forecasts.shape[1]
     end = timestamps[rows[-1]] if rows.size else -math.inf
@@ -216,22 +236,31 @@ def _fan_chart(ax, timestamps, values, forecasts, lower, upper, levels, rows, st
     ax.plot(_to_datetimes(timestamps[shown]), values[shown], color="black", lw=1.4, label="actual")
     order = np.argsort(levels)[::-1]  # widest first, so narrower shades are drawn on top
     for rank, j in enumerate(order):
-        ax.fill_between(_to_datetimes(target_t), lower[origin, j], upper[origin, j], color="tab:blue",
-                        alpha=0.18 + 0.22 * rank, lw=0, label=f"{levels[j]:.0%} interval")
+        ax.fill_between(
+            _to_datetimes(target_t),
+            lower[origin, j],
+            upper[origin, j],
+            color="tab:blue",
+            alpha=0.18 + 0.22 * rank,
+            lw=0,
+            label=f"{levels[j]:.0%} interval",
+        )
     ax.plot(_to_datetimes(target_t), forecasts[origin], color="tab:blue", lw=1.8, label="forecast")
-    ax.axvline(_to_datetimes(timestamps[origin:origin + 1])[0], color="gray", lw=0.8, ls=":")
+    ax.axvline(_to_datetimes(timestamps[origin : origin + 1])[0], color="gray", lw=0.8, ls=":")
     coverage = report.get("summary", {}).get("interval_coverage", {})
     text = ", ".join(f"{float(k):.0%}: {v:.3f}" for k, v in coverage.items())
-    issued_at = datetime.fromtimestamp(float(timestamps[origin]), tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-    ax.set_title(f"fan chart: forecast issued {issued_at} UTC; empirical coverage, all test points (mean over horizons): {text}")
+    issued_at = datetime.fromtimestamp(float(timestamps[origin]), tz=UTC).strftime("%Y-%m-%d %H:%M")
+    ax.set_title(
+        f"fan chart: forecast issued {issued_at} UTC; empirical coverage, all test points (mean over horizons): {text}"
+    )
     _time_axes(ax, mdates, unit)
 
 
 def _time_axes(ax, mdates, unit: str) -> None:
     """UTC date ticks, value label, grid and legend of a panel drawn against time."""
-    locator = mdates.AutoDateLocator(tz=timezone.utc)
+    locator = mdates.AutoDateLocator(tz=UTC)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
     ax.set_xlabel("time (UTC)")
     ax.set_ylabel(f"value{unit}")
     ax.grid(True, alpha=0.3)

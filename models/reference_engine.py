@@ -11,8 +11,8 @@ import numpy as np
 
 from models.artifact import Artifact, load_keras_model
 from models.cells import CELL_TYPES
-from models.errors import UsageError
 from models.engine import Engine
+from models.errors import UsageError
 from models.keras_model import recurrent_layer_names
 
 

@@ -38,7 +38,7 @@ class ScalerParams:
         return {"mean": list(self.mean), "scale": list(self.scale)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ScalerParams":
+    def from_json(cls, data: dict) -> ScalerParams:
         return cls(mean=tuple(float(v) for v in data["mean"]), scale=tuple(float(v) for v in data["scale"]))
 
 

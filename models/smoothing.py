@@ -46,7 +46,7 @@ class Smoothing:
             raise ValueError(f"one gamma per season: {len(self.gammas)} for {len(self.seasons)}")
 
     @classmethod
-    def seasonal_naive(cls, season: int) -> "Smoothing":
+    def seasonal_naive(cls, season: int) -> Smoothing:
         """The frozen-level seasonal naive base (models trained before smoothing)."""
         return cls((int(season),), 0.0, (1.0,))
 
@@ -66,8 +66,10 @@ class Smoothing:
         return {"seasons": list(self.seasons), "alpha": self.alpha, "gammas": list(self.gammas)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Smoothing":
-        return cls(tuple(int(s) for s in data["seasons"]), float(data["alpha"]), tuple(float(g) for g in data["gammas"]))
+    def from_json(cls, data: dict) -> Smoothing:
+        return cls(
+            tuple(int(s) for s in data["seasons"]), float(data["alpha"]), tuple(float(g) for g in data["gammas"])
+        )
 
     def initial_ring(self, z: np.ndarray) -> np.ndarray:
         """The seasonal components after the warm-up's ``W`` scaled readings (level 0), oldest first."""
@@ -155,7 +157,9 @@ class SmoothingKernel:
         return levels, bases, errors
 
 
-def fit_smoothing(segments: list[np.ndarray], seasons: tuple[int, ...], horizon: int, alphas=None, gammas=None) -> tuple[Smoothing, dict]:
+def fit_smoothing(
+    segments: list[np.ndarray], seasons: tuple[int, ...], horizon: int, alphas=None, gammas=None
+) -> tuple[Smoothing, dict]:
     """Chooses alpha and the gammas on the training segments (scaled) by the base's MAE over horizons.
 
     A grid (every candidate run at once, vectorised): the smoothed forecast alone, without the

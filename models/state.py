@@ -84,7 +84,7 @@ class StreamState:
     def warming_up(self) -> bool:
         return self.ring_fill < len(self.ring)
 
-    def with_source(self, partition: int, offset: int, model_key: int | None = None) -> "StreamState":
+    def with_source(self, partition: int, offset: int, model_key: int | None = None) -> StreamState:
         """This state with the source position of its last reading (and the model's key, if given).
 
         Equal to ``dataclasses.replace``; copies the fields' dict instead (the job calls this once per

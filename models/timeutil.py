@@ -126,9 +126,7 @@ def _parse_text(text: str) -> float:
         raise ValueError(f"invalid timestamp {text!r}: {_EXPECTED}")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     if zulu is None and sign is None:
-        raise ValueError(
-            f"timestamp {text!r} has no UTC offset: RFC 3339 requires 'Z' or an offset such as '+10:00'"
-        )
+        raise ValueError(f"timestamp {text!r} has no UTC offset: RFC 3339 requires 'Z' or an offset such as '+10:00'")
     try:
         days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
     except ValueError as err:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from models.data import Dataset
 from models.features import FeatureSpec
-from models.scaling import fit_scaler
-from models.scaling import fit_stream_value_scaler
+from models.scaling import fit_scaler, fit_stream_value_scaler
 from models.sequences import SegmentArrays, contiguous_segments, segment_arrays, windows
 from models.smoothing import Smoothing, fit_smoothing
 
@@ -24,7 +23,9 @@ class TrainConfig:
     cell: str = "lstm"
     horizon: int | None = None  # default: one season
     season: int | tuple[int, ...] | None = None  # one or several cycles (steps); default: from the step and history
-    smoothing: bool = True  # per-stream exponential smoothing of level and cycles (False: frozen-level seasonal naive base)
+    smoothing: bool = (
+        True  # per-stream exponential smoothing of level and cycles (False: frozen-level seasonal naive base)
+    )
     layers: int = 1
     units: int = 64
     dropout: float = 0.0
@@ -89,8 +90,10 @@ def warmable_training_rows(dataset: Dataset, validation_from: dict[str, float], 
     """
     return min(
         max(
-            (int(np.sum(piece.timestamps < validation_from[sid]))
-             for piece in contiguous_segments(sid, s.timestamps, s.values, s.covariates, step_seconds)),
+            (
+                int(np.sum(piece.timestamps < validation_from[sid]))
+                for piece in contiguous_segments(sid, s.timestamps, s.values, s.covariates, step_seconds)
+            ),
             default=0,
         )
         for sid, s in dataset.series.items()
@@ -161,7 +164,9 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
     train_covariates = [
         s.covariates[s.timestamps < split.validation_from[sid]][:, columns] for sid, s in dataset.series.items()
     ]
-    spec = FeatureSpec(covariate_names, fit_scaler(np.concatenate(train_covariates)), config.calendar, one_step_error=config.smoothing)
+    spec = FeatureSpec(
+        covariate_names, fit_scaler(np.concatenate(train_covariates)), config.calendar, one_step_error=config.smoothing
+    )
 
     segments = [
         (sid, segment)
@@ -202,7 +207,9 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[int, dict],
         val_sets = [_restrict(a, split.validation_from[a.stream_id], split.test_from[a.stream_id]) for a in arrays]
         vx, vb, vy = windows(val_sets, length=length, warmup=warmup, stride=length - warmup)
     except ValueError as err:
-        raise ValueError(why_no_windows(dataset, [seg for _, seg in segments], step, stream_warmup, horizon, str(err))) from None
+        raise ValueError(
+            why_no_windows(dataset, [seg for _, seg in segments], step, stream_warmup, horizon, str(err))
+        ) from None
 
     x, b, y = _at_least_batches(x, b, y, config.batch_size, _MIN_BATCHES_PER_EPOCH)
     if variant is None:

@@ -53,8 +53,15 @@ class AccuracyMonitor:
     """
 
     def __init__(
-        self, metrics: Any, horizon: int, step_seconds: float, *, window: int = 1000, max_streams: int = 1000,
-        flush_seconds: float = 0.5, levels: tuple[float, ...] = (),
+        self,
+        metrics: Any,
+        horizon: int,
+        step_seconds: float,
+        *,
+        window: int = 1000,
+        max_streams: int = 1000,
+        flush_seconds: float = 0.5,
+        levels: tuple[float, ...] = (),
     ) -> None:
         self._metrics = metrics
         self._levels = tuple(levels)
@@ -66,7 +73,11 @@ class AccuracyMonitor:
 
     def _new_tracker(self, horizon: int, step_seconds: float) -> AccuracyTracker:
         return AccuracyTracker(
-            horizon, step_seconds, window=self._window, max_streams=self._max_streams, on_batch=self._record_batch,
+            horizon,
+            step_seconds,
+            window=self._window,
+            max_streams=self._max_streams,
+            on_batch=self._record_batch,
             levels=self._levels,
         )
 
@@ -74,9 +85,17 @@ class AccuracyMonitor:
     def tracker(self) -> AccuracyTracker:
         return self._tracker
 
-    def observe(self, stream_id: str, timestamp: float, value: float, value_mean: float, value_scale: float,
-                forecast_scaled: np.ndarray | None, lower: np.ndarray | None = None,
-                upper: np.ndarray | None = None) -> None:
+    def observe(
+        self,
+        stream_id: str,
+        timestamp: float,
+        value: float,
+        value_mean: float,
+        value_scale: float,
+        forecast_scaled: np.ndarray | None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+    ) -> None:
         """One applied reading of a running stream, and the forecast it produced (None: none) with its bounds."""
         self._tracker.record(stream_id, timestamp, value, value_mean, value_scale, forecast_scaled, lower, upper)
         if time.monotonic() >= self._next_flush:

@@ -387,7 +387,7 @@ class BrokerProcess:
                     pass
                 _metadata_request(self.bootstrap)
                 return
-            except Exception as err:  # noqa: BLE001 - any failure means "not ready yet"
+            except Exception as err:
                 last_error = f"{type(err).__name__}: {err}"
                 time.sleep(0.05)
         raise self._failure(

@@ -22,7 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("pipeline.cli_broker", "run a local broker: embedded Tansu (default) or Apache Kafka (--engine kafka)"),
     "replay": ("pipeline.cli_replay", "publish a CSV's rows as readings to a Kafka topic"),
     "serve": ("pipeline.cli_serve", "run the streaming forecasting job (Beam)"),
-    "flink-cluster": ("pipeline.cli_flink_cluster", "run a local Apache Flink session cluster for the job (make flink)"),
+    "flink-cluster": (
+        "pipeline.cli_flink_cluster",
+        "run a local Apache Flink session cluster for the job (make flink)",
+    ),
     "demo": ("pipeline.cli_demo", "local demo: broker + streaming job + replay, shown live (make run)"),
     "report": ("pipeline.cli_report", "plot live forecasts read back from Kafka against the actual readings"),
 }

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Apache Kafka (KRaft), its jars fetched by `make kafka` (default: %(default)s)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int_at_least(0), default=9092, help="TCP port; 0 picks a free one (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int_at_least(0), default=9092, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
     parser.add_argument(
         "--advertised-host",
         metavar="HOST",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from pipeline.kafka_config import settings_from_args
 
@@ -37,7 +36,7 @@ class _Stderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. under pytest)."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -65,7 +64,7 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def _not_authorized(err: BaseException, options: "ServeOptions") -> str | None:  # noqa: F821
+def _not_authorized(err: BaseException, options: ServeOptions) -> str | None:  # noqa: F821
     """One line naming what the job's principal may not do, if ``err`` (or a cause of it) is a Kafka ACL refusal."""
     from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 
@@ -98,8 +97,12 @@ def _wait_for_kafka(settings, timeout: float, reason: str) -> str | None:
         if now >= deadline:
             return reason
         if now >= next_line:  # the first failure, then one line per 10 s
-            log.warning("waiting for Kafka at %s (%s); retrying for %.0f s more (--connect-timeout)",
-                        settings.bootstrap, reason, deadline - now)
+            log.warning(
+                "waiting for Kafka at %s (%s); retrying for %.0f s more (--connect-timeout)",
+                settings.bootstrap,
+                reason,
+                deadline - now,
+            )
             next_line = now + 10.0
         time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
         reason = unreachable(settings, timeout=min(3.0, max(deadline - time.monotonic(), 0.1)))
@@ -140,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.artifact}: {err}") from None
     covariates = tuple(artifact.features.covariate_names)
     if reserved_covariates(covariates):
-        raise UsageError(f"{args.artifact}: covariates named {reserved_covariates(covariates)} collide with reading fields")
+        raise UsageError(
+            f"{args.artifact}: covariates named {reserved_covariates(covariates)} collide with reading fields"
+        )
 
     from kafka.errors import KafkaError
 
@@ -179,16 +184,25 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = start_metrics_server(metrics, host=options.metrics_host, port=options.metrics_port)
     except OSError as err:
-        raise UsageError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {err.strerror or err}") from None
+        raise UsageError(
+            f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {err.strerror or err}"
+        ) from None
     try:
         return job.run(
-            options, pipeline_options, layout, metrics=metrics, metrics_url=server.url, model_name=artifact.cell,
-            model_version=artifact.version, step_seconds=artifact.step_seconds, runner=runner,
+            options,
+            pipeline_options,
+            layout,
+            metrics=metrics,
+            metrics_url=server.url,
+            model_name=artifact.cell,
+            model_version=artifact.version,
+            step_seconds=artifact.step_seconds,
+            runner=runner,
         )
     except TransactionError as err:  # fenced by another instance, or a commit failed: nothing of it is visible
         logging.getLogger("rnncast.serve").error("the job stopped: %s", err)
         return 1
-    except Exception:  # noqa: BLE001 - a failed pipeline: log why, exit 1 (the committed offsets are safe)
+    except Exception:
         logging.getLogger("rnncast.serve").exception("the job failed")
         return 1
     finally:

@@ -103,9 +103,13 @@ class KafkaBatchCoder(Coder):
         for _ in range(sweep_count):
             length, idle_before = _SWEEP.unpack_from(encoded, at)
             at += _SWEEP.size
-            sweeps.append(SweepRequest(partition, encoded[at : at + length].decode("utf-8", "surrogatepass"), idle_before))
+            sweeps.append(
+                SweepRequest(partition, encoded[at : at + length].decode("utf-8", "surrogatepass"), idle_before)
+            )
             at += length
-        return KafkaBatch(topic, partition, offsets, positions, timestamps_ms, keys, values, tuple(sweeps), bool(commit))
+        return KafkaBatch(
+            topic, partition, offsets, positions, timestamps_ms, keys, values, tuple(sweeps), bool(commit)
+        )
 
     def estimate_size(self, value: KafkaBatch) -> int:
         return 64 + 40 * len(value.offsets) + sum(len(raw) for raw in value.values if raw)

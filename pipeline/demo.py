@@ -35,7 +35,9 @@ class LiveCounts:
     history: deque = field(default_factory=lambda: deque(maxlen=6))  # (time, published, forecasts)
 
 
-def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, metrics_port: int, duration: float | None) -> int:
+def run_demo(
+    artifact: Path, data: Path, rate: float, streams_multiply: int, metrics_port: int, duration: float | None
+) -> int:
     from models.data import load_csv
     from pipeline.replay import publish_readings, readings_from_dataset
 
@@ -48,8 +50,18 @@ def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, met
         ensure_topics(settings, {READINGS: 4, FORECASTS: 4, DEAD_LETTERS: 1})
         metrics_port = metrics_port or free_port()
         serve = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "serve", "--artifact", str(artifact), "--bootstrap", broker.bootstrap,
-             "--metrics-port", str(metrics_port)],
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "serve",
+                "--artifact",
+                str(artifact),
+                "--bootstrap",
+                broker.bootstrap,
+                "--metrics-port",
+                str(metrics_port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=open(_log_path(), "w"),
         )
@@ -63,8 +75,12 @@ def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, met
 
             try:
                 publish_readings(
-                    settings, READINGS, readings_from_dataset(dataset, streams_multiply), rate=rate,
-                    covariate_names=dataset.covariate_names, progress=on_progress,
+                    settings,
+                    READINGS,
+                    readings_from_dataset(dataset, streams_multiply),
+                    rate=rate,
+                    covariate_names=dataset.covariate_names,
+                    progress=on_progress,
                 )
             except KeyboardInterrupt:
                 pass
@@ -89,7 +105,7 @@ def run_demo(artifact: Path, data: Path, rate: float, streams_multiply: int, met
                 serve.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 serve.kill()
-            print("\nstopped: replay, serve (exit %s), broker" % serve.returncode)
+            print(f"\nstopped: replay, serve (exit {serve.returncode}), broker")
     return 0
 
 
@@ -102,7 +118,9 @@ def _log_path() -> Path:
 def _watch_topics(settings: KafkaSettings, counts: LiveCounts, stop: threading.Event) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings))
+    consumer = KafkaConsumer(
+        group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(settings)
+    )
     parts = [TopicPartition(t, p) for t in (FORECASTS, DEAD_LETTERS) for p in (consumer.partitions_for_topic(t) or ())]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)

@@ -59,8 +59,18 @@ BEAM_BOOT_VERSION = "2.77.0"  # the Python SDK's version: boot and SDK talk thro
 JAVA_OPENS = tuple(
     f"--add-opens=java.base/{package}=ALL-UNNAMED"
     for package in (
-        "java.lang", "java.lang.reflect", "java.lang.invoke", "java.io", "java.net", "java.nio", "java.text",
-        "java.time", "java.util", "java.util.concurrent", "java.util.concurrent.atomic", "sun.nio.ch",
+        "java.lang",
+        "java.lang.reflect",
+        "java.lang.invoke",
+        "java.io",
+        "java.net",
+        "java.nio",
+        "java.text",
+        "java.time",
+        "java.util",
+        "java.util.concurrent",
+        "java.util.concurrent.atomic",
+        "sun.nio.ch",
     )
 )
 _MAKE = "make flink"
@@ -82,7 +92,11 @@ def pieces_dir() -> Path:
 
 
 def job_server_jar(pieces: Path | None = None) -> Path:
-    return (pieces or pieces_dir()) / "job-server" / f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_JOB_SERVER_VERSION}.jar"
+    return (
+        (pieces or pieces_dir())
+        / "job-server"
+        / f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_JOB_SERVER_VERSION}.jar"
+    )
 
 
 def boot_binary(pieces: Path | None = None) -> Path:
@@ -97,7 +111,8 @@ def check_pieces(pieces: Path | None = None) -> Path:
     """
     pieces = pieces or pieces_dir()
     missing = [
-        str(path) for path in (pieces / "READY", job_server_jar(pieces), boot_binary(pieces), pieces / "flink" / "lib")
+        str(path)
+        for path in (pieces / "READY", job_server_jar(pieces), boot_binary(pieces), pieces / "flink" / "lib")
         if not path.exists()
     ]
     if missing:
@@ -189,13 +204,18 @@ class FlinkCluster:
         self.job_port = free_port()
         conf = self._write_conf(free_port())
         try:
-            self._spawn("jobmanager", "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint", conf, "256m")
+            self._spawn(
+                "jobmanager", "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint", conf, "256m"
+            )
             self._wait(lambda: self._rest("/overview") is not None, deadline, "the JobManager's REST API")
             for i in range(self.taskmanagers):
                 self._spawn(f"taskmanager-{i}", "org.apache.flink.runtime.taskexecutor.TaskManagerRunner", conf, "320m")
             want = self.taskmanagers * self.slots
-            self._wait(lambda: (self._rest("/overview") or {}).get("slots-total", 0) >= want, deadline,
-                       f"{self.taskmanagers} TaskManagers with {want} slots")
+            self._wait(
+                lambda: (self._rest("/overview") or {}).get("slots-total", 0) >= want,
+                deadline,
+                f"{self.taskmanagers} TaskManagers with {want} slots",
+            )
             self._spawn_job_server()
             self._wait(lambda: _port_open(self.job_port), deadline, "Beam's job server")
         except BaseException:
@@ -317,10 +337,21 @@ class FlinkCluster:
         lib = self.pieces / "flink" / "lib"
         log_file = self.workdir / "log" / f"{name}.log"
         command = [
-            "java", *JAVA_OPENS, f"-Xms{heap}", f"-Xmx{heap}", "-XX:MaxDirectMemorySize=128m",
-            "-XX:MaxMetaspaceSize=192m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog.file={log_file}", f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
-            "-cp", f"{lib}/*", main_class, "--configDir", str(conf),
+            "java",
+            *JAVA_OPENS,
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:MaxDirectMemorySize=128m",
+            "-XX:MaxMetaspaceSize=192m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog.file={log_file}",
+            f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
+            "-cp",
+            f"{lib}/*",
+            main_class,
+            "--configDir",
+            str(conf),
         ]
         if name.startswith("taskmanager-"):
             command += ["-D", f"taskmanager.resource-id={name}"]
@@ -329,11 +360,25 @@ class FlinkCluster:
     def _spawn_job_server(self) -> None:
         log_file = self.workdir / "log" / "job-server.log"
         command = [
-            "java", *JAVA_OPENS, "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            "-jar", str(job_server_jar(self.pieces)),
-            "--flink-master", self.flink_master, "--artifacts-dir", str(self.workdir / "artifacts"),
-            "--job-host", "127.0.0.1", "--job-port", str(self.job_port), "--artifact-port", "0",
-            "--expansion-port", "0",
+            "java",
+            *JAVA_OPENS,
+            "-Xmx384m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-jar",
+            str(job_server_jar(self.pieces)),
+            "--flink-master",
+            self.flink_master,
+            "--artifacts-dir",
+            str(self.workdir / "artifacts"),
+            "--job-host",
+            "127.0.0.1",
+            "--job-port",
+            str(self.job_port),
+            "--artifact-port",
+            "0",
+            "--expansion-port",
+            "0",
         ]
         self._popen("job-server", command, log_file)
 
@@ -343,12 +388,20 @@ class FlinkCluster:
         out = open(self.workdir / "log" / f"{name}.out", "wb")
         try:
             proc = subprocess.Popen(
-                command, cwd=self.workdir, env=self._child_env(), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+                command,
+                cwd=self.workdir,
+                env=self._child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent_hook(),
             )
         finally:
             out.close()
-        self._daemons.append(_Daemon(name, proc, log_file if name != "job-server" else self.workdir / "log" / f"{name}.out"))
+        self._daemons.append(
+            _Daemon(name, proc, log_file if name != "job-server" else self.workdir / "log" / f"{name}.out")
+        )
 
     def _wait(self, ready, deadline: float, what: str) -> None:
         while not ready():

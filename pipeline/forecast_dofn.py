@@ -283,7 +283,11 @@ class ForecastDoFn(beam.DoFn):
                 if not is_marker(current):
                     metrics.restored_streams.inc()
                     metrics.active_streams.inc()
-        if current is not None and current.source_partition == batch.partition and batch.offsets[i] <= current.source_offset:
+        if (
+            current is not None
+            and current.source_partition == batch.partition
+            and batch.offsets[i] <= current.source_offset
+        ):
             metrics.skipped_replayed.inc()
             return Outcome(batch.partition, batch.offsets[i], batch.positions[i], batch.timestamps_ms[i]), None
         live = current if current is not None and not is_marker(current) else None
@@ -291,7 +295,9 @@ class ForecastDoFn(beam.DoFn):
             gap = reading.timestamp - live.last_timestamp
             if gap > self._max_future:
                 return dead_letter_outcome(
-                    batch, i, "future_timestamp",
+                    batch,
+                    i,
+                    "future_timestamp",
                     f"timestamp {_format(reading.timestamp)} is more than {self._max_future:g} s after the "
                     f"stream's last reading {_format(live.last_timestamp)}",
                 ), None
@@ -338,15 +344,21 @@ class ForecastDoFn(beam.DoFn):
         stream_id = reading.stream_id
         if isinstance(result, Exception):  # one bad reading must not stop the job
             log.error(
-                "engine step failed for stream %r at %s", stream_id, _format(reading.timestamp),
+                "engine step failed for stream %r at %s",
+                stream_id,
+                _format(reading.timestamp),
                 exc_info=(type(result), result, result.__traceback__),
             )
-            return dead_letter_outcome(batch, i, "bad_value", f"the model could not process this reading: {result}"[:200])
+            return dead_letter_outcome(
+                batch, i, "bad_value", f"the model could not process this reading: {result}"[:200]
+            )
         if result.outcome != APPLIED:
             last = live.last_timestamp if live is not None else float("nan")
             relation = "equals" if result.outcome == "duplicate" else "is older than"
             return dead_letter_outcome(
-                batch, i, result.outcome,
+                batch,
+                i,
+                result.outcome,
                 f"timestamp {_format(reading.timestamp)} {relation} the stream's last reading {_format(last)}",
             )
         metrics = self._metrics
@@ -368,11 +380,19 @@ class ForecastDoFn(beam.DoFn):
         if not state.warming_up:
             forecast = result.forecast
             if forecast is None:
-                self._accuracy.observe(stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale, None)
+                self._accuracy.observe(
+                    stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale, None
+                )
             else:
                 self._accuracy.observe(
-                    stream_id, reading.timestamp, reading.value, state.value_mean, state.value_scale, forecast.scaled,
-                    forecast.lower, forecast.upper,
+                    stream_id,
+                    reading.timestamp,
+                    reading.value,
+                    state.value_mean,
+                    state.value_scale,
+                    forecast.scaled,
+                    forecast.lower,
+                    forecast.upper,
                 )
         forecast = None
         if result.forecast is not None:

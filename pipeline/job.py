@@ -96,40 +96,61 @@ def prepare(options: ServeOptions, covariate_names: tuple[str, ...]) -> JobLayou
     return JobLayout(partitions, offsets, tuple(covariate_names), uuid.uuid4().hex)
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics
+) -> None:
     """Adds the job's transforms to ``pipeline``."""
     model = ServedModel(
-        options.artifact, options.min_history, options.max_gap, options.artifact_poll_seconds or None,
+        options.artifact,
+        options.min_history,
+        options.max_gap,
+        options.artifact_poll_seconds or None,
         layout.covariate_names,
     )
     restore = ChangelogRestore(
-        options.kafka, options.changelog_topic, layout.partitions, dict(layout.start_offsets), options.state_ttl, layout.run_id
+        options.kafka,
+        options.changelog_topic,
+        layout.partitions,
+        dict(layout.start_offsets),
+        options.state_ttl,
+        layout.run_id,
     )
     outcomes = read_and_route(pipeline, options, layout, metrics) | "Forecast" >> beam.ParDo(
         ForecastDoFn(
-            model, max_future=options.max_future, state_ttl=options.state_ttl,
-            restore=restore, run_id=layout.run_id, metrics=metrics,
+            model,
+            max_future=options.max_future,
+            state_ttl=options.state_ttl,
+            restore=restore,
+            run_id=layout.run_id,
+            metrics=metrics,
         )
     )
     publish_and_commit(outcomes, options, layout, metrics)
 
 
-def read_and_route(pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics) -> Any:
+def read_and_route(
+    pipeline: beam.Pipeline, options: ServeOptions, layout: JobLayout, metrics: Any = default_metrics
+) -> Any:
     """The source and the router: a PCollection of ``(shard key, KafkaBatch)`` for the stateful step."""
     beam.coders.registry.register_coder(KafkaBatch, KafkaBatchCoder)
     elements = [(options.input_topic, p, layout.start_offsets[p]) for p in layout.partitions]
     return (
         pipeline
         | "Partitions" >> beam.Create(elements)
-        | "ReadKafka" >> beam.ParDo(
+        | "ReadKafka"
+        >> beam.ParDo(
             ReadPartitions(
-                options.kafka, max_records=options.max_records, state_ttl=options.state_ttl,
-                run_id=layout.run_id, commit_interval=options.commit_interval, group=options.group, metrics=metrics,
+                options.kafka,
+                max_records=options.max_records,
+                state_ttl=options.state_ttl,
+                run_id=layout.run_id,
+                commit_interval=options.commit_interval,
+                group=options.group,
+                metrics=metrics,
             )
         ).with_output_types(KafkaBatch)
-        | "RouteToShards" >> beam.ParDo(RouteToShards(options.state_shards)).with_output_types(
-            beam.typehints.Tuple[str, KafkaBatch]
-        )
+        | "RouteToShards"
+        >> beam.ParDo(RouteToShards(options.state_shards)).with_output_types(beam.typehints.Tuple[str, KafkaBatch])
     )
 
 
@@ -139,26 +160,40 @@ def publish_and_commit(outcomes: Any, options: ServeOptions, layout: JobLayout, 
         (
             outcomes
             | "KeyByPartition" >> beam.ParDo(KeyByPartition())
-            | "PublishTransactions" >> beam.ParDo(
+            | "PublishTransactions"
+            >> beam.ParDo(
                 PublishTransactions(
-                    options.kafka, group=options.group, input_topic=options.input_topic,
-                    output_topic=options.output_topic, dlq_topic=options.dlq_topic,
-                    changelog_topic=options.changelog_topic, start_offsets=layout.start_offsets,
-                    commit_interval=options.commit_interval, metrics=metrics,
+                    options.kafka,
+                    group=options.group,
+                    input_topic=options.input_topic,
+                    output_topic=options.output_topic,
+                    dlq_topic=options.dlq_topic,
+                    changelog_topic=options.changelog_topic,
+                    start_offsets=layout.start_offsets,
+                    commit_interval=options.commit_interval,
+                    metrics=metrics,
                 )
             )
         )
         return
     (
         outcomes
-        | "Publish" >> beam.ParDo(
+        | "Publish"
+        >> beam.ParDo(
             PublishOutcomes(
-                options.kafka, output_topic=options.output_topic, dlq_topic=options.dlq_topic,
-                changelog_topic=options.changelog_topic, commit_interval=options.commit_interval, metrics=metrics,
+                options.kafka,
+                output_topic=options.output_topic,
+                dlq_topic=options.dlq_topic,
+                changelog_topic=options.changelog_topic,
+                commit_interval=options.commit_interval,
+                metrics=metrics,
             )
         ).with_output_types(beam.typehints.Tuple[int, Any])
-        | "CommitOffsets" >> beam.ParDo(
-            CommitOffsets(options.kafka, group=options.group, topic=options.input_topic, start_offsets=layout.start_offsets)
+        | "CommitOffsets"
+        >> beam.ParDo(
+            CommitOffsets(
+                options.kafka, group=options.group, topic=options.input_topic, start_offsets=layout.start_offsets
+            )
         )
     )
 
@@ -182,7 +217,7 @@ class _StopOnSignal:
         self._result: Any = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -222,7 +257,7 @@ class _StopOnSignal:
                 log.warning("cancelling the job at Flink %s failed", self._flink_job[0], exc_info=True)
         try:
             self._result.cancel()
-        except Exception:  # noqa: BLE001 - the job may have ended meanwhile; wait_until_finish tells
+        except Exception:
             log.warning("cancelling the job failed", exc_info=True)
 
 
@@ -262,10 +297,22 @@ def run(
     log.info(
         "serving %s %s: %s partitions %s (group %s, from offsets %s) -> %s, dead letters -> %s, state -> %s; "
         "%s, commit interval %gs; step %gs; runner %s; kafka %s (%s); metrics %s%s",
-        model_name, model_version, options.input_topic, ",".join(map(str, layout.partitions)), options.group,
-        layout.start_offsets, options.output_topic, options.dlq_topic, options.changelog_topic, options.guarantee,
-        options.commit_interval, step_seconds, runner,
-        options.kafka.bootstrap, options.kafka.security_protocol, metrics_url,
+        model_name,
+        model_version,
+        options.input_topic,
+        ",".join(map(str, layout.partitions)),
+        options.group,
+        layout.start_offsets,
+        options.output_topic,
+        options.dlq_topic,
+        options.changelog_topic,
+        options.guarantee,
+        options.commit_interval,
+        step_seconds,
+        runner,
+        options.kafka.bootstrap,
+        options.kafka.security_protocol,
+        metrics_url,
         "" if is_local_runner(runner) else f" (the SDK workers' own: targets in {options.worker_targets_dir})",
     )
     if options.state_ttl is None or options.state_ttl > options.max_future:

@@ -289,9 +289,7 @@ class KafkaBroker(BrokerProcess):
             "controller.listener.names": _CONTROLLER,
             "inter.broker.listener.name": _CLIENT,
             "listeners": ",".join(f"{n}://{host}:{self._ports[n]}" for n in names),
-            "advertised.listeners": ",".join(
-                f"{n}://{advertised}:{self._ports[n]}" for n in names if n != _CONTROLLER
-            ),
+            "advertised.listeners": ",".join(f"{n}://{advertised}:{self._ports[n]}" for n in names if n != _CONTROLLER),
             "listener.security.protocol.map": ",".join(f"{n}:{protocols[n]}" for n in names),
             "log.dirs": str(self.log_dir),
             **_DEFAULT_PROPERTIES,

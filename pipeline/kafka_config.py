@@ -340,7 +340,9 @@ def login_failure(settings: KafkaSettings, timeout: float = 20.0) -> str | None:
             failures.append((kinds[error.code()], error.str()))
 
     # log_level 0: the failure is reported once, by the caller, not as librdkafka log lines too.
-    admin = AdminClient({**librdkafka_config(settings), "client.id": "rnncast-login", "error_cb": on_error, "log_level": 0})
+    admin = AdminClient(
+        {**librdkafka_config(settings), "client.id": "rnncast-login", "error_cb": on_error, "log_level": 0}
+    )
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:
@@ -349,5 +351,9 @@ def login_failure(settings: KafkaSettings, timeout: float = 20.0) -> str | None:
     if not failures:
         return None
     what, detail = failures[0]
-    user = f" as {settings.sasl_username!r} ({settings.sasl_mechanism})" if what == "authentication" and settings.sasl_username else ""
+    user = (
+        f" as {settings.sasl_username!r} ({settings.sasl_mechanism})"
+        if what == "authentication" and settings.sasl_username
+        else ""
+    )
     return f"{what} failed{user}: {detail}"

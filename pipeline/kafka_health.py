@@ -46,7 +46,9 @@ class RepeatFilter(logging.Filter):
         clock: Monotonic seconds.
     """
 
-    def __init__(self, every: float = _LOG_EVERY, prefixes: tuple[str, ...] | None = None, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, every: float = _LOG_EVERY, prefixes: tuple[str, ...] | None = None, clock: Any = time.monotonic
+    ) -> None:
         super().__init__()
         self._every = every
         self._prefixes = prefixes

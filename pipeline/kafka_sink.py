@@ -111,7 +111,7 @@ class OffsetLedger:
     committed: int
     pending: tuple[Interval, ...] = ()
 
-    def add(self, intervals: Iterable[Interval]) -> "OffsetLedger":
+    def add(self, intervals: Iterable[Interval]) -> OffsetLedger:
         committed = self.committed
         pending = []
         for start, end in merge_intervals([*self.pending, *intervals]):
@@ -165,8 +165,12 @@ class PublishOutcomes(beam.DoFn):
     def setup(self) -> None:
         self._metrics: JobMetrics = self._metrics_factory()
         self._writer = OutcomeWriter(
-            self._settings, output_topic=self._output_topic, dlq_topic=self._dlq_topic,
-            changelog_topic=self._changelog_topic, encode_snapshot=self._encode_snapshot, flush_timeout=self._flush_timeout,
+            self._settings,
+            output_topic=self._output_topic,
+            dlq_topic=self._dlq_topic,
+            changelog_topic=self._changelog_topic,
+            encode_snapshot=self._encode_snapshot,
+            flush_timeout=self._flush_timeout,
             health=ClientHealth("sink", self._metrics),
         )
         self._snapshots: dict[str, Any] = {}  # stream id -> latest state not yet in the changelog
@@ -242,7 +246,12 @@ class OutcomeWriter:
 
         self.health = health
         self.producer = Producer(
-            {**SINK_PRODUCER_CONFIG, **librdkafka_config(settings), **(health.config() if health else {}), **(extra_config or {})},
+            {
+                **SINK_PRODUCER_CONFIG,
+                **librdkafka_config(settings),
+                **(health.config() if health else {}),
+                **(extra_config or {}),
+            },
             logger=librdkafka_logger(),
         )
         self._output_topic = output_topic
@@ -300,8 +309,12 @@ class OutcomeWriter:
         deadline = time.monotonic() + self._flush_timeout
         remaining = self.producer.flush(min(_FLUSH_LOG_EVERY, self._flush_timeout))
         while remaining and time.monotonic() < deadline:
-            log.warning("waiting for Kafka to acknowledge %d %s (retried until acknowledged or %g s)",
-                        remaining, what, SINK_PRODUCER_CONFIG["message.timeout.ms"] / 1000)
+            log.warning(
+                "waiting for Kafka to acknowledge %d %s (retried until acknowledged or %g s)",
+                remaining,
+                what,
+                SINK_PRODUCER_CONFIG["message.timeout.ms"] / 1000,
+            )
             remaining = self.producer.flush(max(0.0, min(_FLUSH_LOG_EVERY, deadline - time.monotonic())))
         sent, failed, first_error = self.delivery.take()
         if remaining:
@@ -359,7 +372,10 @@ class CommitOffsets(beam.DoFn):
         from kafka import KafkaConsumer
 
         self._consumer = KafkaConsumer(
-            client_id="rnncast-committer", group_id=self._group, enable_auto_commit=False, **client_kwargs(self._settings)
+            client_id="rnncast-committer",
+            group_id=self._group,
+            enable_auto_commit=False,
+            **client_kwargs(self._settings),
         )
 
     def teardown(self) -> None:
@@ -394,7 +410,9 @@ class CommitOffsets(beam.DoFn):
         except KafkaError as err:
             # Not fatal: outputs and state are safe; a restart would only replay more. The ledger keeps
             # the position, and the next bundle that advances the partition commits it again.
-            log.warning("committing offsets %s failed (%s); will retry with the next bundle", dict(self._to_commit), err)
+            log.warning(
+                "committing offsets %s failed (%s); will retry with the next bundle", dict(self._to_commit), err
+            )
             self._pending_retry = dict(self._to_commit)
             return
         self._pending_retry = {}

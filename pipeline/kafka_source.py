@@ -25,7 +25,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -61,7 +62,9 @@ def start_offsets(settings: KafkaSettings, group: str, topic: str, partitions: l
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(client_id="rnncast-offsets", group_id=group, enable_auto_commit=False, **client_kwargs(settings))
+    consumer = KafkaConsumer(
+        client_id="rnncast-offsets", group_id=group, enable_auto_commit=False, **client_kwargs(settings)
+    )
     try:
         assigned = [TopicPartition(topic, p) for p in partitions]
         earliest = consumer.beginning_offsets(assigned)
@@ -147,7 +150,7 @@ class ReadPartitions(beam.DoFn):
             self._consumer = None
             try:
                 consumer.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 log.debug("closing the consumer failed", exc_info=True)
 
     def _records(self, topic: str, partition: int, start: int) -> list[Any]:
@@ -214,7 +217,7 @@ class ReadPartitions(beam.DoFn):
     def process(
         self,
         element: tuple[str, int, int],
-        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_PartitionRange()),
+        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_PartitionRange()),  # noqa: B008 - Beam's idiom
     ) -> Iterator[KafkaBatch]:
         topic, partition, _ = element
         restriction = tracker.current_restriction()

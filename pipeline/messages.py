@@ -135,15 +135,20 @@ class KafkaBatch(NamedTuple):
     commit: bool = False
 
     @classmethod
-    def commit_request(cls, topic: str, partition: int) -> "KafkaBatch":
+    def commit_request(cls, topic: str, partition: int) -> KafkaBatch:
         """A batch without records that is only a commit request."""
         return cls(topic, partition, (), (), (), (), (), (), True)
 
-    def take(self, indices: Sequence[int], sweeps: tuple[SweepRequest, ...] = ()) -> "KafkaBatch":
+    def take(self, indices: Sequence[int], sweeps: tuple[SweepRequest, ...] = ()) -> KafkaBatch:
         """The records at ``indices`` (in that order) with ``sweeps``, and no commit request."""
         return KafkaBatch(
-            self.topic, self.partition, [self.offsets[i] for i in indices], [self.positions[i] for i in indices],
-            [self.timestamps_ms[i] for i in indices], [self.keys[i] for i in indices], [self.values[i] for i in indices],
+            self.topic,
+            self.partition,
+            [self.offsets[i] for i in indices],
+            [self.positions[i] for i in indices],
+            [self.timestamps_ms[i] for i in indices],
+            [self.keys[i] for i in indices],
+            [self.values[i] for i in indices],
             sweeps,
         )
 
@@ -187,7 +192,9 @@ class OutcomeBatch(NamedTuple):
 
 def record_outcome(batch: KafkaBatch, i: int, **fields: Any) -> Outcome:
     """The :class:`Outcome` of record ``i`` of ``batch`` (its position and Kafka key) with ``fields``."""
-    return Outcome(batch.partition, batch.offsets[i], batch.positions[i], batch.timestamps_ms[i], key=batch.keys[i], **fields)
+    return Outcome(
+        batch.partition, batch.offsets[i], batch.positions[i], batch.timestamps_ms[i], key=batch.keys[i], **fields
+    )
 
 
 def dead_letter_outcome(batch: KafkaBatch, i: int, reason: str, detail: str) -> Outcome:
@@ -337,7 +344,9 @@ def _validate(doc: dict, key: bytes | None, covariate_names: Sequence[str]) -> R
     if len(stream_id) > MAX_STREAM_ID_CHARS:
         return Rejection("bad_stream_id", f"stream_id has {len(stream_id)} characters, more than {MAX_STREAM_ID_CHARS}")
     if _BAD_ID_CHARS.search(stream_id):
-        return Rejection("bad_stream_id", f"stream_id {_short(stream_id)} contains control characters or lone surrogates")
+        return Rejection(
+            "bad_stream_id", f"stream_id {_short(stream_id)} contains control characters or lone surrogates"
+        )
     if key is None or key != stream_id.encode("utf-8"):
         shown = "no key" if key is None else f"key {_short(key)}"
         return Rejection("key_mismatch", f"{shown} differs from stream_id {_short(stream_id)}")

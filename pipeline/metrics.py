@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from models.metrics import HORIZON_BANDS, horizon_band
+from models.metrics import HORIZON_BANDS
 
 # --- fixed label value sets -------------------------------------------------------------------
 
@@ -98,7 +98,22 @@ KAFKA_CLIENTS: tuple[str, ...] = ("source", "sink")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STEP_BUCKETS = (
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
 )
 ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 
@@ -185,18 +200,23 @@ class JobMetrics:
             "rnncast_step_seconds",
             "Wall seconds of the engine per reading, observed once per engine call (a round of readings of "
             "distinct streams stepped together).",
-            registry=r, buckets=STEP_BUCKETS,
+            registry=r,
+            buckets=STEP_BUCKETS,
         )
         self.active_streams = Gauge("rnncast_active_streams", "Streams with live state in this job.", registry=r)
         self.model_info = Gauge(
             "rnncast_model_info", "1 for the model artifact currently served.", ("model", "version"), registry=r
         )
         self.consumer_lag = Gauge(
-            "rnncast_consumer_lag", "Messages between the partition's end offset and the consumed position.",
-            ("partition",), registry=r,
+            "rnncast_consumer_lag",
+            "Messages between the partition's end offset and the consumed position.",
+            ("partition",),
+            registry=r,
         )
         self.consumed_offset = Gauge(
-            "rnncast_consumed_offset", "Next offset this job will read, per input partition.", ("partition",),
+            "rnncast_consumed_offset",
+            "Next offset this job will read, per input partition.",
+            ("partition",),
             registry=r,
         )
         self.imputed_steps = _counter(
@@ -205,7 +225,8 @@ class JobMetrics:
         self.stream_resets = _counter(
             "rnncast_stream_resets_total",
             "Streams that restarted warm-up: gap (gap > max_gap), ttl (state expired), model_swap.",
-            r, ("reason",),
+            r,
+            ("reason",),
         )
         self.state_expired = _counter(
             "rnncast_state_expired_total", "Stream states dropped after --state-ttl without readings.", r
@@ -214,28 +235,39 @@ class JobMetrics:
             "rnncast_forecast_abs_error",
             "Absolute forecast error in scaled units by horizon band (1, le_q, le_half, le_full) and "
             "forecaster (model, persistence).",
-            ("horizon", "model"), registry=r, buckets=ABS_ERROR_BUCKETS,
+            ("horizon", "model"),
+            registry=r,
+            buckets=ABS_ERROR_BUCKETS,
         )
         self.model_skill = Gauge(
-            "rnncast_model_skill", "Rolling model MAE / persistence MAE by horizon band; < 1 beats persistence.",
-            ("horizon",), registry=r,
+            "rnncast_model_skill",
+            "Rolling model MAE / persistence MAE by horizon band; < 1 beats persistence.",
+            ("horizon",),
+            registry=r,
         )
         self.interval_coverage = Gauge(
             "rnncast_interval_coverage",
             "Rolling fraction of scored points inside their prediction interval, by horizon band and level.",
-            ("horizon", "level"), registry=r,
+            ("horizon", "level"),
+            registry=r,
         )
         self.interval_width = Gauge(
-            "rnncast_interval_width", "Rolling mean prediction-interval width (scaled units), by horizon band and level.",
-            ("horizon", "level"), registry=r,
+            "rnncast_interval_width",
+            "Rolling mean prediction-interval width (scaled units), by horizon band and level.",
+            ("horizon", "level"),
+            registry=r,
         )
         self.interval_nominal = Gauge(
-            "rnncast_interval_nominal", "Nominal coverage of each served prediction-interval level.", ("level",),
+            "rnncast_interval_nominal",
+            "Nominal coverage of each served prediction-interval level.",
+            ("level",),
             registry=r,
         )
         self._interval_levels: set[str] = set()  # the levels with interval series, for keep_interval_levels
         self.model_swaps = _counter(
-            "rnncast_model_swaps_total", "Model artifact swaps: loaded, or refused (failed validation).", r,
+            "rnncast_model_swaps_total",
+            "Model artifact swaps: loaded, or refused (failed validation).",
+            r,
             ("result",),
         )
         self.restored_streams = _counter(
@@ -243,18 +275,22 @@ class JobMetrics:
         )
         self.skipped_replayed = _counter(
             "rnncast_skipped_replayed_total",
-            "Readings skipped after a restart because the restored state already contains them.", r,
+            "Readings skipped after a restart because the restored state already contains them.",
+            r,
         )
         self.kafka_connected = Gauge(
             "rnncast_kafka_connected",
             "1 while the Kafka client (source: the consumer, sink: the producer) is connected to a broker, "
             "0 once it has lost them all (librdkafka's statistics every 5 s; errors at once).",
-            ("client",), registry=r,
+            ("client",),
+            registry=r,
         )
         self.kafka_errors = _counter(
             "rnncast_kafka_errors_total",
             "Errors reported by the job's Kafka clients, by client and librdkafka error name (e.g. _TRANSPORT, "
-            "_ALL_BROKERS_DOWN).", r, ("client", "code"),
+            "_ALL_BROKERS_DOWN).",
+            r,
+            ("client", "code"),
         )
         self._model_lock = threading.Lock()
 
@@ -358,7 +394,7 @@ class JobMetrics:
 
 _default: JobMetrics | None = None
 _default_lock = threading.Lock()
-_worker_server: "MetricsServer | None" = None
+_worker_server: MetricsServer | None = None
 
 
 def default_metrics() -> JobMetrics:
@@ -389,7 +425,7 @@ class MetricsServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "MetricsServer":
+    def __enter__(self) -> MetricsServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -435,7 +471,11 @@ class WorkerMetrics:
                 from pathlib import Path
 
                 _worker_server = start_metrics_server(metrics, host=self.host, port=0)
-                target = f"{self.host}:{_worker_server.port}" if ":" not in self.host else f"[{self.host}]:{_worker_server.port}"
+                target = (
+                    f"{self.host}:{_worker_server.port}"
+                    if ":" not in self.host
+                    else f"[{self.host}]:{_worker_server.port}"
+                )
                 directory = Path(self.targets_dir)
                 directory.mkdir(parents=True, exist_ok=True)
                 path = directory / f"rnncast-worker-{os.getpid()}.json"

@@ -126,7 +126,9 @@ class Served:
         if self.covariate_columns is None:
             return reading
         covariates = reading.covariates
-        return Reading(reading.stream_id, reading.timestamp, reading.value, tuple(covariates[i] for i in self.covariate_columns))
+        return Reading(
+            reading.stream_id, reading.timestamp, reading.value, tuple(covariates[i] for i in self.covariate_columns)
+        )
 
 
 def compatibility_key(artifact: Artifact) -> int:
@@ -218,8 +220,15 @@ def load_served(path: Path, spec: ModelSpec, decoded: tuple[str, ...] | None, ge
             )
         columns = tuple(decoded.index(name) for name in needed)
     return Served(
-        engine, artifact.cell, artifact.version, compatibility_key(artifact), artifact.path,
-        str(artifact.manifest.get("model_sha256")), columns, generation, engine.ring_size,
+        engine,
+        artifact.cell,
+        artifact.version,
+        compatibility_key(artifact),
+        artifact.path,
+        str(artifact.manifest.get("model_sha256")),
+        columns,
+        generation,
+        engine.ring_size,
         int(engine.weights.state_size),
     )
 
@@ -291,15 +300,20 @@ class ModelWatcher:
         except ArtifactError as err:
             self._refuse(signature, str(err))
             return False
-        except Exception as err:  # noqa: BLE001 - whatever is wrong with the new files, keep serving
+        except Exception as err:
             self._refuse(signature, f"{path}: cannot load ({type(err).__name__}: {err})")
             return False
         self.current = served  # one reference assignment: the stateful step sees the old or the new model
         compatible = served.key == current.key
         log.info(
             "now serving %s %s from %s (was %s %s); stream states %s",
-            served.name, served.version, served.path, current.name, current.version,
-            "are continued (compatible model)" if compatible
+            served.name,
+            served.version,
+            served.path,
+            current.name,
+            current.version,
+            "are continued (compatible model)"
+            if compatible
             else "restart their warm-up at their next reading (incompatible model)",
         )
         if self._metrics is not None:
@@ -318,7 +332,9 @@ class ModelWatcher:
         if signature in self._refused:
             return
         self._refused.add(signature)
-        log.error("refusing the model artifact: %s; still serving %s %s", reason, self.current.name, self.current.version)
+        log.error(
+            "refusing the model artifact: %s; still serving %s %s", reason, self.current.name, self.current.version
+        )
         if self._metrics is not None:
             self._metrics.model_swap("refused")
 
@@ -348,7 +364,7 @@ class ModelWatcher:
         while not self._stop.wait(self.spec.poll_seconds):
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any surprise
+            except Exception:
                 log.exception("watching %s failed once; still serving %s", self.spec.location, self.current.version)
 
 

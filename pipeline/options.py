@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from models.argtypes import check_number, number, partition_list
-
 from pipeline.kafka_config import KafkaSettings, add_kafka_arguments
 from pipeline.state_store import changelog_topic
 
@@ -131,7 +130,9 @@ class ServeOptions:
     """
 
     artifact: str = _option(
-        name="--artifact", kind=Path, metavar="PATH",
+        name="--artifact",
+        kind=Path,
+        metavar="PATH",
         help="the model: an artifact directory (from rnncast train), a symbolic link to one (e.g. current), or a "
         "directory of versioned artifact directories (the newest valid one by manifest 'created', then name); "
         "watched while the job runs: a new model there is loaded and swapped in without a restart",
@@ -141,40 +142,87 @@ class ServeOptions:
     output_topic: str = _option("forecasts", name="--output-topic", group="topics", help="forecasts topic")
     dlq_topic: str = _option("readings-dlq", name="--dlq-topic", group="topics", help="dead-letter topic")
     group: str = _option(
-        "rnncast", name="--group", group="topics",
+        "rnncast",
+        name="--group",
+        group="topics",
         help="consumer group: its committed offsets and its state changelog <group>.rnncast-state",
     )
     partitions: tuple[int, ...] | None = _option(
-        None, name="--partitions", group="topics", parse=partition_list, metavar="LIST", default_text="all",
+        None,
+        name="--partitions",
+        group="topics",
+        parse=partition_list,
+        metavar="LIST",
+        default_text="all",
         help="input partitions to consume, e.g. 0,1 or 0-3; instances with disjoint lists run side by side",
     )
     topic_partitions: int = _option(
-        4, name="--topic-partitions", group="topics", kind=int, minimum=1, metavar="N",
+        4,
+        name="--topic-partitions",
+        group="topics",
+        kind=int,
+        minimum=1,
+        metavar="N",
         help="partitions of the topics created when missing",
     )
     min_history: int | None = _option(
-        None, name="--min-history", group="serving", kind=int, minimum=1, metavar="N", default_text="the artifact's",
+        None,
+        name="--min-history",
+        group="serving",
+        kind=int,
+        minimum=1,
+        metavar="N",
+        default_text="the artifact's",
         help="readings before a stream's first forecast",
     )
     max_gap: int | None = _option(
-        None, name="--max-gap", group="serving", kind=int, minimum=0, metavar="N", default_text="the artifact's",
+        None,
+        name="--max-gap",
+        group="serving",
+        kind=int,
+        minimum=0,
+        metavar="N",
+        default_text="the artifact's",
         help="missing steps imputed; longer gaps restart the stream",
     )
     state_ttl: float | None = _option(
-        None, name="--state-ttl", group="serving", kind=float, minimum=0, strictly=True, metavar="SECONDS",
-        default_text="never", help="a stream silent for longer (event time) starts fresh and its state is dropped",
+        None,
+        name="--state-ttl",
+        group="serving",
+        kind=float,
+        minimum=0,
+        strictly=True,
+        metavar="SECONDS",
+        default_text="never",
+        help="a stream silent for longer (event time) starts fresh and its state is dropped",
     )
     max_future: float = _option(
-        86_400.0, name="--max-future", group="serving", kind=float, minimum=0, strictly=True, metavar="SECONDS",
+        86_400.0,
+        name="--max-future",
+        group="serving",
+        kind=float,
+        minimum=0,
+        strictly=True,
+        metavar="SECONDS",
         help="readings further after their stream's last reading are dead letters",
     )
     max_records: int = _option(
-        2000, name="--batch-size", group="serving", kind=int, minimum=1, metavar="N",
+        2000,
+        name="--batch-size",
+        group="serving",
+        kind=int,
+        minimum=1,
+        metavar="N",
         help="records read from a partition at a time: a bundle's forecasts and dead letters are flushed together; "
         "larger batches amortise Beam's per-bundle and per-stream costs under load",
     )
     state_shards: int | None = _option(
-        None, name="--state-shards", group="serving", kind=int, minimum=1, metavar="N",
+        None,
+        name="--state-shards",
+        group="serving",
+        kind=int,
+        minimum=1,
+        metavar="N",
         default_text=", ".join(f"{n} on {where}" for where, n in STATE_SHARDS_BY_RUNNER.items()),
         help="streams are spread over N keys of the stateful step (by a hash of the stream id); each batch of "
         "records becomes one element per shard, so Beam's per-element costs are paid per batch and the readings "
@@ -182,14 +230,23 @@ class ServeOptions:
         "least its number of workers), but smaller elements and rounds",
     )
     guarantee: str = _option(
-        DEFAULT_GUARANTEE, name="--guarantee", group="serving", choices=GUARANTEES,
+        DEFAULT_GUARANTEE,
+        name="--guarantee",
+        group="serving",
+        choices=GUARANTEES,
         help="at-least-once: forecasts are published at once, a crash may publish some again (identical); "
         "exactly-once: forecasts, dead letters, state snapshots and input offsets of a partition go into one "
         "Kafka transaction per commit interval, read_committed consumers see each forecast once, after its "
         "commit (needs a broker with reliable transactions: Apache Kafka, not Tansu)",
     )
     commit_interval: float | None = _option(
-        None, name="--commit-interval", group="serving", kind=float, minimum=0, strictly=True, metavar="SECONDS",
+        None,
+        name="--commit-interval",
+        group="serving",
+        kind=float,
+        minimum=0,
+        strictly=True,
+        metavar="SECONDS",
         default_text=_commit_interval_defaults(),
         help="while a partition is busy, state snapshots are written and offsets committed this often (and "
         "whenever it goes idle, and at stop); with exactly-once this is how often its transaction commits, "
@@ -197,12 +254,21 @@ class ServeOptions:
         "replayed (never applied twice) after a crash",
     )
     artifact_poll_seconds: float = _option(
-        10.0, name="--artifact-poll-seconds", group="serving", kind=float, minimum=0, metavar="SECONDS",
+        10.0,
+        name="--artifact-poll-seconds",
+        group="serving",
+        kind=float,
+        minimum=0,
+        metavar="SECONDS",
         help="how often --artifact is checked for a new model; an invalid one is refused and the current model "
         "keeps serving; 0: never",
     )
     connect_timeout: float = _option(
-        60.0, name="--connect-timeout", kind=float, minimum=0, metavar="SECONDS",
+        60.0,
+        name="--connect-timeout",
+        kind=float,
+        minimum=0,
+        metavar="SECONDS",
         help="when Kafka cannot be reached at start, retry this long (logging why) before exiting 2; "
         "0 fails at once. Once running, the job rides out broker outages by itself",
     )
@@ -210,10 +276,18 @@ class ServeOptions:
         "127.0.0.1", name="--metrics-host", group="monitoring", help="interface of the /metrics server"
     )
     metrics_port: int = _option(
-        9108, name="--metrics-port", group="monitoring", kind=int, minimum=0, help="port of the /metrics server, 0 for any"
+        9108,
+        name="--metrics-port",
+        group="monitoring",
+        kind=int,
+        minimum=0,
+        help="port of the /metrics server, 0 for any",
     )
     metrics_targets_dir: str | None = _option(
-        None, name="--metrics-targets-dir", group="monitoring", metavar="DIR",
+        None,
+        name="--metrics-targets-dir",
+        group="monitoring",
+        metavar="DIR",
         default_text="rnncast-workers-GROUP in the temporary directory",
         help="distributed runners (Flink): each SDK worker serves its own /metrics on --metrics-host and a free port, "
         "and registers it here as a Prometheus file_sd target file",
@@ -285,7 +359,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["required"] = True
         else:
             kwargs["default"] = item.default
-            shown = flag.default_text if flag.default_text is not None else f"{item.default:g}" if isinstance(item.default, float) else item.default
+            shown = (
+                flag.default_text
+                if flag.default_text is not None
+                else f"{item.default:g}"
+                if isinstance(item.default, float)
+                else item.default
+            )
             kwargs["help"] = f"{flag.help} (default: {shown})".replace("%", "%%")
         if flag.parse is not None:
             kwargs["type"] = flag.parse
@@ -310,12 +390,12 @@ def _unknown_args(flags: Sequence[str]) -> list[str]:
     for cls in PipelineOptions.__subclasses__():
         seen.setdefault(str(cls), cls)
     for cls in seen.values():
-        cls._add_argparse_args(parser)  # noqa: SLF001 - what PipelineOptions itself does
+        cls._add_argparse_args(parser)
     _, unknown = parser.parse_known_args(list(flags))
     return [arg for arg in unknown if arg.startswith("-")]
 
 
-def beam_options(flags: Sequence[str]) -> "PipelineOptions":  # noqa: F821
+def beam_options(flags: Sequence[str]) -> PipelineOptions:  # noqa: F821
     """Beam ``PipelineOptions`` from the arguments rnncast did not consume, with the runner pinned.
 
     Raises:

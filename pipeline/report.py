@@ -251,7 +251,11 @@ def _parse_intervals(doc: Any, horizon: int) -> dict[str, tuple[np.ndarray, np.n
         sides = []
         for side in ("lower", "upper"):
             values = bounds.get(side)
-            if not isinstance(values, list) or len(values) != horizon or not all(type(v) is float or type(v) is int for v in values):
+            if (
+                not isinstance(values, list)
+                or len(values) != horizon
+                or not all(type(v) is float or type(v) is int for v in values)
+            ):
                 raise ValueError(f"intervals[{level!r}].{side} must be {horizon} numbers")
             sides.append(np.array(values, dtype=np.float64))
         out[level] = (sides[0], sides[1])
@@ -456,7 +460,9 @@ class ReportResult:
         out = {}
         for level, sums in self.intervals.items():
             scored = sums["points"] > 0
-            out[level] = float(np.mean(sums["covered"][scored] / sums["points"][scored])) if np.any(scored) else math.nan
+            out[level] = (
+                float(np.mean(sums["covered"][scored] / sums["points"][scored])) if np.any(scored) else math.nan
+            )
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -747,11 +753,15 @@ class ReportAccumulator:
         if record.intervals:
             self._score_intervals(record.intervals, actual, ok)
 
-    def _score_intervals(self, intervals: dict[str, tuple[np.ndarray, np.ndarray]], actual: np.ndarray, ok: np.ndarray) -> None:
+    def _score_intervals(
+        self, intervals: dict[str, tuple[np.ndarray, np.ndarray]], actual: np.ndarray, ok: np.ndarray
+    ) -> None:
         for level, (lower, upper) in intervals.items():
             sums = self._intervals.get(level)
             if sums is None:
-                sums = self._intervals[level] = {name: np.zeros(self._counts.size) for name in ("covered", "width", "winkler", "points")}
+                sums = self._intervals[level] = {
+                    name: np.zeros(self._counts.size) for name in ("covered", "width", "winkler", "points")
+                }
             valid = ok & np.isfinite(lower) & np.isfinite(upper)
             covered, width, winkler = interval_point_scores(lower[valid], upper[valid], actual[valid], float(level))
             idx = np.flatnonzero(valid)
@@ -1217,9 +1227,7 @@ def format_summary(result: ReportResult, out: str | None = None) -> str:
             m = float(np.mean(mae[sl][scored])) if np.any(scored) else math.nan
             p = float(np.mean(pers[sl][scored])) if np.any(scored) else math.nan
             r = m / p if p > 0 else math.nan
-            lines.append(
-                f"{label:<10}{_fmt(m):>12}{_fmt(p):>13}{_fmt(r, '.3f'):>8}{int(result.counts[sl].sum()):>10,}"
-            )
+            lines.append(f"{label:<10}{_fmt(m):>12}{_fmt(p):>13}{_fmt(r, '.3f'):>8}{int(result.counts[sl].sum()):>10,}")
     if bands and result.intervals:
         lines.append("")
         lines.append(f"{'horizons':<10}{'level':>7}{'coverage':>10}{'width':>12}{'Winkler':>12}{'points':>10}")
@@ -1227,7 +1235,10 @@ def format_summary(result: ReportResult, out: str | None = None) -> str:
             for level, sums in result.intervals.items():
                 points = sums["points"][sl]
                 scored = points > 0
-                mean = lambda name: float(np.mean(sums[name][sl][scored] / points[scored])) if np.any(scored) else math.nan  # noqa: E731
+
+                def mean(name: str, sums: dict = sums, sl: slice = sl, points=points, scored=scored) -> float:
+                    return float(np.mean(sums[name][sl][scored] / points[scored])) if np.any(scored) else math.nan
+
                 lines.append(
                     f"{label:<10}{level:>7}{_fmt(mean('covered'), '.3f'):>10}{_fmt(mean('width')):>12}"
                     f"{_fmt(mean('winkler')):>12}{int(points.sum()):>10,}"
@@ -1353,11 +1364,14 @@ def plot_report(result: ReportResult, path: str | os.PathLike[str], *, max_paths
                 ax1.plot(_dates(pt[:1]), pv[:1], "o", color=colors[i], ms=4, zorder=5)
                 x_max = max(x_max, float(fc.targets[-1]))
             if x_max > ts[-1]:
-                ax1.axvspan(_dates(ts[-1:])[0], _dates(np.array([x_max]))[0], color="0.92", zorder=0,
-                            label="after the last reading")
-            one_err = [
-                abs(fc.values[0] - lookup[_key(fc.targets[0])]) for fc in fcs if _key(fc.targets[0]) in lookup
-            ]
+                ax1.axvspan(
+                    _dates(ts[-1:])[0],
+                    _dates(np.array([x_max]))[0],
+                    color="0.92",
+                    zorder=0,
+                    label="after the last reading",
+                )
+            one_err = [abs(fc.values[0] - lookup[_key(fc.targets[0])]) for fc in fcs if _key(fc.targets[0]) in lookup]
             err_txt = f", 1-step MAE here {_fmt(float(np.mean(one_err)))}" if one_err else ""
         else:
             err_txt = ", no forecasts in this window"
@@ -1382,8 +1396,15 @@ def plot_report(result: ReportResult, path: str | os.PathLike[str], *, max_paths
     if np.any(scored):
         h = np.arange(1, result.horizon + 1)
         ax2.plot(h, result.mae, color="tab:blue", lw=2.0, marker=".", label="published forecasts")
-        ax2.plot(h, result.persistence_mae, color="tab:gray", lw=1.4, ls="--", marker=".",
-                 label="persistence (value at the origin)")
+        ax2.plot(
+            h,
+            result.persistence_mae,
+            color="tab:gray",
+            lw=1.4,
+            ls="--",
+            marker=".",
+            label="persistence (value at the origin)",
+        )
         ax2.set_xlim(0.5, result.horizon + 0.5)
         ax2.set_ylim(bottom=0)
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -1396,8 +1417,15 @@ def plot_report(result: ReportResult, path: str | os.PathLike[str], *, max_paths
         ax2.legend(loc="upper left", fontsize="small")
     else:
         ax2.set_title("MAE per horizon", fontsize="medium")
-        ax2.text(0.5, 0.5, "no forecast could be matched with readings yet", ha="center", va="center",
-                 transform=ax2.transAxes, color="0.4")
+        ax2.text(
+            0.5,
+            0.5,
+            "no forecast could be matched with readings yet",
+            ha="center",
+            va="center",
+            transform=ax2.transAxes,
+            color="0.4",
+        )
     ax2.set_xlabel(f"horizon ({_step_label(step)})")
     ax2.set_ylabel("MAE")
     ax2.grid(True, alpha=0.3)

@@ -84,9 +84,13 @@ def ensure_changelog(settings: KafkaSettings, topic: str, partitions: int, timeo
     from pipeline.topics import ensure_topics, validate_topic_name
 
     validate_topic_name(topic)
-    admin = KafkaAdminClient(client_id="rnncast-admin", request_timeout_ms=int(timeout * 1000), **client_kwargs(settings))
+    admin = KafkaAdminClient(
+        client_id="rnncast-admin", request_timeout_ms=int(timeout * 1000), **client_kwargs(settings)
+    )
     try:
-        existing = {t["name"] for t in admin.describe_topics([topic]) if t.get("error_code", 0) == 0 and t.get("partitions")}
+        existing = {
+            t["name"] for t in admin.describe_topics([topic]) if t.get("error_code", 0) == 0 and t.get("partitions")
+        }
         if topic not in existing:
             try:
                 admin.create_topics(
@@ -215,7 +219,9 @@ class ChangelogRestore:
                 state = decode_state(value)
             except StateDecodeError as err:
                 undecodable += 1
-                log.error("changelog %s: state of stream %r is unreadable (%s); it starts fresh", self.topic, stream_id, err)
+                log.error(
+                    "changelog %s: state of stream %r is unreadable (%s); it starts fresh", self.topic, stream_id, err
+                )
                 continue
             if state.source_partition not in self.partitions:
                 continue  # another instance's stream
@@ -235,7 +241,11 @@ class ChangelogRestore:
         idle_index(self.run_id).seed(restored.high_water())
         log.info(
             "restored %d stream states from %s in %.2f s (%d deleted as expired, %d unreadable)",
-            len(restored), self.topic, time.monotonic() - started, len(stale), undecodable,
+            len(restored),
+            self.topic,
+            time.monotonic() - started,
+            len(stale),
+            undecodable,
         )
         return restored
 

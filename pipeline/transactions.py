@@ -107,7 +107,9 @@ def require_transactions(settings: KafkaSettings, timeout: float = 30.0) -> None
     """
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(client_id="rnncast-admin", request_timeout_ms=int(timeout * 1000), **client_kwargs(settings))
+    admin = KafkaAdminClient(
+        client_id="rnncast-admin", request_timeout_ms=int(timeout * 1000), **client_kwargs(settings)
+    )
     try:
         apis = {int(key) for key in admin.api_versions()}
     finally:
@@ -159,7 +161,10 @@ def fence(settings: KafkaSettings, group: str, topic: str, partitions: list[int]
             producer.flush(0)
     log.info(
         "exactly-once: took over the transactional ids of %s partitions %s in %.2f s (open transactions of a "
-        "previous instance aborted)", topic, ",".join(map(str, partitions)), time.monotonic() - started,
+        "previous instance aborted)",
+        topic,
+        ",".join(map(str, partitions)),
+        time.monotonic() - started,
     )
 
 
@@ -311,7 +316,7 @@ class PublishTransactions(beam.DoFn):
             if txn.open:  # not committed: nothing of it becomes visible; a restart replays it
                 try:
                     txn.writer.producer.abort_transaction(5)
-                except Exception:  # noqa: BLE001 - best effort; the broker aborts it after the timeout
+                except Exception:
                     log.debug("aborting the transaction of partition %s failed", partition, exc_info=True)
         self._transactions = {}
         pool = getattr(self, "_pool", None)
@@ -328,19 +333,22 @@ class PublishTransactions(beam.DoFn):
                 f"open transaction were aborted: restart the job (exactly-once resumes from Kafka)"
             )
         writer = OutcomeWriter(
-            self._settings, **self._topics,
+            self._settings,
+            **self._topics,
             extra_config=_producer_config(self._settings, self._group, self._input_topic, partition),
             health=ClientHealth("sink", self._metrics),
         )
         ready = self._pool.submit(self._init, writer, partition)
-        txn = self._transactions[partition] = _PartitionTransaction(writer, ready, self._start_offsets[partition], self._clock())
+        txn = self._transactions[partition] = _PartitionTransaction(
+            writer, ready, self._start_offsets[partition], self._clock()
+        )
         return txn
 
     def _init(self, writer: OutcomeWriter, partition: int) -> None:
         started = time.monotonic()
         try:
             writer.producer.init_transactions(self._timeout)
-        except Exception as err:  # noqa: BLE001 - named and re-raised
+        except Exception as err:
             raise TransactionError(
                 f"transactional.id {transactional_id(self._group, self._input_topic, partition)!r}: {_describe(err)}"
             ) from None
@@ -388,7 +396,9 @@ class PublishTransactions(beam.DoFn):
                     f"partition {partition}: transactional.id {tid!r} is fenced or failed fatally ({_describe(err)}): "
                     f"another instance of group {self._group!r} took over this partition; this instance stops"
                 ) from None
-            raise TransactionError(f"partition {partition}: the transaction was not committed: {_describe(err)}") from None
+            raise TransactionError(
+                f"partition {partition}: the transaction was not committed: {_describe(err)}"
+            ) from None
         sent, failed, first_error = writer.delivery.take()
         if failed:  # commit_transaction fails first; kept as a second line of defence
             raise DeliveryError(f"{failed} of {sent} records of a committed transaction failed: {first_error}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or refresh the project virtualenv (.venv) so that it matches requirements.txt
-# requirements-accuracy.txt and setup.py. Quick no-op when the stamp inside .venv matches those files.
+# requirements-accuracy.txt, requirements-dev.txt and setup.py. Quick no-op when the stamp inside .venv matches those files.
 #
 #   bash scripts/bootstrap.sh            # create/refresh when stale
 #   FORCE=1 bash scripts/bootstrap.sh    # reinstall even when fresh
@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=.venv
 STAMP="$VENV/.rnncast-bootstrap.sha256"
 
-want=$(cat requirements.txt requirements-accuracy.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-accuracy.txt requirements-dev.txt setup.py | sha256sum | cut -d' ' -f1)
 
 venv_works() {
     [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null
@@ -43,6 +43,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 "$VENV/bin/python" -m pip install -r requirements.txt
 # The statistical peers (statsforecast) of make accuracy: an optional extra for users, tested by make test.
 "$VENV/bin/python" -m pip install -r requirements-accuracy.txt
+# make lint's formatter, linter and type checker.
+"$VENV/bin/python" -m pip install -r requirements-dev.txt
 "$VENV/bin/python" -m pip install -e . --no-deps
 echo "$want" > "$STAMP"
 echo "bootstrap: $VENV is ready" >&2

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rnncast-compare-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     rows = []
     for cell in args.cells:
         artifact = workdir / cell
         print(f"== {cell}: training", file=sys.stderr, flush=True)
-        train_wall, train_cpu = _cli(["train", "--data", args.data, "--out", str(artifact), "--cell", cell, "--horizon", str(args.horizon)])
+        train_wall, train_cpu = _cli(
+            ["train", "--data", args.data, "--out", str(artifact), "--cell", cell, "--horizon", str(args.horizon)]
+        )
         report = json.loads(_cli_output(["evaluate", "--artifact", str(artifact), "--data", args.data, "--json"]))
         manifest = json.loads((artifact / "manifest.json").read_text())
         serving = serving_cost(artifact, args.data, args.serving_readings)
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 "network": manifest.get("network", {}),
                 "mae_ratio_vs_persistence": summary["mae_ratio_vs_persistence"],
                 "mae_ratio_vs_seasonal_naive": summary["mae_ratio_vs_seasonal_naive"],
-                "beats_both_baselines": summary["mae_ratio_vs_persistence"] < 1 and summary["mae_ratio_vs_seasonal_naive"] < 1,
+                "beats_both_baselines": summary["mae_ratio_vs_persistence"] < 1
+                and summary["mae_ratio_vs_seasonal_naive"] < 1,
                 "mase": report.get("model", {}).get("mase_mean", _mean(report["model"].get("mase", []))),
                 "test_points": report["test_points"],
                 "train_seconds": manifest["training"]["seconds"],
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "generated_by": "scripts/compare_variants.py",
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "data": str(Path(args.data).resolve().relative_to(ROOT)) if Path(args.data).resolve().is_relative_to(ROOT) else args.data,
+        "data": str(Path(args.data).resolve().relative_to(ROOT))
+        if Path(args.data).resolve().is_relative_to(ROOT)
+        else args.data,
         "horizon": args.horizon,
         "flags": "defaults (rnncast train --cell CELL --horizon H)",
         "machine": {
@@ -178,7 +183,12 @@ def markdown(result: dict) -> str:
         parity = f"{r['parity_max_abs_diff']:.1e}"
         if r.get("parity_float64_max_abs_diff") is not None:
             parity += f"; {r['parity_float64_max_abs_diff']:.0e}"
-        hyper = ", ".join(f"{k}={v}" for k, v in r["network"].items() if k not in ("step_seconds", "calendar", "decoder_cell")) or "—"
+        hyper = (
+            ", ".join(
+                f"{k}={v}" for k, v in r["network"].items() if k not in ("step_seconds", "calendar", "decoder_cell")
+            )
+            or "—"
+        )
         lines.append(
             f"| {r['cell']} | {hyper} | {r['mae_ratio_vs_persistence']:.3f} | {r['mae_ratio_vs_seasonal_naive']:.3f} | "
             f"{'yes' if r['beats_both_baselines'] else '**no**'} | {r['train_seconds']:.0f} ({r['epochs_run']}) | "
@@ -191,7 +201,9 @@ def _cli(args: list[str]) -> tuple[float, float]:
     """Run ``rnncast ARGS``; (wall seconds, CPU seconds user+system of the child)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL
+    )
     wall = time.monotonic() - clock
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -216,7 +228,9 @@ def _mean(values) -> float | None:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

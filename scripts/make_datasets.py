@@ -73,7 +73,13 @@ def write_elecdemand(out: Path) -> int:
         out,
         ["timestamp", "stream_id", "value", "temperature", "workday"],
         (
-            [format_timestamp(start + i * ELEC_STEP_SECONDS), "vic_demand", repr(float(demand)), repr(float(temperature)), int(workday)]
+            [
+                format_timestamp(start + i * ELEC_STEP_SECONDS),
+                "vic_demand",
+                repr(float(demand)),
+                repr(float(temperature)),
+                int(workday),
+            ]
             for i, (demand, temperature, workday) in enumerate(
                 zip(frame["Demand"].tolist(), frame["Temperature"].tolist(), frame["WorkDay"].tolist())
             )
@@ -113,7 +119,10 @@ def write_taylor(out: Path) -> int:
     return _write_csv(
         out,
         ["timestamp", "stream_id", "value"],
-        ([format_timestamp(start + i * ELEC_STEP_SECONDS), "ew_demand", repr(float(demand))] for i, demand in enumerate(frame["x"].tolist())),
+        (
+            [format_timestamp(start + i * ELEC_STEP_SECONDS), "ew_demand", repr(float(demand))]
+            for i, demand in enumerate(frame["x"].tolist())
+        ),
     )
 
 

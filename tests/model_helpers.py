@@ -40,14 +40,18 @@ def random_weights(cell: str, layers: int, units: int, n_features: int, horizon:
     )
 
 
-def small_engine(cell: str = "lstm", season: int = 4, horizon: int = 3, covariates: int = 1, max_gap: int = 2, seed: int = 0) -> Engine:
+def small_engine(
+    cell: str = "lstm", season: int = 4, horizon: int = 3, covariates: int = 1, max_gap: int = 2, seed: int = 0
+) -> Engine:
     spec = FeatureSpec(
         covariate_names=tuple(f"c{i}" for i in range(covariates)),
         covariate_scaler=ScalerParams(mean=(0.0,) * covariates, scale=(1.0,) * covariates),
         calendar=True,
     )
     weights = random_weights(cell, 1, 5, spec.size, horizon, seed)
-    return Engine(weights, spec, EngineConfig(season=season, step_seconds=60.0, min_history=season + 1, max_gap=max_gap))
+    return Engine(
+        weights, spec, EngineConfig(season=season, step_seconds=60.0, min_history=season + 1, max_gap=max_gap)
+    )
 
 
 VARIANTS = ("seq2seq", "attention", "birnn")
@@ -70,8 +74,16 @@ def _random_stack(rng, cell: str, layers: int, units: int, fan_in: int) -> tuple
 
 
 def random_variant(
-    variant: str, n_features: int, horizon: int, *, cell: str = "lstm", units: int = 5, window: int = 4,
-    step_seconds: float = 60.0, calendar: bool = True, seed: int = 0,
+    variant: str,
+    n_features: int,
+    horizon: int,
+    *,
+    cell: str = "lstm",
+    units: int = 5,
+    window: int = 4,
+    step_seconds: float = 60.0,
+    calendar: bool = True,
+    seed: int = 0,
 ):
     """A numpy variant network with random weights (no Keras), for the engine's contract tests."""
     from models.cells import STATES_PER_CELL
@@ -123,10 +135,14 @@ def random_variant(
     raise ValueError(variant)
 
 
-def small_variant_engine(variant: str, season: int = 4, horizon: int = 3, max_gap: int = 2, seed: int = 0, **kwargs) -> Engine:
+def small_variant_engine(
+    variant: str, season: int = 4, horizon: int = 3, max_gap: int = 2, seed: int = 0, **kwargs
+) -> Engine:
     spec = FeatureSpec(covariate_names=("c0",), covariate_scaler=ScalerParams(mean=(0.0,), scale=(1.0,)), calendar=True)
     network = random_variant(variant, spec.size, horizon, seed=seed, **kwargs)
-    return Engine(network, spec, EngineConfig(season=season, step_seconds=60.0, min_history=season + 1, max_gap=max_gap))
+    return Engine(
+        network, spec, EngineConfig(season=season, step_seconds=60.0, min_history=season + 1, max_gap=max_gap)
+    )
 
 
 def readings(n, start=0.0, step=60.0, sid="s"):

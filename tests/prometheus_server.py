@@ -29,7 +29,9 @@ class PrometheusServer:
     def __init__(self, workdir: Path, target: str):
         binary = shutil.which("prometheus")
         if binary is None:
-            raise RuntimeError("prometheus is not installed: run scripts/install_system_deps.sh (Debian package 'prometheus')")
+            raise RuntimeError(
+                "prometheus is not installed: run scripts/install_system_deps.sh (Debian package 'prometheus')"
+            )
         config = yaml.safe_load(CONFIG.read_text())
         config["global"]["scrape_interval"] = "1s"
         config["global"]["evaluation_interval"] = "1s"
@@ -44,9 +46,15 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(workdir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{self.port}",
-             f"--storage.tsdb.path={workdir / 'tsdb'}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self._wait_ready(workdir)
 

@@ -39,25 +39,33 @@ def make_certificates(directory: Path) -> Certificates:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def name(common: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(name("rnncast test CA")).issuer_name(name("rnncast test CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+        x509.CertificateBuilder()
+        .subject_name(name("rnncast test CA"))
+        .issuer_name(name("rnncast test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -70,7 +78,8 @@ def make_certificates(directory: Path) -> Certificates:
     ca_path.write_bytes(ca.public_bytes(pem))
     broker_path.write_bytes(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        + cert.public_bytes(pem) + ca.public_bytes(pem)
+        + cert.public_bytes(pem)
+        + ca.public_bytes(pem)
     )
     return Certificates(ca_path, broker_path)
 
@@ -79,7 +88,8 @@ def secured_broker(directory: Path, users: dict[str, str]) -> KafkaBroker:
     """A broker (not started) with the SASL_SSL listener, SCRAM users ``users`` (+ the admin) and ACLs on."""
     certificates = make_certificates(directory / "tls")
     scram = [
-        arg for user, password in {ADMIN: ADMIN_PASSWORD, **users}.items()
+        arg
+        for user, password in {ADMIN: ADMIN_PASSWORD, **users}.items()
         for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")
     ]
     prefix = f"listener.name.{LISTENER.lower()}"
@@ -100,16 +110,28 @@ def secured_broker(directory: Path, users: dict[str, str]) -> KafkaBroker:
 
 def client_settings(broker: KafkaBroker, directory: Path, user: str, password: str) -> KafkaSettings:
     return KafkaSettings(
-        bootstrap=broker.bootstrap_for(LISTENER), security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-        sasl_username=user, sasl_password=password, ssl_cafile=str(directory / "tls" / "ca.pem"),
+        bootstrap=broker.bootstrap_for(LISTENER),
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=user,
+        sasl_password=password,
+        ssl_cafile=str(directory / "tls" / "ca.pem"),
     )
 
 
 def cli_args(broker: KafkaBroker, directory: Path, user: str) -> list[str]:
     """The connection options of an rnncast command for ``user`` (the password goes in $RNNCAST_KAFKA_PASSWORD)."""
     return [
-        "--bootstrap", broker.bootstrap_for(LISTENER), "--security-protocol", "SASL_SSL",
-        "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", user, "--ssl-cafile", str(directory / "tls" / "ca.pem"),
+        "--bootstrap",
+        broker.bootstrap_for(LISTENER),
+        "--security-protocol",
+        "SASL_SSL",
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        user,
+        "--ssl-cafile",
+        str(directory / "tls" / "ca.pem"),
     ]
 
 
@@ -120,7 +142,9 @@ def grant(broker: KafkaBroker, principal: str, grants: Iterable[tuple[str, str, 
 
     acls = [
         ACL(
-            principal=f"User:{principal}", host="*", operation=ACLOperation[operation],
+            principal=f"User:{principal}",
+            host="*",
+            operation=ACLOperation[operation],
             permission_type=ACLPermissionType.ALLOW,
             resource_pattern=ResourcePattern(ResourceType[kind], name, ACLResourcePatternType[pattern]),
         )

@@ -49,9 +49,27 @@ def trained_artifact() -> Path:
             else:
                 out = Path(tempfile.mkdtemp(prefix="rnncast-serve-art-")) / "artifact"
                 subprocess.run(
-                    [sys.executable, "-m", "pipeline.cli", "train", "--data", str(DATA), "--out", str(out),
-                     "--epochs", "1", "--units", "32", "--season", "48"],  # a day's warm-up: the tests replay days, not weeks
-                    cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300,
+                    [
+                        sys.executable,
+                        "-m",
+                        "pipeline.cli",
+                        "train",
+                        "--data",
+                        str(DATA),
+                        "--out",
+                        str(out),
+                        "--epochs",
+                        "1",
+                        "--units",
+                        "32",
+                        "--season",
+                        "48",
+                    ],  # a day's warm-up: the tests replay days, not weeks
+                    cwd=REPO,
+                    env=_env(),
+                    check=True,
+                    capture_output=True,
+                    timeout=300,
                 )
                 _artifact = out
         return _artifact
@@ -82,7 +100,11 @@ class ServeProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", *self.args],
-            cwd=REPO, env={**_env(), **(self.env or {})}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env={**_env(), **(self.env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
@@ -143,12 +165,31 @@ class ServeProcess:
 
 
 def serve_args(
-    artifact: Path, bootstrap: str, *, input_topic: str, output_topic: str, dlq_topic: str, group: str,
+    artifact: Path,
+    bootstrap: str,
+    *,
+    input_topic: str,
+    output_topic: str,
+    dlq_topic: str,
+    group: str,
     extra: Sequence[str] = (),
 ) -> list[str]:
     return [
-        "--artifact", str(artifact), "--bootstrap", bootstrap, "--input-topic", input_topic,
-        "--output-topic", output_topic, "--dlq-topic", dlq_topic, "--group", group, "--metrics-port", "0", *extra,
+        "--artifact",
+        str(artifact),
+        "--bootstrap",
+        bootstrap,
+        "--input-topic",
+        input_topic,
+        "--output-topic",
+        output_topic,
+        "--dlq-topic",
+        dlq_topic,
+        "--group",
+        group,
+        "--metrics-port",
+        "0",
+        *extra,
     ]
 
 
@@ -184,8 +225,15 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 # --- topics -------------------------------------------------------------------------------------
 
 
-def read_records(bootstrap: str, topic: str, *, at_least: int = 0, timeout: float = 60.0, settle: float = 0.0,
-                 read_committed: bool = False) -> list[Any]:
+def read_records(
+    bootstrap: str,
+    topic: str,
+    *,
+    at_least: int = 0,
+    timeout: float = 60.0,
+    settle: float = 0.0,
+    read_committed: bool = False,
+) -> list[Any]:
     """All records of a topic, from the beginning to its end (by high watermark).
 
     Waits until at least ``at_least`` records exist (or ``timeout``), then reads to the end; with
@@ -195,9 +243,14 @@ def read_records(bootstrap: str, topic: str, *, at_least: int = 0, timeout: floa
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], client_id="rnncast-tests", group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             isolation_level="read_committed" if read_committed else "read_uncommitted")
+    consumer = KafkaConsumer(
+        bootstrap_servers=[bootstrap],
+        client_id="rnncast-tests",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+    )
     records: list[Any] = []
     try:
         deadline = time.monotonic() + timeout
@@ -216,7 +269,8 @@ def read_records(bootstrap: str, topic: str, *, at_least: int = 0, timeout: floa
                 records.extend(batch)
                 last_new = time.monotonic()
             at_end = all(
-                consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp) for tp in assigned
+                consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp)
+                for tp in assigned
             )
             now = time.monotonic()
             if at_end and len(records) >= at_least and now - last_new >= settle:
@@ -261,8 +315,13 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     """Produces (key, value) messages in order (acks=all, idempotent); returns how many."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", enable_idempotence=True, linger_ms=5,
-                             max_request_size=4 * 1024 * 1024)
+    producer = KafkaProducer(
+        bootstrap_servers=[bootstrap],
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=4 * 1024 * 1024,
+    )
     count = 0
     try:
         futures = [producer.send(topic, key=key, value=value) for key, value in messages]
@@ -297,7 +356,9 @@ def dataset_readings(rows: int, streams: int, start_row: int = 0) -> tuple[list[
     for i in range(start_row, start_row + rows):
         covariates = tuple(float(x) for x in series.covariates[i])
         for k in range(streams):
-            readings.append(Reading(f"{series.stream_id}#{k}", float(series.timestamps[i]), float(series.values[i]), covariates))
+            readings.append(
+                Reading(f"{series.stream_id}#{k}", float(series.timestamps[i]), float(series.values[i]), covariates)
+            )
     return readings, dataset.covariate_names
 
 
@@ -307,8 +368,9 @@ def reading_message(reading: Any, covariate_names: Sequence[str]) -> tuple[bytes
     return reading.stream_id.encode("utf-8"), encode_reading(reading, covariate_names)
 
 
-def offline_forecasts(artifact: Path, readings: Iterable[Any], model_covariates: Sequence[str],
-                      data_covariates: Sequence[str]) -> dict[tuple[str, float], dict[str, Any]]:
+def offline_forecasts(
+    artifact: Path, readings: Iterable[Any], model_covariates: Sequence[str], data_covariates: Sequence[str]
+) -> dict[tuple[str, float], dict[str, Any]]:
     """Engine.step over each stream's readings in order (uninterrupted): (stream, timestamp) -> forecast."""
     from models.artifact import load_artifact
     from models.intervals import level_key
@@ -319,7 +381,9 @@ def offline_forecasts(artifact: Path, readings: Iterable[Any], model_covariates:
     states: dict[str, Any] = {}
     out = {}
     for reading in readings:
-        reading = Reading(reading.stream_id, reading.timestamp, reading.value, tuple(reading.covariates[c] for c in columns))
+        reading = Reading(
+            reading.stream_id, reading.timestamp, reading.value, tuple(reading.covariates[c] for c in columns)
+        )
         result = engine.step(states.get(reading.stream_id), reading)
         if result.outcome != "applied":
             continue
@@ -411,7 +475,9 @@ def _number_diff(got: float | None, want: float | None) -> float:
 class PacedProducer(threading.Thread):
     """Publishes messages in the background at about ``rate`` per second (a live input stream)."""
 
-    def __init__(self, bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], rate: float) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], rate: float
+    ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, list(messages), rate
         self.sent = 0
@@ -422,8 +488,13 @@ class PacedProducer(threading.Thread):
 
         producer = None
         try:
-            producer = KafkaProducer(bootstrap_servers=[self.bootstrap], acks="all", enable_idempotence=True,
-                                     linger_ms=5, max_request_size=4 * 1024 * 1024)
+            producer = KafkaProducer(
+                bootstrap_servers=[self.bootstrap],
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_request_size=4 * 1024 * 1024,
+            )
             # 100 small chunks a second: a nearly continuous stream, so a fast job still has published
             # readings in flight at most moments (chunks every 100 ms left it idle and fully committed
             # most of the time).
@@ -438,7 +509,7 @@ class PacedProducer(threading.Thread):
                 ahead = started + self.sent / self.rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
-        except BaseException as err:  # noqa: BLE001 - reported by finish()
+        except BaseException as err:
             self.error = err
         finally:
             if producer is not None:
@@ -463,9 +534,11 @@ def _doc(stream_id: str, timestamp: object = "2014-01-01T00:00:00Z", value: obje
 def bad_messages(stream: str) -> list[tuple[str, bytes | None, bytes | None]]:
     """(expected reason, key, value) of every record that decoding must reject."""
     key = stream.encode()
-    missing_covariate = json.dumps({"stream_id": stream, "timestamp": "2014-01-01T00:00:00Z", "value": 1.0, "workday": 1}).encode()
+    missing_covariate = json.dumps(
+        {"stream_id": stream, "timestamp": "2014-01-01T00:00:00Z", "value": 1.0, "workday": 1}
+    ).encode()
     return [
-        ("not_utf8", key, b"\xff\xfe{\"stream_id\": 1}"),
+        ("not_utf8", key, b'\xff\xfe{"stream_id": 1}'),
         ("not_json", key, b'{"stream_id": "x", '),
         ("not_json", key, None),
         ("not_object", key, b"[1, 2, 3]"),
@@ -484,7 +557,9 @@ def bad_messages(stream: str) -> list[tuple[str, bytes | None, bytes | None]]:
     ]
 
 
-def contract_messages(readings: Sequence[Any], data_covariates: Sequence[str]) -> tuple[list[tuple[bytes | None, bytes | None]], Counter]:
+def contract_messages(
+    readings: Sequence[Any], data_covariates: Sequence[str]
+) -> tuple[list[tuple[bytes | None, bytes | None]], Counter]:
     """The valid readings in order, with hostile records interleaved, and the dead letters they must cause.
 
     Decoding failures early on (after the 26th reading), and for stream #1 a duplicate, an out-of-order
@@ -505,15 +580,24 @@ def contract_messages(readings: Sequence[Any], data_covariates: Sequence[str]) -
                 for reason, bad in (("duplicate", seen_1[-1]), ("out_of_order", seen_1[50])):
                     messages.append(reading_message(bad, data_covariates))
                     expected_dead[reason] += 1
-                future = type(reading)(reading.stream_id, reading.timestamp + 3 * 86_400, reading.value, reading.covariates)
+                future = type(reading)(
+                    reading.stream_id, reading.timestamp + 3 * 86_400, reading.value, reading.covariates
+                )
                 messages.append(reading_message(future, data_covariates))
                 expected_dead["future_timestamp"] += 1
     return messages, expected_dead
 
 
 def serve_contract(
-    bootstrap: str, artifact: Path, tmp_path: Path, *, rows: int, streams: int, more_rows: int,
-    extra: Sequence[str] = (), worker_metrics: bool = False,
+    bootstrap: str,
+    artifact: Path,
+    tmp_path: Path,
+    *,
+    rows: int,
+    streams: int,
+    more_rows: int,
+    extra: Sequence[str] = (),
+    worker_metrics: bool = False,
 ) -> None:
     """The serve end-to-end contract (tests/test_serve_e2e.py), for any runner given by ``extra``.
 
@@ -532,7 +616,12 @@ def serve_contract(
 
     ROWS, STREAMS, MORE_ROWS = rows, streams, more_rows
     suffix = uuid.uuid4().hex[:8]
-    readings_topic, forecasts_topic, dlq_topic, group = f"readings-{suffix}", f"forecasts-{suffix}", f"dlq-{suffix}", f"g-{suffix}"
+    readings_topic, forecasts_topic, dlq_topic, group = (
+        f"readings-{suffix}",
+        f"forecasts-{suffix}",
+        f"dlq-{suffix}",
+        f"g-{suffix}",
+    )
     served = load_artifact(artifact)
     covariates = served.features.covariate_names
     readings, data_covariates = dataset_readings(ROWS, STREAMS)
@@ -540,8 +629,15 @@ def serve_contract(
     messages, expected_dead = contract_messages(readings, data_covariates)
 
     job = ServeProcess(
-        serve_args(artifact, bootstrap, input_topic=readings_topic, output_topic=forecasts_topic,
-                     dlq_topic=dlq_topic, group=group, extra=["--topic-partitions", "4", *extra]),
+        serve_args(
+            artifact,
+            bootstrap,
+            input_topic=readings_topic,
+            output_topic=forecasts_topic,
+            dlq_topic=dlq_topic,
+            group=group,
+            extra=["--topic-partitions", "4", *extra],
+        ),
         tmp_path / "serve.log",
     )
     try:
@@ -582,7 +678,7 @@ def serve_contract(
         # One dead letter per bad record, with its reason and where it came from.
         letters = [json.loads(r.value) for r in dead]
         assert Counter(letter["reason"] for letter in letters) == expected_dead
-        for letter, record in zip(letters, dead):
+        for letter in letters:
             assert set(letter) >= {"reason", "detail", "raw", "topic", "partition", "offset"}
             assert letter["topic"] == readings_topic and isinstance(letter["offset"], int)
         by_reason = {letter["reason"]: letter for letter in letters}
@@ -614,14 +710,19 @@ def serve_contract(
         more, _ = dataset_readings(MORE_ROWS, STREAMS, start_row=ROWS)
         produce(bootstrap, readings_topic, [reading_message(r, data_covariates) for r in more])
         reference = offline_forecasts(artifact, readings + more, covariates, data_covariates)
-        forecasts = forecast_docs(read_records(bootstrap, forecasts_topic, at_least=len(reference), timeout=60, settle=1.0))
+        forecasts = forecast_docs(
+            read_records(bootstrap, forecasts_topic, at_least=len(reference), timeout=60, settle=1.0)
+        )
         result = compare(forecasts, reference)
         assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
         assert result["max_diff"] <= 1e-6, result
 
         # SIGTERM: drain, commit everything, exit 0.
-        wait_for(lambda: committed(bootstrap, group, readings_topic, ends) == end_offsets(bootstrap, readings_topic),
-                   30, what="offsets committed")
+        wait_for(
+            lambda: committed(bootstrap, group, readings_topic, ends) == end_offsets(bootstrap, readings_topic),
+            30,
+            what="offsets committed",
+        )
         assert job.stop() == 0, job.log[-3000:]
         assert "stopped after SIGTERM" in job.log
         assert job.log.count("serving ") == 1  # one startup line

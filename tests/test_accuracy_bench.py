@@ -15,7 +15,6 @@ from benchmarks import accuracy
 from models.data import load_csv
 
 
-
 def _tiny_csv(tmp_path, rows: int = 672, gaps: tuple[int, ...] = ()) -> str:
     """The first two weeks of the half-hourly England and Wales demand (data/taylor.csv)."""
     lines = (accuracy.ROOT / "data" / "taylor.csv").read_text().splitlines()
@@ -52,11 +51,26 @@ def test_score_set_end_to_end_on_a_tiny_input(tmp_path, monkeypatch):
     _peers_installed()
     monkeypatch.setattr(accuracy, "CACHE", tmp_path / "cache")
     tiny = accuracy.TestSet(
-        "tiny", _tiny_csv(tmp_path), horizon=4, seasons=(48,), train_flags=("--units", "8", "--epochs", "1"), note="two weeks"
+        "tiny",
+        _tiny_csv(tmp_path),
+        horizon=4,
+        seasons=(48,),
+        train_flags=("--units", "8", "--epochs", "1"),
+        note="two weeks",
     )
     result = accuracy.score_set(tiny, seeds=[0, 1], workdir=tmp_path, max_origins=6, test_fraction=0.3, epochs=None)
     methods = {m["name"]: m for m in result["methods"]}
-    assert set(methods) == {"rnncast seed 0", "rnncast seed 1", accuracy.ENSEMBLE, "mstl", "auto_ets", "holt_winters", "seasonal_naive_sf", "persistence", "seasonal naive"}
+    assert set(methods) == {
+        "rnncast seed 0",
+        "rnncast seed 1",
+        accuracy.ENSEMBLE,
+        "mstl",
+        "auto_ets",
+        "holt_winters",
+        "seasonal_naive_sf",
+        "persistence",
+        "seasonal naive",
+    }
     assert methods["rnncast seed 0"]["failed"] is None
     assert result["scored_origins"] == 6
     for m in methods.values():
@@ -72,8 +86,14 @@ def test_score_set_end_to_end_on_a_tiny_input(tmp_path, monkeypatch):
     again = accuracy.score_set(tiny, seeds=[], workdir=tmp_path, max_origins=6, test_fraction=0.3, epochs=None)
     assert {m["name"]: m["mae"] for m in again["methods"]}["mstl"] == methods["mstl"]["mae"]
     text = accuracy.markdown(
-        {"started": "now", "git_commit": "x", "machine": {"cpus": 2, "load_average_at_end": [0]}, "test_fraction": 0.3,
-         "max_origins_per_stream": 6, "sets": [{**result, "summary": summary}]}
+        {
+            "started": "now",
+            "git_commit": "x",
+            "machine": {"cpus": 2, "load_average_at_end": [0]},
+            "test_fraction": 0.3,
+            "max_origins_per_stream": 6,
+            "sets": [{**result, "summary": summary}],
+        }
     )
     assert "| tiny |" in text and "MSTL (statsforecast)" in text
 
@@ -82,7 +102,9 @@ def test_a_failed_training_is_reported_with_the_cli_error(tmp_path, monkeypatch)
     _peers_installed()
     monkeypatch.setattr(accuracy, "CACHE", tmp_path / "cache")
     # A season longer than the data: rnncast train refuses, the peers still run.
-    tiny = accuracy.TestSet("tiny", _tiny_csv(tmp_path), horizon=4, seasons=(48,), train_flags=("--season", "2000", "--epochs", "1"))
+    tiny = accuracy.TestSet(
+        "tiny", _tiny_csv(tmp_path), horizon=4, seasons=(48,), train_flags=("--season", "2000", "--epochs", "1")
+    )
     result = accuracy.score_set(tiny, seeds=[0], workdir=tmp_path, max_origins=3, test_fraction=0.3, epochs=None)
     failed = next(m for m in result["methods"] if m["name"] == "rnncast seed 0")
     assert failed["failed"].startswith("error: ") and failed["mae"] == []

@@ -38,13 +38,18 @@ def test_scored_points_reach_the_histogram_and_the_skill_gauges() -> None:
     labels = horizon_band_labels(horizon)
     for band in set(labels):
         mine = [p for p in points if p.band == band]
-        for forecaster, errors in (("model", [p.model_error for p in mine]), ("persistence", [p.persistence_error for p in mine])):
+        for forecaster, errors in (
+            ("model", [p.model_error for p in mine]),
+            ("persistence", [p.persistence_error for p in mine]),
+        ):
             assert _sample(metrics, "count", band, forecaster) == len(errors)
             assert _sample(metrics, "sum", band, forecaster) == pytest.approx(sum(errors), rel=1e-12)
             for bound in ABS_ERROR_BUCKETS:
                 le = str(float(bound))
                 assert _sample(metrics, "bucket", band, forecaster, le=le) == sum(e <= bound for e in errors)
-        assert metrics.model_skill.labels(horizon=band)._value.get() == pytest.approx(reference.skill()[band], rel=1e-12)
+        assert metrics.model_skill.labels(horizon=band)._value.get() == pytest.approx(
+            reference.skill()[band], rel=1e-12
+        )
 
 
 def test_non_finite_forecast_values_are_not_scored_and_a_new_horizon_starts_over() -> None:
@@ -63,7 +68,8 @@ def _interval_series(metrics: JobMetrics) -> set[tuple[str, tuple]]:
     """(metric name, sorted labels) of every exported interval series."""
     return {
         (sample.name, tuple(sorted(sample.labels.items())))
-        for family in metrics.registry.collect() if family.name.startswith("rnncast_interval_")
+        for family in metrics.registry.collect()
+        if family.name.startswith("rnncast_interval_")
         for sample in family.samples
     }
 

@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _spec(one_step_error: bool = False) -> FeatureSpec:
     return FeatureSpec(
-        covariate_names=("temperature",), covariate_scaler=ScalerParams(mean=(15.0,), scale=(5.0,)), calendar=True,
+        covariate_names=("temperature",),
+        covariate_scaler=ScalerParams(mean=(15.0,), scale=(5.0,)),
+        calendar=True,
         one_step_error=one_step_error,
     )
 
@@ -36,7 +38,10 @@ def _spec(one_step_error: bool = False) -> FeatureSpec:
 def _readings(n: int, stream: str = "s#0") -> list[Reading]:
     rng = np.random.default_rng(1)
     t0 = 1_388_534_400.0
-    return [Reading(stream, t0 + 1800.0 * i, 3.0 + np.sin(i / 7) + 0.1 * rng.standard_normal(), (15 + i % 11,)) for i in range(n)]
+    return [
+        Reading(stream, t0 + 1800.0 * i, 3.0 + np.sin(i / 7) + 0.1 * rng.standard_normal(), (15 + i % 11,))
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -88,12 +93,14 @@ def test_naive_window_state_coding_round_trips() -> None:
 def test_profile_summary_groups_stacks_by_category() -> None:
     from benchmarks.run import summarize_profile
 
-    raw = "\n".join([
-        "main (pipeline/cli.py:10);commit (apache_beam/runners/worker/bundle_processor.py:1);"
-        "get_deep_size (objsize/traverse.py:205) 30",
-        "main (pipeline/cli.py:10);step (models/engine.py:98);_lstm_step (models/cells.py:55) 10",
-        "main (pipeline/cli.py:10);decode_reading (pipeline/messages.py:237) 10",
-    ])
+    raw = "\n".join(
+        [
+            "main (pipeline/cli.py:10);commit (apache_beam/runners/worker/bundle_processor.py:1);"
+            "get_deep_size (objsize/traverse.py:205) 30",
+            "main (pipeline/cli.py:10);step (models/engine.py:98);_lstm_step (models/cells.py:55) 10",
+            "main (pipeline/cli.py:10);decode_reading (pipeline/messages.py:237) 10",
+        ]
+    )
     summary = summarize_profile(raw, rate=100, readings=50)
     shares = {c["what"]: c["share"] for c in summary["categories"]}
     assert shares["Beam state cache: objsize sizing of each committed state"] == 0.6
@@ -111,9 +118,26 @@ def _artifact(tmp: Path) -> Path:
     except ImportError:
         out = tmp / "artifact"
         subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "train", "--data", str(REPO / "data" / "elecdemand.csv"),
-             "--out", str(out), "--epochs", "1", "--units", "32", "--season", "48"],
-            cwd=REPO, check=True, capture_output=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "train",
+                "--data",
+                str(REPO / "data" / "elecdemand.csv"),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--units",
+                "32",
+                "--season",
+                "48",
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=300,
         )
         return out
 
@@ -127,10 +151,18 @@ def _positive(value: object) -> bool:
 def test_quick_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     artifact = _artifact(tmp_path)
     out = tmp_path / "results"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--artifact", str(artifact), "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads((out / "latest.json").read_text())
@@ -139,7 +171,14 @@ def test_quick_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
 
     assert _positive(report["pipe"]["readings_per_s"]) and _positive(report["pipe_kafka_python"]["readings_per_s"])
     rnncast = report["rnncast"]
-    for key in ("readings_per_s", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "state_bytes_per_stream", "rss_mb_at_100k_streams"):
+    for key in (
+        "readings_per_s",
+        "p50_latency_ms",
+        "p99_latency_ms",
+        "peak_rss_mb",
+        "state_bytes_per_stream",
+        "rss_mb_at_100k_streams",
+    ):
         assert _positive(rnncast[key]), (key, rnncast.get(key))
     for job in ("naive_per_reading", "naive_batched"):
         assert _positive(report[job]["readings_per_s"]) and _positive(report[job]["p99_latency_ms"]), report[job]
@@ -152,8 +191,15 @@ def test_quick_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["python"] and machine["packages"]["apache-beam"] and machine["date"]
     assert set(report["targets"]) == {
-        "rnncast_vs_pipe", "rnncast_vs_pipe_kafka_python", "rnncast_vs_naive_per_reading", "rnncast_vs_naive_batched", "p99_below_naive",
-        "p99_at_half_load", "state_bytes", "rss_at_100k_streams", "two_instances_scaling",
+        "rnncast_vs_pipe",
+        "rnncast_vs_pipe_kafka_python",
+        "rnncast_vs_naive_per_reading",
+        "rnncast_vs_naive_batched",
+        "p99_below_naive",
+        "p99_at_half_load",
+        "state_bytes",
+        "rss_at_100k_streams",
+        "two_instances_scaling",
     }
     for name, target in report["targets"].items():
         assert target["pass"] in (True, False), (name, target)

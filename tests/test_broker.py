@@ -291,8 +291,9 @@ def test_broker_dies_with_a_killed_parent() -> None:
         "import sys, time; from pipeline.broker import EmbeddedBroker;"
         "b = EmbeddedBroker().start(); print(b.pid, flush=True); time.sleep(60)"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     try:
         tansu = int(parent.stdout.readline())
     finally:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import serve_harness as h
 from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.kafka_broker import KafkaBroker
+
+import serve_harness as h
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,9 @@ def _wait_for(condition, timeout: float, what: str, proc: h.ServeProcess) -> Non
     deadline = time.monotonic() + timeout
     while not condition():
         if not proc.alive():
-            raise AssertionError(f"serve exited with {proc.proc.returncode} while waiting for {what}:\n{proc.log[-3000:]}")
+            raise AssertionError(
+                f"serve exited with {proc.proc.returncode} while waiting for {what}:\n{proc.log[-3000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout:g}s:\n{proc.log[-3000:]}")
         time.sleep(0.1)
@@ -32,8 +35,15 @@ def _wait_for(condition, timeout: float, what: str, proc: h.ServeProcess) -> Non
 
 def test_unreachable_at_start_exits_2_with_one_line_after_the_timeout(artifact: Path, tmp_path: Path) -> None:
     port = free_port()
-    args = h.serve_args(artifact, f"127.0.0.1:{port}", input_topic="in", output_topic="out", dlq_topic="dlq",
-                        group="g", extra=["--connect-timeout", "3"])
+    args = h.serve_args(
+        artifact,
+        f"127.0.0.1:{port}",
+        input_topic="in",
+        output_topic="out",
+        dlq_topic="dlq",
+        group="g",
+        extra=["--connect-timeout", "3"],
+    )
     job = h.ServeProcess(args, tmp_path / "serve.log")
     assert job.proc.wait(timeout=120) == 2
     job.kill()
@@ -48,8 +58,15 @@ def test_unreachable_at_start_exits_2_with_one_line_after_the_timeout(artifact: 
 def test_the_job_waits_for_a_broker_that_comes_later(artifact: Path, tmp_path: Path, unique_topic) -> None:
     port = free_port()
     suffix = unique_topic("late")
-    args = h.serve_args(artifact, f"127.0.0.1:{port}", input_topic=f"in-{suffix}", output_topic=f"out-{suffix}",
-                        dlq_topic=f"dlq-{suffix}", group=suffix, extra=["--connect-timeout", "300"])
+    args = h.serve_args(
+        artifact,
+        f"127.0.0.1:{port}",
+        input_topic=f"in-{suffix}",
+        output_topic=f"out-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group=suffix,
+        extra=["--connect-timeout", "300"],
+    )
     job = h.ServeProcess(args, tmp_path / "serve.log")
     try:
         _wait_for(lambda: "waiting for Kafka at" in job.log, 120, "waiting line", job)
@@ -85,10 +102,17 @@ class RetryingProducer(threading.Thread):
         from confluent_kafka import Producer
 
         try:
-            producer = Producer({
-                "bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                "partitioner": "murmur2_random", "message.timeout.ms": 600_000,
-            }, logger=logging.getLogger("tests.outage.producer"))  # its reconnect lines go to pytest's log capture
+            producer = Producer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "partitioner": "murmur2_random",
+                    "message.timeout.ms": 600_000,
+                },
+                logger=logging.getLogger("tests.outage.producer"),
+            )  # its reconnect lines go to pytest's log capture
             started = time.monotonic()
             for key, value in self.messages:
                 while True:
@@ -105,7 +129,7 @@ class RetryingProducer(threading.Thread):
             remaining = producer.flush(600)
             if remaining:
                 self.failed.append(f"{remaining} readings not acknowledged after 600 s")
-        except BaseException as err:  # noqa: BLE001 - reported by finish()
+        except BaseException as err:
             self.error = err
 
     def finish(self, timeout: float = 900.0) -> None:
@@ -136,8 +160,14 @@ def test_the_job_rides_out_a_killed_and_restarted_broker(artifact: Path, tmp_pat
         broker.start()
         bootstrap = broker.bootstrap
         job = h.ServeProcess(
-            h.serve_args(artifact, bootstrap, input_topic=readings_topic, output_topic=forecasts_topic,
-                         dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}"),
+            h.serve_args(
+                artifact,
+                bootstrap,
+                input_topic=readings_topic,
+                output_topic=forecasts_topic,
+                dlq_topic=f"dlq-{suffix}",
+                group=f"g-{suffix}",
+            ),
             tmp_path / "serve.log",
         )
         url = job.metrics_url(timeout=300)
@@ -166,12 +196,21 @@ def test_the_job_rides_out_a_killed_and_restarted_broker(artifact: Path, tmp_pat
         _wait_for(lambda: _connected(url) == {"source": 1, "sink": 1}, 120, "rnncast_kafka_connected 1", job)
         samples = h.scrape(url)
         result = h.compare(served_docs, reference)
-        errors = {f"{c}:{code}": h.metric(samples, "rnncast_kafka_errors_total", client=c, code=code)
-                  for c in ("source", "sink") for code in ("_ALL_BROKERS_DOWN", "_TRANSPORT")}
+        errors = {
+            f"{c}:{code}": h.metric(samples, "rnncast_kafka_errors_total", client=c, code=code)
+            for c in ("source", "sink")
+            for code in ("_ALL_BROKERS_DOWN", "_TRANSPORT")
+        }
         values = dict(
-            readings=len(readings), expected_forecasts=len(reference), published_forecasts=len(served_docs),
-            duplicates=result["duplicates"], missing=len(result["missing"]), differing=result["differing"],
-            max_diff=result["max_diff"], readings_sent_at_kill=killed_at_sent, broker_down_s=round(down_for, 1),
+            readings=len(readings),
+            expected_forecasts=len(reference),
+            published_forecasts=len(served_docs),
+            duplicates=result["duplicates"],
+            missing=len(result["missing"]),
+            differing=result["differing"],
+            max_diff=result["max_diff"],
+            readings_sent_at_kill=killed_at_sent,
+            broker_down_s=round(down_for, 1),
             kafka_errors=errors,
         )
         for key, value in values.items():

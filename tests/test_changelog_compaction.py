@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import serve_harness as h
 from pipeline.state_store import changelog_topic
+
+import serve_harness as h
 
 STREAMS = 20
 _FAST_CLEANER = {"segment.ms": "1000", "min.cleanable.dirty.ratio": "0.01", "min.compaction.lag.ms": "0"}
@@ -101,8 +102,15 @@ def test_compacted_changelog_is_bounded_by_streams_and_restores_exactly(
 
     def job(n: int) -> h.ServeProcess:
         return h.ServeProcess(
-            h.serve_args(artifact, broker.bootstrap, input_topic=readings_topic, output_topic=forecasts_topic,
-                         dlq_topic=f"dlq-{suffix}", group=group, extra=["--commit-interval", "0.3"]),
+            h.serve_args(
+                artifact,
+                broker.bootstrap,
+                input_topic=readings_topic,
+                output_topic=forecasts_topic,
+                dlq_topic=f"dlq-{suffix}",
+                group=group,
+                extra=["--commit-interval", "0.3"],
+            ),
             tmp_path / f"serve-{n}.log",
         )
 
@@ -134,11 +142,18 @@ def test_compacted_changelog_is_bounded_by_streams_and_restores_exactly(
         result = h.compare(served_docs, reference)
         after_second = _wait_compacted(broker, changelog, bound)
         values = dict(
-            streams=STREAMS, readings=len(readings), duplicates=result["duplicates"], missing=len(result["missing"]),
-            differing=result["differing"], max_diff=result["max_diff"],
-            written_after_first=after_first[2], retained_after_first=after_first[0],
-            bytes_on_disk_after_first=after_first[1], written_after_second=after_second[2],
-            retained_after_second=after_second[0], bytes_on_disk_after_second=after_second[1],
+            streams=STREAMS,
+            readings=len(readings),
+            duplicates=result["duplicates"],
+            missing=len(result["missing"]),
+            differing=result["differing"],
+            max_diff=result["max_diff"],
+            written_after_first=after_first[2],
+            retained_after_first=after_first[0],
+            bytes_on_disk_after_first=after_first[1],
+            written_after_second=after_second[2],
+            retained_after_second=after_second[0],
+            bytes_on_disk_after_second=after_second[1],
             bytes_per_stream=round(after_second[1] / STREAMS),
         )
         for key, value in values.items():

@@ -49,8 +49,19 @@ def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> No
 def test_replay_help_documents_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     _help_exit_code(["replay", "--help"])
     out = capsys.readouterr().out
-    for option in ("--data", "--bootstrap", "--topic", "--partitions", "--rate", "--speedup",
-                   "--streams-multiply", "--limit", "--json", "--sasl-password-file", "RNNCAST_KAFKA_PASSWORD"):
+    for option in (
+        "--data",
+        "--bootstrap",
+        "--topic",
+        "--partitions",
+        "--rate",
+        "--speedup",
+        "--streams-multiply",
+        "--limit",
+        "--json",
+        "--sasl-password-file",
+        "RNNCAST_KAFKA_PASSWORD",
+    ):
         assert option in out
     assert "--sasl-password " not in out
 

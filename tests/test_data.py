@@ -284,7 +284,9 @@ def test_mixed_timestamp_forms_and_offsets(tmp_path: Path) -> None:
 
 def test_bom_crlf_and_whitespace_in_header(tmp_path: Path) -> None:
     path = tmp_path / "excel.csv"
-    path.write_bytes(b"\xef\xbb\xbftimestamp, stream_id ,value\r\n2014-01-01T00:00:00Z,a,1\r\n2014-01-01T00:30:00Z,a,2\r\n")
+    path.write_bytes(
+        b"\xef\xbb\xbftimestamp, stream_id ,value\r\n2014-01-01T00:00:00Z,a,1\r\n2014-01-01T00:30:00Z,a,2\r\n"
+    )
     assert len(load_csv(path).series["a"]) == 2
 
 

@@ -28,7 +28,6 @@ DASHBOARD = DEPLOY / "grafana" / "rnncast.json"
 K8S = DEPLOY / "k8s"
 
 
-
 def _serve_flags() -> frozenset[str]:
     """Every option `rnncast serve` accepts, from its own parser (generated from ServeOptions). Anything else on
     a serve command line must be a Beam pipeline option."""
@@ -57,6 +56,7 @@ ALERTS = (
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("promtool")
@@ -89,8 +89,21 @@ def recording_rule_names() -> set[str]:
 
 
 PROMQL_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-    "offset", "bool", "inf", "nan", "start", "end",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "start",
+    "end",
 }
 
 
@@ -107,7 +120,7 @@ def promql_metric_names(expr: str) -> set[str]:
         before = s[match.start() - 1] if match.start() else " "
         if before.isdigit() or before == ".":  # 5m, 1e-6
             continue
-        if s[match.end():].lstrip().startswith("("):  # function call
+        if s[match.end() :].lstrip().startswith("("):  # function call
             continue
         if token.lower() in PROMQL_KEYWORDS:
             continue
@@ -155,8 +168,12 @@ def template_queries() -> list[str]:
 
 
 def grafana_to_promql(expr: str) -> str:
-    return (expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
-            .replace("$job", "rnncast").replace("$instance", ".*"))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$job", "rnncast")
+        .replace("$instance", ".*")
+    )
 
 
 def k8s_docs() -> dict[str, dict]:
@@ -187,11 +204,13 @@ def run_launcher(script: Path, env: dict[str, str], *args: str) -> subprocess.Co
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RNNCAST_", "SASL_", "SECURITY_"))}
     for key in ("PROJECT", "REGION", "BUCKET", "BOOTSTRAP", "SDK_IMAGE", "FLINK_MASTER", "DRY_RUN"):
         base.pop(key, None)
-    return subprocess.run(["bash", str(script), *args], env={**base, **env}, capture_output=True,
-                          text=True, timeout=30, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(script), *args], env={**base, **env}, capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
 
 
 # --------------------------------------------------------------------------- promtool
+
 
 def test_promtool_check_config():
     result = promtool("check", "config", "deploy/prometheus/prometheus.yml")
@@ -220,6 +239,7 @@ def test_dashboard_promql_parses(tmp_path):
 
 # --------------------------------------------------------------------------- Prometheus files
 
+
 def test_every_deploy_yaml_parses():
     paths = sorted(p for ext in ("yaml", "yml") for p in DEPLOY.rglob(f"*.{ext}"))
     assert len(paths) >= 8
@@ -243,7 +263,10 @@ def test_every_alert_is_labelled_and_annotated():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         for key in ("summary", "description", "runbook"):
             assert rule["annotations"].get(key, "").strip(), f"{name} lacks {key}"
-    assert "deriv(" in alerts["RnncastConsumerLagGrowing"]["expr"] or "delta(" in alerts["RnncastConsumerLagGrowing"]["expr"]
+    assert (
+        "deriv(" in alerts["RnncastConsumerLagGrowing"]["expr"]
+        or "delta(" in alerts["RnncastConsumerLagGrowing"]["expr"]
+    )
     assert "rnncast_model_skill > 1" in alerts["RnncastModelLosesToPersistence"]["expr"]
     assert 'up{job="rnncast"} == 0' in alerts["RnncastDown"]["expr"]
     assert alerts["RnncastKafkaDisconnected"]["expr"].strip() == "rnncast_kafka_connected == 0"
@@ -261,7 +284,11 @@ def test_rules_test_covers_every_alert_firing_and_not_firing():
 
 def test_recording_rules_exist():
     names = recording_rule_names()
-    assert {"rnncast:readings:rate1m", "rnncast:forecast_latency_seconds:p99_5m", "rnncast:dead_letters:rate5m"} <= names
+    assert {
+        "rnncast:readings:rate1m",
+        "rnncast:forecast_latency_seconds:p99_5m",
+        "rnncast:dead_letters:rate5m",
+    } <= names
     assert all(n.startswith("rnncast:") for n in names)
 
 
@@ -274,16 +301,23 @@ def test_rule_exprs_reference_only_exported_metrics():
 
 # --------------------------------------------------------------------------- the PromQL name extractor itself
 
+
 @pytest.mark.parametrize(
     "expr, names",
     [
-        ('sum by (reason) (rate(rnncast_dead_letters_total{job=~"$job", reason!="x"}[$__rate_interval]))',
-         {"rnncast_dead_letters_total"}),
-        ("histogram_quantile(0.99, sum by (le) (rate(rnncast_step_seconds_bucket[5m]))) > 1e-3",
-         {"rnncast_step_seconds_bucket"}),
-        ('a_total / on (job, instance) group_left (model) b == bool 1 and up{job="x"} offset 5m',
-         {"a_total", "b", "up"}),
-        ("rnncast:readings:rate1m{job=\"a{b}\"} > 0 unless absent(up)", {"rnncast:readings:rate1m", "up"}),
+        (
+            'sum by (reason) (rate(rnncast_dead_letters_total{job=~"$job", reason!="x"}[$__rate_interval]))',
+            {"rnncast_dead_letters_total"},
+        ),
+        (
+            "histogram_quantile(0.99, sum by (le) (rate(rnncast_step_seconds_bucket[5m]))) > 1e-3",
+            {"rnncast_step_seconds_bucket"},
+        ),
+        (
+            'a_total / on (job, instance) group_left (model) b == bool 1 and up{job="x"} offset 5m',
+            {"a_total", "b", "up"},
+        ),
+        ('rnncast:readings:rate1m{job="a{b}"} > 0 unless absent(up)', {"rnncast:readings:rate1m", "up"}),
         ("deriv(sum(x)[10m:1m])", {"x"}),
     ],
 )
@@ -294,12 +328,17 @@ def test_promql_metric_names(expr, names):
 def test_name_check_rejects_a_misspelt_metric():
     allowed = allowed_metric_names()
     assert promql_metric_names("rate(rnncast_readings_total[1m])") <= allowed
-    for wrong in ("rate(rnncast_readings[1m])", "rnncast_active_streams_sum", "rnncast_forecast_latency_seconds_total",
-                  "rnncast_readings_created"):
+    for wrong in (
+        "rate(rnncast_readings[1m])",
+        "rnncast_active_streams_sum",
+        "rnncast_forecast_latency_seconds_total",
+        "rnncast_readings_created",
+    ):
         assert promql_metric_names(wrong) - allowed, wrong
 
 
 # --------------------------------------------------------------------------- Grafana
+
 
 def test_dashboard_exprs_reference_only_exported_metrics():
     allowed = allowed_metric_names()
@@ -336,8 +375,18 @@ def test_dashboard_uses_a_prometheus_datasource_variable():
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
     titles = " | ".join(p["title"] for p in dashboard_panels()).lower()
-    for word in ("throughput", "latency", "dead letters", "lag", "active streams", "persistence", "skill",
-                 "model", "imputed", "interval coverage"):
+    for word in (
+        "throughput",
+        "latency",
+        "dead letters",
+        "lag",
+        "active streams",
+        "persistence",
+        "skill",
+        "model",
+        "imputed",
+        "interval coverage",
+    ):
         assert word in titles, word
 
 
@@ -347,6 +396,7 @@ def test_dashboard_has_no_per_stream_labels():
 
 
 # --------------------------------------------------------------------------- Dockerfile
+
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
@@ -387,6 +437,7 @@ def test_dockerfile_base_user_entrypoint_and_cmd():
 
 
 # --------------------------------------------------------------------------- Kubernetes
+
 
 def test_k8s_has_the_expected_objects():
     assert {"ConfigMap", "Secret", "Deployment", "Service", "PersistentVolumeClaim"} <= set(k8s_docs())
@@ -495,8 +546,14 @@ def test_deployment_kafka_options_parse_with_the_shared_kafka_parser():
 
 LAUNCH = DEPLOY / "launch.sh"
 FLINK_ENV = {"DRY_RUN": "1", "FLINK_MASTER": "jm:8081", "BOOTSTRAP": "kafka:9093"}
-DATAFLOW_ENV = {"DRY_RUN": "1", "PROJECT": "p", "REGION": "europe-west1", "BUCKET": "b",
-                "BOOTSTRAP": "kafka:9093", "SDK_IMAGE": "img:1"}
+DATAFLOW_ENV = {
+    "DRY_RUN": "1",
+    "PROJECT": "p",
+    "REGION": "europe-west1",
+    "BUCKET": "b",
+    "BOOTSTRAP": "kafka:9093",
+    "SDK_IMAGE": "img:1",
+}
 
 
 def test_launch_script_is_valid_bash():
@@ -507,11 +564,25 @@ def test_launch_script_is_valid_bash():
 @pytest.mark.parametrize(
     "target, env, extra, required",
     [
-        ("flink", FLINK_ENV, ["--flink_submit_uber_jar"],
-         {"--runner=FlinkRunner", "--flink_master=jm:8081", "--environment_type=EXTERNAL", "--streaming"}),
-        ("dataflow", DATAFLOW_ENV, ["--update"],
-         {"--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/rnncast/tmp",
-          "--streaming", "--sdk_container_image=img:1"}),
+        (
+            "flink",
+            FLINK_ENV,
+            ["--flink_submit_uber_jar"],
+            {"--runner=FlinkRunner", "--flink_master=jm:8081", "--environment_type=EXTERNAL", "--streaming"},
+        ),
+        (
+            "dataflow",
+            DATAFLOW_ENV,
+            ["--update"],
+            {
+                "--runner=DataflowRunner",
+                "--project=p",
+                "--region=europe-west1",
+                "--temp_location=gs://b/rnncast/tmp",
+                "--streaming",
+                "--sdk_container_image=img:1",
+            },
+        ),
     ],
 )
 def test_launch_script_builds_a_serve_command_with_known_options(target, env, extra, required):
@@ -520,7 +591,7 @@ def test_launch_script_builds_a_serve_command_with_known_options(target, env, ex
     argv = shlex.split(result.stdout)
     assert argv[:2] == ["rnncast", "serve"]
     assert required <= set(argv), required - set(argv)
-    assert argv[-len(extra):] == extra
+    assert argv[-len(extra) :] == extra
     beam = beam_option_names()
     for flag in flags_of(argv[2:]):
         assert flag in SERVE_FLAGS or flag[2:] in beam, f"{target}: unknown option {flag}"
@@ -534,8 +605,15 @@ def test_launch_script_leaves_unset_serve_options_to_rnncast(target, env):
     unset = run_launcher(LAUNCH, {**env, "RNNCAST_KAFKA_PASSWORD": "x"}, target)
     assert unset.returncode == 0, unset.stderr
     assert "--state-shards" not in shlex.split(unset.stdout) and "--group" not in shlex.split(unset.stdout)
-    every = {"INPUT_TOPIC": "in", "OUTPUT_TOPIC": "out", "DLQ_TOPIC": "dlq", "GROUP": "g", "STATE_SHARDS": "32",
-             "GUARANTEE": "exactly-once", "STATE_TTL": "3600"}
+    every = {
+        "INPUT_TOPIC": "in",
+        "OUTPUT_TOPIC": "out",
+        "DLQ_TOPIC": "dlq",
+        "GROUP": "g",
+        "STATE_SHARDS": "32",
+        "GUARANTEE": "exactly-once",
+        "STATE_TTL": "3600",
+    }
     given = run_launcher(LAUNCH, {**env, "RNNCAST_KAFKA_PASSWORD": "x", **every}, target)
     argv = shlex.split(given.stdout)
     assert argv[argv.index("--state-shards") + 1] == "32" and argv[argv.index("--group") + 1] == "g"
@@ -545,7 +623,9 @@ def test_launch_script_leaves_unset_serve_options_to_rnncast(target, env):
         assert flag in SERVE_FLAGS or flag[2:] in beam, f"{target}: unknown option {flag}"
 
 
-@pytest.mark.parametrize("target, env, missing", [("flink", FLINK_ENV, "FLINK_MASTER"), ("dataflow", DATAFLOW_ENV, "PROJECT")])
+@pytest.mark.parametrize(
+    "target, env, missing", [("flink", FLINK_ENV, "FLINK_MASTER"), ("dataflow", DATAFLOW_ENV, "PROJECT")]
+)
 def test_launch_script_requires_its_settings(target, env, missing):
     result = run_launcher(LAUNCH, {k: v for k, v in env.items() if k != missing}, target)
     assert result.returncode != 0 and missing in result.stderr
@@ -565,8 +645,14 @@ def test_launch_script_refuses_sasl_without_a_password(target, env):
 
 def test_flink_readme_documents_runner_options_and_kafkaio():
     text = (DEPLOY / "flink" / "README.md").read_text()
-    for needle in ("--runner=FlinkRunner", "--flink_master", "--environment_type", "KafkaIO", "RNNCAST_KAFKA_PASSWORD",
-                   "launch.sh"):
+    for needle in (
+        "--runner=FlinkRunner",
+        "--flink_master",
+        "--environment_type",
+        "KafkaIO",
+        "RNNCAST_KAFKA_PASSWORD",
+        "launch.sh",
+    ):
         assert needle in text, needle
     launcher = LAUNCH.read_text()
     for needle in ("--runner=DataflowRunner", "--project", "--region", "--temp_location", "--streaming"):

@@ -11,7 +11,6 @@ from tests.model_helpers import readings, run, small_engine
 CELLS = ["rnn", "lstm", "gru"]
 
 
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_warm_up_then_one_forecast_per_reading(cell):
     engine = small_engine(cell, season=4, horizon=3)

@@ -137,8 +137,14 @@ def test_input_row_rejects_a_wrong_covariate_count():
 
 def test_serving_state_equals_the_keyword_constructor():
     args = dict(
-        readings_seen=7, last_timestamp=60.0, value_mean=1.0, value_scale=2.0, ring=np.arange(3.0),
-        ring_fill=3, cell_state=np.ones(4), one_step_forecast=0.5,
+        readings_seen=7,
+        last_timestamp=60.0,
+        value_mean=1.0,
+        value_scale=2.0,
+        ring=np.arange(3.0),
+        ring_fill=3,
+        cell_state=np.ones(4),
+        one_step_forecast=0.5,
     )
     fast, slow = serving_state(**args), StreamState(**args)
     assert vars(fast).keys() == {f.name for f in dataclasses.fields(StreamState)}

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-import serve_harness as h
 from models.artifact import load_artifact
 from pipeline.kafka_config import KafkaSettings
 from pipeline.messages import Outcome, OutcomeBatch
 from pipeline.transactions import TransactionsUnsupported, _PartitionTransaction, require_transactions
+
+import serve_harness as h
 
 # --- the release rule (pure) ------------------------------------------------------------------------
 
@@ -50,7 +51,9 @@ class _Done:
 
 def _batch(*offsets: int, letter: bool = False) -> OutcomeBatch:
     field = "dead_letter" if letter else "forecast"
-    return OutcomeBatch([Outcome(0, o, o, 0, b"k", **{field: b"x"}) for o in offsets], {f"s{o}": b"state" for o in offsets})
+    return OutcomeBatch(
+        [Outcome(0, o, o, 0, b"k", **{field: b"x"}) for o in offsets], {f"s{o}": b"state" for o in offsets}
+    )
 
 
 def test_a_transaction_holds_only_a_contiguous_prefix() -> None:
@@ -90,10 +93,17 @@ def test_apache_kafka_passes_the_transactions_check(broker) -> None:
     require_transactions(KafkaSettings(bootstrap=broker.bootstrap))
 
 
-def test_a_second_instance_with_the_same_group_fences_the_first(broker, artifact: Path, tmp_path: Path, record_property) -> None:
+def test_a_second_instance_with_the_same_group_fences_the_first(
+    broker, artifact: Path, tmp_path: Path, record_property
+) -> None:
     bootstrap = broker.bootstrap
     suffix = uuid.uuid4().hex[:8]
-    topics = dict(input_topic=f"readings-{suffix}", output_topic=f"forecasts-{suffix}", dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}")
+    topics = dict(
+        input_topic=f"readings-{suffix}",
+        output_topic=f"forecasts-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group=f"g-{suffix}",
+    )
     args = h.serve_args(artifact, bootstrap, **topics, extra=("--guarantee", "exactly-once"))
     served = load_artifact(artifact)
     readings, data_covariates = h.dataset_readings(160, 10)
@@ -107,7 +117,8 @@ def test_a_second_instance_with_the_same_group_fences_the_first(broker, artifact
         first.wait_restored(120)
         h.produce(bootstrap, topics["input_topic"], messages[:first_half])
         h.wait_for(
-            lambda: len(h.read_records(bootstrap, topics["output_topic"], read_committed=True)) > 0, 120,
+            lambda: len(h.read_records(bootstrap, topics["output_topic"], read_committed=True)) > 0,
+            120,
             what="the first instance's committed forecasts",
         )
         second = h.ServeProcess(args, tmp_path / "second.log")
@@ -119,10 +130,15 @@ def test_a_second_instance_with_the_same_group_fences_the_first(broker, artifact
             time.sleep(0.2)
         assert not first.alive(), "the fenced instance kept running:\n" + first.log[-3000:]
         assert first.proc.returncode != 0
-        assert "is fenced or failed fatally" in first.log and "another instance of group" in first.log, first.log[-3000:]
+        assert "is fenced or failed fatally" in first.log and "another instance of group" in first.log, first.log[
+            -3000:
+        ]
         assert second.alive(), second.log[-3000:]
-        docs = h.forecast_docs(h.read_records(bootstrap, topics["output_topic"], at_least=len(reference), timeout=180,
-                                              settle=2.0, read_committed=True))
+        docs = h.forecast_docs(
+            h.read_records(
+                bootstrap, topics["output_topic"], at_least=len(reference), timeout=180, settle=2.0, read_committed=True
+            )
+        )
         result = h.compare(docs, reference)
         record_property("fencing.duplicates", result["duplicates"])
         print(f"\nfencing: forecasts={len(docs)}, duplicates={result['duplicates']}, missing={len(result['missing'])}")
@@ -154,7 +170,9 @@ def test_tansu_shows_aborted_records_to_read_committed_consumers(tansu_broker, u
         producer.produce(topic, value, b"k")
         producer.flush(30)
         producer.commit_transaction(30) if commit else producer.abort_transaction(30)
-    values = [r.value for r in h.read_records(bootstrap, topic, at_least=2, timeout=30, settle=1.0, read_committed=True)]
+    values = [
+        r.value for r in h.read_records(bootstrap, topic, at_least=2, timeout=30, settle=1.0, read_committed=True)
+    ]
     assert b"committed-1" in values and b"committed-2" in values
     assert b"aborted" in values, "Tansu now hides aborted records: revisit require_transactions and this test"
 
@@ -163,10 +181,23 @@ def test_serve_refuses_exactly_once_on_tansu_in_one_line(tansu_broker, artifact:
     with pytest.raises(TransactionsUnsupported, match="does not support reliable transactions"):
         require_transactions(KafkaSettings(bootstrap=tansu_broker.bootstrap))
     suffix = uuid.uuid4().hex[:8]
-    args = h.serve_args(artifact, tansu_broker.bootstrap, input_topic=f"r-{suffix}", output_topic=f"f-{suffix}",
-                        dlq_topic=f"d-{suffix}", group=f"g-{suffix}", extra=("--guarantee", "exactly-once"))
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", *args], cwd=h.REPO, env=h._env(),
-                          capture_output=True, text=True, timeout=180)
+    args = h.serve_args(
+        artifact,
+        tansu_broker.bootstrap,
+        input_topic=f"r-{suffix}",
+        output_topic=f"f-{suffix}",
+        dlq_topic=f"d-{suffix}",
+        group=f"g-{suffix}",
+        extra=("--guarantee", "exactly-once"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve", *args],
+        cwd=h.REPO,
+        env=h._env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(lines) == 1 and "--guarantee exactly-once" in lines[0] and "Tansu" in lines[0], done.stderr[-3000:]

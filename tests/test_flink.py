@@ -34,8 +34,22 @@ class ClusterProcess:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "flink-cluster", "--rest-port", "0", "--workdir", str(workdir), *args],
-                cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.cli",
+                    "flink-cluster",
+                    "--rest-port",
+                    "0",
+                    "--workdir",
+                    str(workdir),
+                    *args,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
             )
         self.options: list[str] = []
 
@@ -45,10 +59,12 @@ class ClusterProcess:
             text = self.stdout_path.read_text()
             if READY in text:
                 line = next(line for line in text.splitlines() if line.startswith(READY))
-                self.options = shlex.split(line[len(READY):])
+                self.options = shlex.split(line[len(READY) :])
                 return self.options
             if self.proc.poll() is not None:
-                raise RuntimeError(f"flink-cluster exited with {self.proc.returncode}:\n{self.stderr_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"flink-cluster exited with {self.proc.returncode}:\n{self.stderr_path.read_text()[-3000:]}"
+                )
             time.sleep(0.25)
         raise TimeoutError(f"flink-cluster not ready in {timeout:g}s:\n{self.stderr_path.read_text()[-3000:]}")
 
@@ -115,11 +131,17 @@ def test_a_beam_python_pipeline_runs_on_two_taskmanagers(flink: ClusterProcess, 
         "       | beam.MapTuple(lambda k, v: (k, sum(v))) | beam.Map(write))\n"
     )
     run = subprocess.run(
-        [sys.executable, str(script), str(out), *flink.options], cwd=REPO, capture_output=True, text=True, timeout=400,
+        [sys.executable, str(script), str(out), *flink.options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [line.split() for line in out.read_text().splitlines()]
-    assert sorted((int(k), int(s)) for k, s, _ in rows) == [(k, sum(x for x in range(100) if x % 3 == k)) for k in range(3)]
+    assert sorted((int(k), int(s)) for k, s, _ in rows) == [
+        (k, sum(x for x in range(100) if x % 3 == k)) for k in range(3)
+    ]
     worker_pids = {int(pid) for *_, pid in rows}
     assert os.getpid() not in worker_pids and run.returncode == 0  # computed outside the launcher
 
@@ -144,7 +166,11 @@ def test_missing_pieces_are_a_one_line_error_naming_make_flink(tmp_path: Path) -
     env = dict(os.environ, PYTHONPATH=str(REPO), RNNCAST_CACHE=str(tmp_path / "empty"))
     run = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "flink-cluster", "--rest-port", "0", "--workdir", str(tmp_path / "w")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2
     assert "make flink" in run.stderr and len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
@@ -159,8 +185,14 @@ def test_the_serve_contract_holds_on_flink_with_parallelism_2(broker, flink: Clu
     import serve_harness as h
 
     h.serve_contract(
-        broker.bootstrap, h.trained_artifact(), tmp_path, rows=150, streams=10, more_rows=20,
-        extra=flink.options, worker_metrics=True,
+        broker.bootstrap,
+        h.trained_artifact(),
+        tmp_path,
+        rows=150,
+        streams=10,
+        more_rows=20,
+        extra=flink.options,
+        worker_metrics=True,
     )
     flink_jobs = _flink_jobs(flink.option("flink_master"))
     assert [job for job in flink_jobs if job["state"] == "RUNNING"] == []
@@ -181,8 +213,9 @@ def test_a_taskmanager_killed_mid_stream_loses_no_forecast(broker, tmp_path: Pat
     is missing and none differs from the uninterrupted offline run. Duplicates are reported."""
     import uuid
 
-    import serve_harness as h
     from models.artifact import load_artifact
+
+    import serve_harness as h
 
     try:
         check_pieces()
@@ -195,32 +228,54 @@ def test_a_taskmanager_killed_mid_stream_loses_no_forecast(broker, tmp_path: Pat
     readings, data_covariates = h.dataset_readings(200, 10)
     reference = h.offline_forecasts(artifact, readings, served.features.covariate_names, data_covariates)
     suffix = uuid.uuid4().hex[:8]
-    topics = {"input_topic": f"r-{suffix}", "output_topic": f"f-{suffix}", "dlq_topic": f"d-{suffix}", "group": f"g-{suffix}"}
+    topics = {
+        "input_topic": f"r-{suffix}",
+        "output_topic": f"f-{suffix}",
+        "dlq_topic": f"d-{suffix}",
+        "group": f"g-{suffix}",
+    }
     job = None
     try:
         options = cluster.wait_ready()
         options = [o for o in options if not o.startswith("--parallelism=")] + ["--parallelism=2"]
-        job = h.ServeProcess(h.serve_args(artifact, broker.bootstrap, **topics, extra=["--topic-partitions", "4", *options]),
-                             tmp_path / "serve.log")
+        job = h.ServeProcess(
+            h.serve_args(artifact, broker.bootstrap, **topics, extra=["--topic-partitions", "4", *options]),
+            tmp_path / "serve.log",
+        )
         job.metrics_url()
-        producer = h.PacedProducer(broker.bootstrap, topics["input_topic"],
-                                   [h.reading_message(r, data_covariates) for r in readings], rate=40)
+        producer = h.PacedProducer(
+            broker.bootstrap, topics["input_topic"], [h.reading_message(r, data_covariates) for r in readings], rate=40
+        )
         producer.start()
         # Kill once forecasts flow and a checkpoint exists, while readings are still being published.
-        h.wait_for(lambda: len(h.read_records(broker.bootstrap, topics["output_topic"], timeout=5)) >= 100, 180,
-                   interval=1.0, what="forecasts before the kill")
+        h.wait_for(
+            lambda: len(h.read_records(broker.bootstrap, topics["output_topic"], timeout=5)) >= 100,
+            180,
+            interval=1.0,
+            what="forecasts before the kill",
+        )
         victim = next(pid for pid in descendants(cluster.proc.pid) if "taskmanager-0" in _cmdline(pid))
         doomed = [victim, *descendants(victim)]
         for pid in doomed:
             os.kill(pid, signal.SIGKILL)
         killed_at = producer.sent
         producer.finish(timeout=300)
-        forecasts = h.forecast_docs(h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(reference),
-                                                   timeout=300, settle=3.0))
+        forecasts = h.forecast_docs(
+            h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(reference), timeout=300, settle=3.0)
+        )
         result = h.compare(forecasts, reference)
-        record_property("flink_failover", {"killed_after_published": killed_at, "duplicates": result["duplicates"],
-                                           "forecasts": len(forecasts), "expected": len(reference)})
-        assert result["missing"] == [] and result["unexpected"] == [], {k: v for k, v in result.items() if k != "missing"}
+        record_property(
+            "flink_failover",
+            {
+                "killed_after_published": killed_at,
+                "duplicates": result["duplicates"],
+                "forecasts": len(forecasts),
+                "expected": len(reference),
+            },
+        )
+        assert result["missing"] == [] and result["unexpected"] == [], {
+            k: v for k, v in result.items() if k != "missing"
+        }
         assert result["differing"] == 0 and result["max_diff"] <= 1e-6, result
         assert job.stop() == 0, job.log[-3000:]
     finally:

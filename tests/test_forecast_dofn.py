@@ -18,15 +18,14 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-import serve_harness as h
 from models.artifact import load_artifact
 from models.reading import Reading
 from models.state import decode_state, encode_state
@@ -41,10 +40,12 @@ from pipeline.messages import (
     shard_of_key,
     state_shard,
 )
-from pipeline.replay import encode_reading
 from pipeline.metrics import JobMetrics
 from pipeline.options import default_state_shards
+from pipeline.replay import encode_reading
 from pipeline.state_store import StaticRestore, is_marker
+
+import serve_harness as h
 
 _REGISTRIES: dict[str, JobMetrics] = {}
 
@@ -74,7 +75,9 @@ def streams(artifact: Path) -> dict[str, list[Reading]]:
     columns = [data_covariates.index(c) for c in model_covariates]
     out: dict[str, list[Reading]] = {}
     for r in readings:
-        out.setdefault(r.stream_id, []).append(Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns)))
+        out.setdefault(r.stream_id, []).append(
+            Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns))
+        )
     return out
 
 
@@ -104,15 +107,29 @@ def _batches(elements: list[Rec | SweepRequest], batch: int) -> list[KafkaBatch]
         records = [e for e in chunk if isinstance(e, Rec)]
         sweeps = tuple(e for e in chunk if isinstance(e, SweepRequest))
         offsets = [r.offset for r in records]
-        out.append(KafkaBatch(
-            "readings", 0, offsets, offsets, [1_700_000_000_000] * len(records), [r.key for r in records],
-            [r.value for r in records], sweeps,
-        ))
+        out.append(
+            KafkaBatch(
+                "readings",
+                0,
+                offsets,
+                offsets,
+                [1_700_000_000_000] * len(records),
+                [r.key for r in records],
+                [r.value for r in records],
+                sweeps,
+            )
+        )
     return out
 
 
-def _run(elements: list[Rec | SweepRequest], expected: Any, dofn: ForecastDoFn, batch: int = 1,
-         snapshots: list[tuple] | None = None, shards: int = default_state_shards(None)) -> None:
+def _run(
+    elements: list[Rec | SweepRequest],
+    expected: Any,
+    dofn: ForecastDoFn,
+    batch: int = 1,
+    snapshots: list[tuple] | None = None,
+    shards: int = default_state_shards(None),
+) -> None:
     """Feeds the elements in order, ``batch`` per source batch routed by :class:`RouteToShards` (one bundle
     per source batch), and asserts the outcomes' summaries (and the snapshots', if given).
 
@@ -164,7 +181,9 @@ def _offline(artifact: Path, readings: list[Reading]) -> tuple[list[tuple], list
     for offset, reading in enumerate(readings):
         result = engine.step(states.get(reading.stream_id), reading)
         states[reading.stream_id] = result.state.with_source(0, offset)
-        forecast = encode_forecast(result.forecast, served.cell, served.version) if result.forecast is not None else None
+        forecast = (
+            encode_forecast(result.forecast, served.cell, served.version) if result.forecast is not None else None
+        )
         expected.append((offset, _digest(forecast), None, False))
         history.append(states[reading.stream_id])
     return expected, history
@@ -216,7 +235,10 @@ def test_duplicates_out_of_order_and_future_readings_are_dead_letters_and_leave_
             bad = [
                 (reading, "duplicate"),
                 (a[10], "out_of_order"),
-                (Reading(reading.stream_id, reading.timestamp + 86_400 + 1800, 1.0, reading.covariates), "future_timestamp"),
+                (
+                    Reading(reading.stream_id, reading.timestamp + 86_400 + 1800, 1.0, reading.covariates),
+                    "future_timestamp",
+                ),
             ]
             for bad_reading, reason in bad:
                 elements.append(_inbound(bad_reading, offset))
@@ -257,8 +279,12 @@ def test_rounds_of_many_streams_step_together_like_the_offline_engine(artifact, 
 def test_undecodable_records_become_dead_letters_where_they_land(artifact: Path, streams) -> None:
     (a, _) = streams.values()
     records = [Rec(7, b"k", b"{"), Rec(8, None, b"[1]"), Rec(9, b"x", None), _inbound(a[0], 10)]
-    expected = [(7, None, "not_json", False), (8, None, "not_object", False), (9, None, "not_json", False),
-                (10, None, None, False)]
+    expected = [
+        (7, None, "not_json", False),
+        (8, None, "not_object", False),
+        (9, None, "not_json", False),
+        (10, None, None, False),
+    ]
     _run(records, expected, _dofn(artifact, "rejected"), batch=4)
     metrics = PrivateMetrics("rejected")()
     assert metrics.readings._value.get() == 1
@@ -329,8 +355,15 @@ def test_route_to_shards_splits_a_batch_by_record_key() -> None:
     keys: list[bytes | None] = [*streams, b"s1", None, b"s0"]
     n = len(keys)
     batch = KafkaBatch(
-        "readings", 2, list(range(10, 10 + n)), list(range(9, 9 + n)), [5] * n, keys, [b"v%d" % i for i in range(n)],
-        (SweepRequest(2, "s3", 123.0), SweepRequest(2, "gone", 7.0)), commit=True,
+        "readings",
+        2,
+        list(range(10, 10 + n)),
+        list(range(9, 9 + n)),
+        [5] * n,
+        keys,
+        [b"v%d" % i for i in range(n)],
+        (SweepRequest(2, "s3", 123.0), SweepRequest(2, "gone", 7.0)),
+        commit=True,
     )
     out = list(RouteToShards(4).process(batch))
 
@@ -372,19 +405,29 @@ _optional_bytes = st.none() | st.binary(max_size=30)
 
 @settings(max_examples=300, deadline=None)
 @given(
-    topic=st.text(min_size=1, max_size=12), partition=st.integers(0, 2**31 - 1),
+    topic=st.text(min_size=1, max_size=12),
+    partition=st.integers(0, 2**31 - 1),
     records=st.lists(
-        st.tuples(st.integers(-1, 2**62), st.integers(-1, 2**62), st.integers(-(2**62), 2**62), _optional_bytes, _optional_bytes),
+        st.tuples(
+            st.integers(-1, 2**62),
+            st.integers(-1, 2**62),
+            st.integers(-(2**62), 2**62),
+            _optional_bytes,
+            _optional_bytes,
+        ),
         max_size=20,
     ),
-    sweeps=st.lists(st.tuples(st.text(max_size=12), st.floats(allow_nan=False)), max_size=3), commit=st.booleans(),
+    sweeps=st.lists(st.tuples(st.text(max_size=12), st.floats(allow_nan=False)), max_size=3),
+    commit=st.booleans(),
 )
 def test_the_shuffle_coder_round_trips_every_batch(topic, partition, records, sweeps, commit) -> None:
     columns = [list(column) for column in zip(*records)] if records else [[], [], [], [], []]
     batch = KafkaBatch(topic, partition, *columns, tuple(SweepRequest(partition, s, t) for s, t in sweeps), commit)
     coder = KafkaBatchCoder()
     decoded = coder.decode(coder.encode(batch))
-    assert decoded == batch._replace(**{f: list(getattr(batch, f)) for f in ("offsets", "positions", "timestamps_ms", "keys", "values")})
+    assert decoded == batch._replace(
+        **{f: list(getattr(batch, f)) for f in ("offsets", "positions", "timestamps_ms", "keys", "values")}
+    )
     assert coder.is_deterministic() and coder.encode(batch) == coder.encode(decoded)
     assert coder.estimate_size(batch) >= sum(len(v) for v in batch.values if v)
 
@@ -400,7 +443,9 @@ def test_the_job_shuffles_batches_with_the_explicit_coder(artifact: Path) -> Non
     assert routed.element_type == beam.typehints.Tuple[str, KafkaBatch]
     assert beam.coders.registry.get_coder(routed.element_type).key_coder() == beam.coders.StrUtf8Coder()
     assert beam.coders.registry.get_coder(routed.element_type).value_coder() == KafkaBatchCoder()
-    assert beam.coders.registry.get_coder(routed.producer.inputs[0].element_type) == KafkaBatchCoder()  # the source's output
+    assert (
+        beam.coders.registry.get_coder(routed.producer.inputs[0].element_type) == KafkaBatchCoder()
+    )  # the source's output
 
 
 def test_the_job_graph_never_imports_tensorflow(artifact: Path) -> None:
@@ -437,14 +482,20 @@ def test_a_restored_state_of_another_model_starts_afresh(artifact, streams) -> N
     fresh, _ = _offline(artifact, a[60:])
     expected = [(60 + i, e[1], None, False) for i, e in enumerate(fresh)]
     foreign = history[59].with_source(0, 59, key ^ 1)
-    _run([_inbound(r, i) for i, r in enumerate(a) if i >= 60], expected,
-         _dofn(artifact, "foreign", restore=StaticRestore({a[0].stream_id: foreign})))
+    _run(
+        [_inbound(r, i) for i, r in enumerate(a) if i >= 60],
+        expected,
+        _dofn(artifact, "foreign", restore=StaticRestore({a[0].stream_id: foreign})),
+    )
     metrics = PrivateMetrics("foreign")()
     assert metrics.stream_resets.labels(reason="model_swap")._value.get() == 1
     assert metrics.active_streams._value.get() == 1
 
     clean, _ = _offline(artifact, a)
     own = history[59].with_source(0, 59, key)
-    _run([_inbound(r, i) for i, r in enumerate(a) if i >= 60], clean[60:],
-         _dofn(artifact, "own", restore=StaticRestore({a[0].stream_id: own})))
+    _run(
+        [_inbound(r, i) for i, r in enumerate(a) if i >= 60],
+        clean[60:],
+        _dofn(artifact, "own", restore=StaticRestore({a[0].stream_id: own})),
+    )
     assert PrivateMetrics("own")().stream_resets.labels(reason="model_swap")._value.get() == 0

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import pytest
 
-import serve_harness as h
 from models.artifact import load_artifact
 from models.reading import Reading
 from models.timeutil import parse_timestamp
+
+import serve_harness as h
 
 STREAMS = 4
 PHASES = ((0, 100, "a"), (100, 150, "b"), (150, 250, "c"), (250, 270, "d"))
@@ -56,14 +57,30 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         small.write_text("".join(line for _, line in zip(range(2001), src)))
     jobs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "train", "--data", str(small), "--out", str(root / name),
-             "--epochs", "1", "--season", "48", *args],
-            cwd=h.REPO, env=h._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "train",
+                "--data",
+                str(small),
+                "--out",
+                str(root / name),
+                "--epochs",
+                "1",
+                "--season",
+                "48",
+                *args,
+            ],
+            cwd=h.REPO,
+            env=h._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for name, args in (("b", ["--units", "32", "--seed", "1"]), ("c", ["--units", "16"]))
     }
     base = h.trained_artifact()  # lstm, 32 units, seed 0 (trains meanwhile if this session has not yet)
-    for name, proc in jobs.items():
+    for proc in jobs.values():
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out.decode(errors="replace")
     shutil.copytree(base, root / "a")
@@ -74,7 +91,9 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in "abcd"}
 
 
-def _offline(versions: dict[str, Path], readings: list[Reading], columns: list[int]) -> dict[tuple[str, float], tuple[str, list[float], int]]:
+def _offline(
+    versions: dict[str, Path], readings: list[Reading], columns: list[int]
+) -> dict[tuple[str, float], tuple[str, list[float], int]]:
     """(stream, timestamp) -> (version, forecast, readings_seen), serving each phase's model as the job must."""
     engines = {name: load_artifact(path).engine() for name, path in versions.items() if name != "d"}
     version = {name: load_artifact(path).version for name, path in versions.items() if name != "d"}
@@ -87,14 +106,22 @@ def _offline(versions: dict[str, Path], readings: list[Reading], columns: list[i
         name = "c" if name == "d" else name  # refused: c keeps serving
         if row == 150:
             states.pop(r.stream_id, None)  # c cannot continue a's/b's states
-        result = engines[name].step(states.get(r.stream_id), Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns)))
+        result = engines[name].step(
+            states.get(r.stream_id), Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns))
+        )
         states[r.stream_id] = result.state
         if result.forecast is not None:
-            out[(r.stream_id, r.timestamp)] = (version[name], result.forecast.values.tolist(), result.forecast.readings_seen)
+            out[(r.stream_id, r.timestamp)] = (
+                version[name],
+                result.forecast.values.tolist(),
+                result.forecast.readings_seen,
+            )
     return out
 
 
-def test_models_are_swapped_without_a_restart_and_a_tampered_one_is_refused(broker, versions: dict[str, Path], tmp_path: Path, record_property) -> None:
+def test_models_are_swapped_without_a_restart_and_a_tampered_one_is_refused(
+    broker, versions: dict[str, Path], tmp_path: Path, record_property
+) -> None:
     a, b, c = (load_artifact(versions[name]) for name in "abc")
     assert (a.cell, a.manifest["units"]) == (b.cell, b.manifest["units"]) and c.manifest["units"] != a.manifest["units"]
     readings, data_covariates = h.dataset_readings(280, STREAMS)
@@ -103,12 +130,22 @@ def test_models_are_swapped_without_a_restart_and_a_tampered_one_is_refused(brok
     link = tmp_path / "current"
     _point(link, versions["a"])
     suffix = uuid.uuid4().hex[:8]
-    topics = dict(input_topic=f"readings-{suffix}", output_topic=f"forecasts-{suffix}", dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}")
-    args = h.serve_args(link, broker.bootstrap, **topics, extra=["--topic-partitions", "1", "--artifact-poll-seconds", "0.2"])
+    topics = dict(
+        input_topic=f"readings-{suffix}",
+        output_topic=f"forecasts-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group=f"g-{suffix}",
+    )
+    args = h.serve_args(
+        link, broker.bootstrap, **topics, extra=["--topic-partitions", "1", "--artifact-poll-seconds", "0.2"]
+    )
 
     def publish(first: int, end: int) -> None:
-        h.produce(broker.bootstrap, topics["input_topic"],
-                  [h.reading_message(r, data_covariates) for r in readings[first * STREAMS : end * STREAMS]])
+        h.produce(
+            broker.bootstrap,
+            topics["input_topic"],
+            [h.reading_message(r, data_covariates) for r in readings[first * STREAMS : end * STREAMS]],
+        )
 
     def serving(url: str, artifact) -> bool:
         return h.metric(h.scrape(url), "rnncast_model_info", model=artifact.cell, version=artifact.version) == 1
@@ -121,14 +158,19 @@ def test_models_are_swapped_without_a_restart_and_a_tampered_one_is_refused(brok
         for (first, end, name), target in zip(PHASES, (a, b, c, None)):
             _point(link, versions[name])
             if target is not None:
-                h.wait_for(lambda: serving(url, target), 20, what=f"serving {name}")
+                h.wait_for(lambda target=target: serving(url, target), 20, what=f"serving {name}")
             else:  # d: refused
-                h.wait_for(lambda: h.metric(h.scrape(url), "rnncast_model_swaps_total", result="refused") == 1, 20,
-                           what=f"the refusal of {name}")
+                h.wait_for(
+                    lambda: h.metric(h.scrape(url), "rnncast_model_swaps_total", result="refused") == 1,
+                    20,
+                    what=f"the refusal of {name}",
+                )
             publish(first, end)
             published += (end - first) * STREAMS
             due = sum(1 for (sid, t) in expected if t <= readings[end * STREAMS - 1].timestamp)
-            h.wait_for(lambda: h.metric(h.scrape(url), "rnncast_forecasts_total") >= due, 30, what=f"{due} forecasts")
+            h.wait_for(
+                lambda due=due: h.metric(h.scrape(url), "rnncast_forecasts_total") >= due, 30, what=f"{due} forecasts"
+            )
         samples = h.scrape(url)
         assert h.metric(samples, "rnncast_readings_total") == published
         assert h.metric(samples, "rnncast_model_swaps_total", result="loaded") == 2
@@ -139,7 +181,9 @@ def test_models_are_swapped_without_a_restart_and_a_tampered_one_is_refused(brok
         assert job.log.count("refusing the model artifact") == 1
         assert "does not match the manifest" in job.log
 
-        docs = h.forecast_docs(h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(expected), timeout=30))
+        docs = h.forecast_docs(
+            h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(expected), timeout=30)
+        )
         assert len(docs) == len(expected)
         worst = 0.0
         by_version: dict[str, int] = {}

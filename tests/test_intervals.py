@@ -45,7 +45,9 @@ def test_too_few_points_give_the_widest_available_interval():
 
 
 def test_interval_score_is_the_winkler_score():
-    covered, width, score = interval_point_scores(np.array([0.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0]), np.array([0.5, 2.0, -0.5]), 0.8)
+    covered, width, score = interval_point_scores(
+        np.array([0.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0]), np.array([0.5, 2.0, -0.5]), 0.8
+    )
     assert covered.tolist() == [1.0, 0.0, 0.0]
     assert width.tolist() == [1.0, 1.0, 1.0]
     assert score == pytest.approx([1.0, 1.0 + 10.0 * 1.0, 1.0 + 10.0 * 0.5])  # 2 / (1 - 0.8) = 10
@@ -234,8 +236,12 @@ def shifted_stream(n: int, shift_at: int, factor: float, seed: int = 0) -> Serie
 def calibrated(series: Series, until: int, gamma: float) -> IntervalSpec:
     dataset = Dataset("synthetic", (), {"s": series})
     spec, _ = calibrate_intervals(
-        seasonal_naive_engine(), dataset, {"s": float(series.timestamps[SEASON])}, {"s": float(series.timestamps[until])},
-        (0.8, 0.95), gamma,
+        seasonal_naive_engine(),
+        dataset,
+        {"s": float(series.timestamps[SEASON])},
+        {"s": float(series.timestamps[until])},
+        (0.8, 0.95),
+        gamma,
     )
     return spec
 
@@ -252,9 +258,14 @@ def live_coverage(engine: Engine, series: Series, window: int) -> np.ndarray:
             continue
         forecast = result.forecast
         tracker.observe(
-            "s", timestamp, value, state.value_mean, state.value_scale,
+            "s",
+            timestamp,
+            value,
+            state.value_mean,
+            state.value_scale,
             None if forecast is None else forecast.scaled,
-            None if forecast is None else forecast.lower, None if forecast is None else forecast.upper,
+            None if forecast is None else forecast.lower,
+            None if forecast is None else forecast.upper,
         )
         coverage = tracker.coverage()
         if coverage:
@@ -286,7 +297,7 @@ def test_a_stream_restored_from_its_coded_state_continues_its_intervals_exactly(
     series = shifted_stream(600, 300, factor=2.0, seed=3)
     engine = seasonal_naive_engine(calibrated(series, 250, DEFAULT_GAMMA))
     state, restored = None, None
-    for i, (timestamp, value) in enumerate(zip(series.timestamps.tolist(), series.values.tolist())):
+    for timestamp, value in zip(series.timestamps.tolist(), series.values.tolist()):
         reading = Reading("s", timestamp, value)
         result = engine.step(state, reading)
         if restored is not None:
@@ -306,8 +317,15 @@ def test_the_online_tracker_scores_intervals_as_evaluate_does():
     engine = seasonal_naive_engine(calibrated(series, 450, DEFAULT_GAMMA))
     run = run_stream(engine, "s", series, [])
     offline = score_series(
-        series.timestamps, series.values, run.forecasts, STEP, SEASON, float(series.timestamps[0]),
-        engine.intervals.levels, run.lower, run.upper,
+        series.timestamps,
+        series.values,
+        run.forecasts,
+        STEP,
+        SEASON,
+        float(series.timestamps[0]),
+        engine.intervals.levels,
+        run.lower,
+        run.upper,
     )
     tracker = AccuracyTracker(HORIZON, STEP, levels=engine.intervals.levels, buffer_rows=64)
     state = None
@@ -317,9 +335,14 @@ def test_the_online_tracker_scores_intervals_as_evaluate_does():
         if not state.warming_up:
             forecast = result.forecast
             tracker.record(
-                "s", timestamp, value, state.value_mean, state.value_scale,
+                "s",
+                timestamp,
+                value,
+                state.value_mean,
+                state.value_scale,
                 None if forecast is None else forecast.scaled,
-                None if forecast is None else forecast.lower, None if forecast is None else forecast.upper,
+                None if forecast is None else forecast.lower,
+                None if forecast is None else forecast.upper,
             )
     np.testing.assert_array_equal(tracker.interval_counts, offline.counts)
     model = offline.interval_sums["model"]
@@ -333,8 +356,14 @@ def test_the_online_tracker_scores_intervals_as_evaluate_does():
     "flags, message",
     [
         (["--interval-levels", "0.8,abc"], "error: --interval-levels: interval level 'abc' is not a number"),
-        (["--interval-levels", "0.8,1.5"], "error: --interval-levels: interval level 1.5 must be a number strictly between 0 and 1"),
-        (["--interval-levels", "nan"], "error: --interval-levels: interval level nan must be a number strictly between 0 and 1"),
+        (
+            ["--interval-levels", "0.8,1.5"],
+            "error: --interval-levels: interval level 1.5 must be a number strictly between 0 and 1",
+        ),
+        (
+            ["--interval-levels", "nan"],
+            "error: --interval-levels: interval level nan must be a number strictly between 0 and 1",
+        ),
         (["--interval-gamma", "-0.1"], "error: --interval-gamma must be a finite number >= 0, got -0.1"),
         (["--interval-gamma", "inf"], "error: --interval-gamma must be a finite number >= 0, got inf"),
     ],

@@ -65,9 +65,7 @@ def test_server_properties_from_the_arguments(tmp_path: Path) -> None:
     broker._ports = {"PLAINTEXT": 19092, "CONTROLLER": 19093, "SASL_SSL": 19094}
     lines = broker._server_properties().splitlines()
     props = dict(line.split("=", 1) for line in lines)
-    assert props["listeners"] == (
-        "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093,SASL_SSL://127.0.0.1:19094"
-    )
+    assert props["listeners"] == ("PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093,SASL_SSL://127.0.0.1:19094")
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092,SASL_SSL://127.0.0.1:19094"
     assert props["listener.security.protocol.map"] == "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
     assert props["log.cleaner.backoff.ms"] == "200"
@@ -84,8 +82,19 @@ def test_cli_kafka_runs_until_sigterm_and_its_log_survives_a_restart(tmp_path: P
     data_dir = tmp_path / "kafka"
     topic = unique_topic("kept")
     proc = subprocess.Popen(
-        [*_CLI, "broker", "--engine", "kafka", "--port", "0", "--quiet", "--data-dir", str(data_dir),
-         "--topic", f"{topic}:2"],
+        [
+            *_CLI,
+            "broker",
+            "--engine",
+            "kafka",
+            "--port",
+            "0",
+            "--quiet",
+            "--data-dir",
+            str(data_dir),
+            "--topic",
+            f"{topic}:2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -26,7 +26,9 @@ class _Error:
 
 
 def _stats(**states: tuple[int, str]) -> str:
-    return json.dumps({"brokers": {name: {"nodeid": nodeid, "state": state} for name, (nodeid, state) in states.items()}})
+    return json.dumps(
+        {"brokers": {name: {"nodeid": nodeid, "state": state} for name, (nodeid, state) in states.items()}}
+    )
 
 
 @pytest.fixture

@@ -13,8 +13,15 @@ from pipeline.topics import ensure_topics
 
 def _state(offset: int, value: float) -> StreamState:
     return StreamState(
-        readings_seen=offset + 1, last_timestamp=1800.0 * offset, value_mean=1.0, value_scale=2.0,
-        ring=np.full(4, value), ring_fill=4, cell_state=np.full(3, value), source_partition=0, source_offset=offset,
+        readings_seen=offset + 1,
+        last_timestamp=1800.0 * offset,
+        value_mean=1.0,
+        value_scale=2.0,
+        ring=np.full(4, value),
+        ring_fill=4,
+        cell_state=np.full(3, value),
+        source_partition=0,
+        source_offset=offset,
     )
 
 
@@ -39,8 +46,12 @@ def sink(kafka_settings, unique_topic):
     ensure_topics(kafka_settings, {topic: 1 for topic in topics.values()})
     clock = _Clock()
     publisher = PublishOutcomes(
-        kafka_settings, output_topic=topics["forecasts"], dlq_topic=topics["dlq"], changelog_topic=topics["changelog"],
-        commit_interval=60.0, clock=clock,
+        kafka_settings,
+        output_topic=topics["forecasts"],
+        dlq_topic=topics["dlq"],
+        changelog_topic=topics["changelog"],
+        commit_interval=60.0,
+        clock=clock,
     )
     publisher.setup()
     yield publisher, topics, clock
@@ -59,7 +70,10 @@ def test_snapshots_and_offsets_wait_for_a_commit_request(sink, kafka_settings, r
     first, second = _state(0, 1.0), _state(1, 2.0)
     assert _bundle(publisher, [_reading(0, first)]) == []
     assert _bundle(publisher, [_reading(1, second)]) == []
-    assert [r.value for r in read_topic(kafka_settings.bootstrap, topics["forecasts"], expected=2)] == [b'{"n":0}', b'{"n":1}']
+    assert [r.value for r in read_topic(kafka_settings.bootstrap, topics["forecasts"], expected=2)] == [
+        b'{"n":0}',
+        b'{"n":1}',
+    ]
     assert read_topic(kafka_settings.bootstrap, topics["changelog"]) == []
 
     released = _bundle(publisher, [_COMMIT])
@@ -77,7 +91,9 @@ def test_the_interval_writes_without_a_request(sink, kafka_settings, read_topic)
     clock.now += 61.0
     released = _bundle(publisher, [_reading(1, _state(1, 2.0))])
     assert released == [(0, ((0, 2),))]
-    assert decode_state(read_topic(kafka_settings.bootstrap, topics["changelog"], expected=1)[0].value).source_offset == 1
+    assert (
+        decode_state(read_topic(kafka_settings.bootstrap, topics["changelog"], expected=1)[0].value).source_offset == 1
+    )
 
 
 def test_changelog_keys_land_where_kafka_python_puts_them(kafka_settings, unique_topic, read_topic) -> None:
@@ -88,12 +104,17 @@ def test_changelog_keys_land_where_kafka_python_puts_them(kafka_settings, unique
     topics = {name: unique_topic(name) for name in ("forecasts", "dlq", "changelog")}
     ensure_topics(kafka_settings, {topics["forecasts"]: 1, topics["dlq"]: 1, topics["changelog"]: 4})
     publisher = PublishOutcomes(
-        kafka_settings, output_topic=topics["forecasts"], dlq_topic=topics["dlq"], changelog_topic=topics["changelog"],
+        kafka_settings,
+        output_topic=topics["forecasts"],
+        dlq_topic=topics["dlq"],
+        changelog_topic=topics["changelog"],
     )
     publisher.setup()
     try:
         streams = [f"vic_demand#{i}" for i in range(40)]
-        batch = OutcomeBatch([Outcome(0, i, i, 1) for i in range(len(streams))], {s: _state(i, 1.0) for i, s in enumerate(streams)})
+        batch = OutcomeBatch(
+            [Outcome(0, i, i, 1) for i in range(len(streams))], {s: _state(i, 1.0) for i, s in enumerate(streams)}
+        )
         _bundle(publisher, [batch, _COMMIT])
     finally:
         publisher.teardown()

@@ -6,7 +6,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ["intervals", "online_accuracy", "cells", "engine", "features", "scaling", "state", "reading", "sequences", "metrics", "timeutil", "data", "evaluation", "errors"]
+CORE = [
+    "intervals",
+    "online_accuracy",
+    "cells",
+    "engine",
+    "features",
+    "scaling",
+    "state",
+    "reading",
+    "sequences",
+    "metrics",
+    "timeutil",
+    "data",
+    "evaluation",
+    "errors",
+]
 FORBIDDEN_IN_CORE = {"tensorflow", "keras", "apache_beam", "kafka", "prometheus_client", "pipeline", "pickle"}
 
 

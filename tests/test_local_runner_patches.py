@@ -11,8 +11,11 @@ from pipeline.local_runner import cheap_state_cache_sizing
 
 def _walked(*objs: object) -> int:
     return objsize.get_deep_size(
-        *objs, get_size_func=statecache._size_func, get_referents_func=statecache._get_referents_func,
-        filter_func=statecache._filter_func, exclude_modules_globals=False,
+        *objs,
+        get_size_func=statecache._size_func,
+        get_referents_func=statecache._get_referents_func,
+        filter_func=statecache._filter_func,
+        exclude_modules_globals=False,
     )
 
 

@@ -57,13 +57,24 @@ def test_any_bytes_decode_to_a_reading_or_one_reason(value: bytes | None, key: b
 
 
 _json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**400), max_value=10**400),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
 )
-_json_values = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 _timestamps = st.one_of(
-    st.integers(min_value=-(10**15), max_value=10**15), st.floats(allow_nan=True, allow_infinity=True),
-    st.datetimes().map(lambda d: d.isoformat() + "Z"), st.text(max_size=30), st.booleans(), st.none(),
+    st.integers(min_value=-(10**15), max_value=10**15),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.datetimes().map(lambda d: d.isoformat() + "Z"),
+    st.text(max_size=30),
+    st.booleans(),
+    st.none(),
 )
 
 
@@ -76,7 +87,9 @@ _timestamps = st.one_of(
     drop=st.sets(st.sampled_from(["stream_id", "timestamp", "value"])),
     key_matches=st.booleans(),
 )
-def test_any_reading_shaped_json_decodes_to_a_reading_or_one_reason(stream_id, timestamp, value, covariates, drop, key_matches) -> None:
+def test_any_reading_shaped_json_decodes_to_a_reading_or_one_reason(
+    stream_id, timestamp, value, covariates, drop, key_matches
+) -> None:
     doc = {"stream_id": stream_id, "timestamp": timestamp, "value": value, **covariates}
     for name in drop:
         doc.pop(name)
@@ -93,11 +106,15 @@ def test_any_reading_shaped_json_decodes_to_a_reading_or_one_reason(stream_id, t
     temperature=st.floats(allow_nan=False, allow_infinity=False),
     workday=st.sampled_from([0.0, 1.0]),
 )
-def test_replayed_readings_decode_to_themselves(stream_id: str, micros: int, value: float, temperature: float, workday: float) -> None:
+def test_replayed_readings_decode_to_themselves(
+    stream_id: str, micros: int, value: float, temperature: float, workday: float
+) -> None:
     assume(not any(0x7F <= ord(c) <= 0x9F for c in stream_id))
     reading = Reading(stream_id, micros / 1e6, value, (temperature, workday))
     decoded = _check_total(encode_reading(reading, COVARIATES), stream_id.encode("utf-8"))
-    assert decoded == Reading(stream_id, parse_timestamp(format_timestamp(reading.timestamp)), value, (temperature, workday))
+    assert decoded == Reading(
+        stream_id, parse_timestamp(format_timestamp(reading.timestamp)), value, (temperature, workday)
+    )
 
 
 def _doc(**fields: object) -> bytes:
@@ -177,11 +194,19 @@ def test_the_commit_key_is_never_a_stream_or_shard_key() -> None:
 
 
 @PROPERTY
-@given(raw=st.one_of(st.none(), st.binary(max_size=600), st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@given(
+    raw=st.one_of(
+        st.none(), st.binary(max_size=600), st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    )
+)
 def test_dead_letters_are_json_and_keep_the_raw_value(raw: bytes | None) -> None:
     doc = json.loads(encode_dead_letter("not_json", "detail", raw, "readings", 3, 42))
     assert {k: doc[k] for k in ("reason", "detail", "topic", "partition", "offset")} == {
-        "reason": "not_json", "detail": "detail", "topic": "readings", "partition": 3, "offset": 42,
+        "reason": "not_json",
+        "detail": "detail",
+        "topic": "readings",
+        "partition": 3,
+        "offset": 42,
     }
     if raw is None:
         assert doc["raw"] is None
@@ -191,7 +216,9 @@ def test_dead_letters_are_json_and_keep_the_raw_value(raw: bytes | None) -> None
         assert doc["raw"].encode("utf-8") == raw
 
 
-@pytest.mark.parametrize("raw", [b"\x00" * (2 * MAX_MESSAGE_BYTES), b"\xff" * (2 * MAX_MESSAGE_BYTES), "é".encode() * MAX_MESSAGE_BYTES])
+@pytest.mark.parametrize(
+    "raw", [b"\x00" * (2 * MAX_MESSAGE_BYTES), b"\xff" * (2 * MAX_MESSAGE_BYTES), "é".encode() * MAX_MESSAGE_BYTES]
+)
 def test_dead_letters_of_huge_values_stay_under_a_megabyte(raw: bytes) -> None:
     encoded = encode_dead_letter("too_large", "d", raw, "readings", 0, 1)
     assert len(encoded) < 1_000_000
@@ -231,7 +258,9 @@ def test_non_finite_forecast_values_become_null() -> None:
 
 
 _JSON_NUMBERS = st.one_of(
-    st.integers(), st.integers(min_value=-(10**40), max_value=10**40), st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.integers(min_value=0, max_value=10**9).map(lambda n: n * 10**300 if n % 7 == 0 else n),
 )
 
@@ -248,7 +277,14 @@ _JSON_NUMBERS = st.one_of(
 def test_the_fast_parser_decodes_exactly_like_the_json_reference(
     stream_id: str, timestamp: object, value: object, temperature: object, extra: dict, key_matches: bool
 ) -> None:
-    doc = {**extra, "stream_id": stream_id, "timestamp": timestamp, "value": value, "temperature": temperature, "workday": 1}
+    doc = {
+        **extra,
+        "stream_id": stream_id,
+        "timestamp": timestamp,
+        "value": value,
+        "temperature": temperature,
+        "workday": 1,
+    }
     try:
         raw = json.dumps(doc).encode("utf-8")
     except (ValueError, OverflowError):

@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.metrics import horizon_band
 from pipeline import metrics as m
 
 
@@ -137,20 +138,20 @@ def test_gauges_and_histograms(jm):
     ],
 )
 def test_horizon_bands_are_disjoint_and_cover_every_step(horizon, expected):
-    assert [m.horizon_band(h, horizon) for h in range(1, horizon + 1)] == expected
+    assert [horizon_band(h, horizon) for h in range(1, horizon + 1)] == expected
 
 
 def test_horizon_band_rejects_steps_outside_the_horizon():
     for step, horizon in [(0, 4), (5, 4), (1, 0)]:
         with pytest.raises(ValueError):
-            m.horizon_band(step, horizon)
+            horizon_band(step, horizon)
 
 
 def test_add_errors_records_model_and_persistence_by_band(jm):
-    jm.add_errors(m.horizon_band(1, 48), "model", [-0.2])
-    jm.add_errors(m.horizon_band(1, 48), "persistence", [0.6])
-    jm.add_errors(m.horizon_band(40, 48), "model", [0.05])
-    jm.add_errors(m.horizon_band(40, 48), "persistence", [-0.02])
+    jm.add_errors(horizon_band(1, 48), "model", [-0.2])
+    jm.add_errors(horizon_band(1, 48), "persistence", [0.6])
+    jm.add_errors(horizon_band(40, 48), "model", [0.05])
+    jm.add_errors(horizon_band(40, 48), "persistence", [-0.02])
     assert value(jm, "rnncast_forecast_abs_error_sum", horizon="1", model="model") == pytest.approx(0.2)
     assert value(jm, "rnncast_forecast_abs_error_sum", horizon="1", model="persistence") == pytest.approx(0.6)
     assert value(jm, "rnncast_forecast_abs_error_count", horizon="le_full", model="model") == 1
@@ -212,7 +213,11 @@ def test_bulk_latency_observations_equal_one_observe_each() -> None:
 
     def samples(jm: m.JobMetrics) -> dict:
         (metric,) = list(jm.forecast_latency.collect())
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in metric.samples if not s.name.endswith("_created")}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
 
     expected, got = samples(one), samples(bulk)
     total = ("rnncast_forecast_latency_seconds_sum", ())

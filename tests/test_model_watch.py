@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-import serve_harness as h
 from models.artifact import ArtifactError, load_artifact, sha256_file
 from models.reading import Reading
 from models.state import UNKNOWN_MODEL
 from pipeline import model_watch as mw
 from pipeline.metrics import JobMetrics
+
+import serve_harness as h
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,9 @@ def derive(source: Path, out: Path, *, created: str, seed: int = 1, manifest_edi
     with np.load(out / "weights.npz", allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     rng = np.random.default_rng(seed)
-    arrays = {name: a + rng.normal(scale=1e-3, size=a.shape) if a.dtype.kind == "f" else a for name, a in arrays.items()}
+    arrays = {
+        name: a + rng.normal(scale=1e-3, size=a.shape) if a.dtype.kind == "f" else a for name, a in arrays.items()
+    }
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     (out / "weights.npz").write_bytes(buffer.getvalue())
@@ -90,15 +93,22 @@ def test_compatibility_keys(trained: Path, tmp_path: Path) -> None:
     base = mw.compatibility_key(load_artifact(trained))
     retrained = derive(trained, tmp_path / "retrained", created="2026-03-01T00:00:00Z")
     assert mw.compatibility_key(load_artifact(retrained)) == base != UNKNOWN_MODEL
-    other_units = derive(trained, tmp_path / "units", created="2026-03-01T00:00:00Z",
-                         manifest_edit=lambda m: m.update(units=m["units"] * 2))
+    other_units = derive(
+        trained,
+        tmp_path / "units",
+        created="2026-03-01T00:00:00Z",
+        manifest_edit=lambda m: m.update(units=m["units"] * 2),
+    )
     assert mw.compatibility_key(load_artifact(other_units)) != base
 
     def no_calendar(manifest: dict) -> None:
         manifest["features"]["calendar"] = False
 
     # Same shapes would not tell these apart: the feature names do.
-    assert mw.compatibility_key(load_artifact(derive(trained, tmp_path / "cal", created="x", manifest_edit=no_calendar))) != base
+    assert (
+        mw.compatibility_key(load_artifact(derive(trained, tmp_path / "cal", created="x", manifest_edit=no_calendar)))
+        != base
+    )
 
 
 def test_a_state_is_continued_only_by_a_model_that_can_read_it(trained: Path, tmp_path: Path) -> None:
@@ -107,7 +117,9 @@ def test_a_state_is_continued_only_by_a_model_that_can_read_it(trained: Path, tm
     readings, covariates = h.dataset_readings(60, 1)
     state = None
     for r in readings:
-        state = served.engine.step(state, served.reading(Reading(r.stream_id, r.timestamp, r.value, r.covariates))).state
+        state = served.engine.step(
+            state, served.reading(Reading(r.stream_id, r.timestamp, r.value, r.covariates))
+        ).state
     assert state is not None and served.can_continue(state)  # no key yet (as a format-1 state): shapes fit
     stamped = state.with_source(0, 1, served.key)
     assert served.can_continue(stamped)
@@ -137,14 +149,23 @@ def test_the_watcher_swaps_refuses_once_and_keeps_serving(trained: Path, tmp_pat
     data = bytearray((tampered / "model.keras").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tampered / "model.keras").write_bytes(bytes(data))
-    foreign = derive(trained, tmp_path / "foreign", created="2026-03-01T00:00:00Z", seed=4,
-                     manifest_edit=lambda m: m.update(format="something-else"))
+    foreign = derive(
+        trained,
+        tmp_path / "foreign",
+        created="2026-03-01T00:00:00Z",
+        seed=4,
+        manifest_edit=lambda m: m.update(format="something-else"),
+    )
     pickled = derive(trained, tmp_path / "pickled", created="2026-03-01T00:00:00Z", seed=5)
     (pickled / "extra.pkl").write_bytes(b"\x80\x04N.")
     needs_more = derive(trained, tmp_path / "needs-more", created="2026-03-01T00:00:00Z", seed=6)
     caplog.clear()
-    for bad, why in ((tampered, "does not match the manifest"), (foreign, "not an rnncast manifest"),
-                     (pickled, "extra.pkl"), (needs_more, "does not decode")):
+    for bad, why in (
+        (tampered, "does not match the manifest"),
+        (foreign, "not an rnncast manifest"),
+        (pickled, "extra.pkl"),
+        (needs_more, "does not decode"),
+    ):
         if bad is needs_more:
             watcher._decoded = ("temperature",)  # as if the job decoded fewer covariates than the model needs
         point(link, bad)

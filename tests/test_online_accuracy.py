@@ -25,7 +25,10 @@ def test_hand_checked_scores():
     points = tracker.observe("s", 10.0, 1.5, 0.0, 1.0, np.array([1.0, 1.0]))
     assert [(p.horizon_step, p.model_error, p.persistence_error) for p in points] == [(1, 0.5, 0.5)]
     points = tracker.observe("s", 20.0, 4.0, 0.0, 1.0, None)
-    assert sorted((p.horizon_step, p.model_error, p.persistence_error) for p in points) == [(1, 3.0, 2.5), (2, 1.0, 3.0)]
+    assert sorted((p.horizon_step, p.model_error, p.persistence_error) for p in points) == [
+        (1, 3.0, 2.5),
+        (2, 1.0, 3.0),
+    ]
     assert tracker.skill() == {"1": (0.5 + 3.0) / (0.5 + 2.5), "le_full": 1.0 / 3.0}
 
 
@@ -53,7 +56,9 @@ def test_online_mae_matches_offline_scoring():
     np.testing.assert_allclose(tracker.mae() * state.value_scale, offline_mae, rtol=0, atol=1e-9)
     np.testing.assert_allclose(
         tracker.persistence_error_sums / tracker.counts * state.value_scale,
-        offline.persistence_abs / offline.counts, rtol=0, atol=1e-9,
+        offline.persistence_abs / offline.counts,
+        rtol=0,
+        atol=1e-9,
     )
 
 
@@ -105,7 +110,9 @@ def test_equals_the_obvious_rule_with_gaps_resets_and_several_streams():
         value, mean, scale = rng.normal(), rng.normal(), rng.uniform(0.5, 2.0)
         got = tracker.observe(sid, clocks[sid], value, mean, scale, forecast)
         expected = reference.observe(sid, clocks[sid], value, mean, scale, forecast)
-        assert sorted((p.horizon_step, p.model_error, p.persistence_error) for p in got) == pytest.approx(sorted(expected))
+        assert sorted((p.horizon_step, p.model_error, p.persistence_error) for p in got) == pytest.approx(
+            sorted(expected)
+        )
         all_points += expected
     counts = np.bincount([h - 1 for h, _, _ in all_points], minlength=horizon)
     np.testing.assert_array_equal(tracker.counts, counts)
@@ -142,10 +149,10 @@ def test_the_bands_have_one_definition():
     from models import metrics as offline
     from pipeline import metrics as online
 
-    assert online.horizon_band is offline.horizon_band and online.HORIZON_BANDS == offline.HORIZON_BANDS
+    assert online.HORIZON_BANDS is offline.HORIZON_BANDS
     for horizon in range(1, 60):
         labels = horizon_band_labels(horizon)
-        for label, columns in offline.horizon_bands(horizon):  # the evaluation's band table
+        for _label, columns in offline.horizon_bands(horizon):  # the evaluation's band table
             assert len(set(labels[columns])) == 1
 
 
@@ -200,7 +207,11 @@ def test_batched_scoring_equals_scoring_one_reading_at_a_time(seed):
     horizon, step, max_streams = int(rng.integers(1, 7)), 60.0, 5
     batches = []
     tracker = AccuracyTracker(
-        horizon, step, window=10**6, max_streams=max_streams, on_batch=batches.append,
+        horizon,
+        step,
+        window=10**6,
+        max_streams=max_streams,
+        on_batch=batches.append,
         buffer_rows=int(rng.integers(1, 200)),
     )
     reference = _PerReading(horizon, step, max_streams)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import serve_harness as h
 from models.artifact import load_artifact
 from models.data import Series, load_csv
 from models.evaluation import run_engine
@@ -27,6 +25,8 @@ from models.metrics import HORIZON_BANDS, horizon_band, score_series
 from models.online_accuracy import AccuracyTracker
 from models.reading import Reading
 from models.scaling import fit_stream_value_scaler
+
+import serve_harness as h
 
 ROWS = 1200
 STARTS = (0, 4000, 9000)  # row of each stream's first reading
@@ -49,7 +49,9 @@ def _streams() -> tuple[dict[str, Series], tuple[str, ...]]:
     return out, dataset.covariate_names
 
 
-def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact: Path, tmp_path: Path, record_property) -> None:
+def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(
+    broker, artifact: Path, tmp_path: Path, record_property
+) -> None:
     served = load_artifact(artifact)
     engine = served.engine()
     horizon, season, step = served.horizon, served.season, served.step_seconds
@@ -59,7 +61,8 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
     # Published round-robin across the streams.
     readings = [
         Reading(sid, float(s.timestamps[i]), float(s.values[i]), tuple(float(x) for x in s.covariates[i]))
-        for i in range(ROWS) for sid, s in streams.items()
+        for i in range(ROWS)
+        for sid, s in streams.items()
     ]
 
     # Offline: rnncast evaluate's engine run and scoring, per stream, errors divided by the stream's scale.
@@ -79,19 +82,33 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
     tracker = AccuracyTracker(horizon, step, levels=engine.intervals.levels)
     states: dict = {}
     for r in readings:
-        result = engine.step(states.get(r.stream_id), Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns)))
+        result = engine.step(
+            states.get(r.stream_id), Reading(r.stream_id, r.timestamp, r.value, tuple(r.covariates[c] for c in columns))
+        )
         states[r.stream_id] = state = result.state
         if not state.warming_up:
             forecast = result.forecast
-            tracker.observe(r.stream_id, r.timestamp, r.value, state.value_mean, state.value_scale,
-                            None if forecast is None else forecast.scaled,
-                            None if forecast is None else forecast.lower, None if forecast is None else forecast.upper)
+            tracker.observe(
+                r.stream_id,
+                r.timestamp,
+                r.value,
+                state.value_mean,
+                state.value_scale,
+                None if forecast is None else forecast.scaled,
+                None if forecast is None else forecast.lower,
+                None if forecast is None else forecast.upper,
+            )
     expected_skill = tracker.skill()
     expected_coverage, expected_width = tracker.coverage(), tracker.width()
     assert set(expected_coverage) == set(HORIZON_BANDS)
 
     suffix = uuid.uuid4().hex[:8]
-    topics = dict(input_topic=f"readings-{suffix}", output_topic=f"forecasts-{suffix}", dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}")
+    topics = dict(
+        input_topic=f"readings-{suffix}",
+        output_topic=f"forecasts-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group=f"g-{suffix}",
+    )
     # One partition and one state shard: the job then scores readings in the input order, which the
     # rolling skill window depends on (the error sums do not).
     job = h.ServeProcess(
@@ -105,7 +122,10 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
 
         def scored() -> float:
             samples = h.scrape(url)
-            return sum(h.metric(samples, "rnncast_forecast_abs_error_count", horizon=band, model="model") for band in HORIZON_BANDS)
+            return sum(
+                h.metric(samples, "rnncast_forecast_abs_error_count", horizon=band, model="model")
+                for band in HORIZON_BANDS
+            )
 
         h.wait_for(lambda: scored() >= total, 60, what=f"{total} scored points")
         samples = h.scrape(url)
@@ -131,9 +151,19 @@ def test_the_jobs_accuracy_metrics_equal_the_offline_evaluation(broker, artifact
                 got = h.metric(samples, "rnncast_interval_width", horizon=band, level=level)
                 assert got == pytest.approx(expected_width[band][level], rel=1e-9), (band, level, got)
                 assert h.metric(samples, "rnncast_interval_nominal", level=level) == float(level)
-        record_property("accuracy_agreement", {"points": total, "worst_relative_diff": worst, "mae_scaled": measured,
-                                               "skill": expected_skill, "interval_coverage": expected_coverage})
-        print(f"scored points {total}; worst relative difference {worst:.2e}; per band (MAE scaled, rel diff): {measured}")
+        record_property(
+            "accuracy_agreement",
+            {
+                "points": total,
+                "worst_relative_diff": worst,
+                "mae_scaled": measured,
+                "skill": expected_skill,
+                "interval_coverage": expected_coverage,
+            },
+        )
+        print(
+            f"scored points {total}; worst relative difference {worst:.2e}; per band (MAE scaled, rel diff): {measured}"
+        )
         assert job.stop() == 0
     finally:
         if job.alive():

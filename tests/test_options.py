@@ -45,7 +45,9 @@ def test_a_bad_value_gets_the_same_words_from_the_parser_and_from_code(flag, fie
         parse(flag, value)
     assert message.split(" ", 1)[1] in str(cli_error.value) and flag in str(cli_error.value)
     with pytest.raises(ValueError, match=message):
-        ServeOptions(artifact="model", kafka=KAFKA, **{field: float(value) if "." in value or value == "inf" else int(value)})
+        ServeOptions(
+            artifact="model", kafka=KAFKA, **{field: float(value) if "." in value or value == "inf" else int(value)}
+        )
 
 
 def test_choices_and_cross_field_rules_are_checked_in_code_too() -> None:
@@ -69,7 +71,12 @@ def test_shared_argument_types() -> None:
     assert check_number(1, 1) is None and "must be > 0" in check_number(0, 0, strictly=True)
     assert check_number(True) == "expected a number, got True"
     assert number(int, 2)("3") == 3 and int_at_least(0)("0") == 0 and positive_float("0.5") == 0.5
-    for parser, text in ((int_at_least(1), "0"), (int_at_least(1), "1.5"), (positive_float, "0"), (positive_float, "nan")):
+    for parser, text in (
+        (int_at_least(1), "0"),
+        (int_at_least(1), "1.5"),
+        (positive_float, "0"),
+        (positive_float, "nan"),
+    ):
         with pytest.raises(argparse.ArgumentTypeError):
             parser(text)
     assert partition_list("0,2,5-7") == (0, 2, 5, 6, 7)

@@ -29,8 +29,16 @@ def test_plot_writes_png(tmp_path):
     t, y, fc, step, test_from, report = _synthetic()
     out = tmp_path / "eval.png"
     written = plot_evaluation(
-        out, stream_id="MT_001", timestamps=t, values=y, forecasts=fc, step_seconds=step,
-        report=report, stretch=336, test_from=test_from, value_unit="kW",
+        out,
+        stream_id="MT_001",
+        timestamps=t,
+        values=y,
+        forecasts=fc,
+        step_seconds=step,
+        report=report,
+        stretch=336,
+        test_from=test_from,
+        value_unit="kW",
     )
     assert written == str(out)
     data = out.read_bytes()
@@ -40,8 +48,15 @@ def test_plot_writes_png(tmp_path):
 def test_plot_without_test_from_and_all_nan_forecasts(tmp_path):
     t, y, fc, step, _, report = _synthetic(n_days=2, horizon=3)
     out = tmp_path / "nan.png"
-    plot_evaluation(out, stream_id="s", timestamps=t, values=y, forecasts=np.full_like(fc, np.nan),
-                    step_seconds=step, report=combine_scores([], 3, 48))
+    plot_evaluation(
+        out,
+        stream_id="s",
+        timestamps=t,
+        values=y,
+        forecasts=np.full_like(fc, np.nan),
+        step_seconds=step,
+        report=combine_scores([], 3, 48),
+    )
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -57,8 +72,17 @@ def test_plot_with_intervals_adds_a_fan_chart_panel(tmp_path):
     heights = []
     for name, bounds in (("plain.png", {}), ("fan.png", dict(lower=lower, upper=upper, interval_levels=(0.8, 0.95)))):
         out = tmp_path / name
-        plot_evaluation(out, stream_id="s", timestamps=t, values=y, forecasts=fc, step_seconds=step, report=report,
-                        test_from=test_from, **bounds)
+        plot_evaluation(
+            out,
+            stream_id="s",
+            timestamps=t,
+            values=y,
+            forecasts=fc,
+            step_seconds=step,
+            report=report,
+            test_from=test_from,
+            **bounds,
+        )
         data = out.read_bytes()
         assert data[:8] == PNG_MAGIC
         heights.append(struct.unpack(">I", data[20:24])[0])  # IHDR height

@@ -24,8 +24,14 @@ from tests.serve_harness import (
 @pytest.fixture
 def running_job(broker, tmp_path):
     suffix = uuid.uuid4().hex[:8]
-    topics = {"input_topic": f"prom-in-{suffix}", "output_topic": f"prom-out-{suffix}", "dlq_topic": f"prom-dlq-{suffix}"}
-    job = ServeProcess(serve_args(trained_artifact(), broker.bootstrap, group=f"prom-{suffix}", **topics), tmp_path / "serve.log")
+    topics = {
+        "input_topic": f"prom-in-{suffix}",
+        "output_topic": f"prom-out-{suffix}",
+        "dlq_topic": f"prom-dlq-{suffix}",
+    }
+    job = ServeProcess(
+        serve_args(trained_artifact(), broker.bootstrap, group=f"prom-{suffix}", **topics), tmp_path / "serve.log"
+    )
     try:
         url = job.metrics_url()
         job.wait_restored()
@@ -46,12 +52,20 @@ def test_prometheus_scrapes_the_job_and_rules_evaluate(broker, running_job, tmp_
     prometheus = PrometheusServer(tmp_path / "prometheus", target)
     try:
         # Let Prometheus see the counters at zero first, so rates over the replay are defined.
-        wait_for(lambda: bool(prometheus.query('rnncast_readings_total{job="rnncast"} == 0')), 30, what="a first scrape")
-        producer = PacedProducer(broker.bootstrap, topics["input_topic"], [reading_message(r, covariates) for r in readings], rate=200.0)
+        wait_for(
+            lambda: bool(prometheus.query('rnncast_readings_total{job="rnncast"} == 0')), 30, what="a first scrape"
+        )
+        producer = PacedProducer(
+            broker.bootstrap, topics["input_topic"], [reading_message(r, covariates) for r in readings], rate=200.0
+        )
         producer.start()
         producer.finish()
         expected_forecasts = 5 * (120 - 48)
-        wait_for(lambda: scrape(metrics_url).get(("rnncast_forecasts_total", ()), 0) >= expected_forecasts, 120, what="all forecasts")
+        wait_for(
+            lambda: scrape(metrics_url).get(("rnncast_forecasts_total", ()), 0) >= expected_forecasts,
+            120,
+            what="all forecasts",
+        )
 
         def scraped_forecasts() -> float:
             result = prometheus.query('rnncast_forecasts_total{job="rnncast"}')
@@ -77,8 +91,12 @@ def test_prometheus_scrapes_the_job_and_rules_evaluate(broker, running_job, tmp_
         groups = prometheus.api("rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
         assert {r["name"] for r in rules if r["type"] == "alerting"} >= {
-            "RnncastDown", "RnncastNoReadings", "RnncastDeadLetterRateHigh", "RnncastLatencyP99High",
-            "RnncastConsumerLagGrowing", "RnncastModelLosesToPersistence",
+            "RnncastDown",
+            "RnncastNoReadings",
+            "RnncastDeadLetterRateHigh",
+            "RnncastLatencyP99High",
+            "RnncastConsumerLagGrowing",
+            "RnncastModelLosesToPersistence",
         }
         time.sleep(2.5)  # at least one more rule evaluation with data present
         rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-import serve_harness as h
 from models.artifact import load_artifact
 from models.reading import Reading
 from pipeline.kafka_sink import OffsetLedger, merge_intervals
 from pipeline.metrics import DEAD_LETTER_REASONS
+
+import serve_harness as h
 
 # --- the offset ledger (pure) ---------------------------------------------------------------------
 
@@ -90,13 +91,23 @@ class Topics:
     def __init__(self) -> None:
         suffix = uuid.uuid4().hex[:8]
         self.readings, self.forecasts, self.dlq, self.group = (
-            f"readings-{suffix}", f"forecasts-{suffix}", f"dlq-{suffix}", f"g-{suffix}",
+            f"readings-{suffix}",
+            f"forecasts-{suffix}",
+            f"dlq-{suffix}",
+            f"g-{suffix}",
         )
 
     def job(self, artifact: Path, bootstrap: str, log: Path, extra: tuple[str, ...] = ()) -> h.ServeProcess:
         return h.ServeProcess(
-            h.serve_args(artifact, bootstrap, input_topic=self.readings, output_topic=self.forecasts,
-                         dlq_topic=self.dlq, group=self.group, extra=extra),
+            h.serve_args(
+                artifact,
+                bootstrap,
+                input_topic=self.readings,
+                output_topic=self.forecasts,
+                dlq_topic=self.dlq,
+                group=self.group,
+                extra=extra,
+            ),
             log,
         )
 
@@ -124,7 +135,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(
 
     job = topics.job(artifact, bootstrap, tmp_path / "serve-0.log", extra)
     # Paced so that readings keep arriving during all six crashes (about 35 s).
-    producer = h.PacedProducer(bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in readings], rate=600)
+    producer = h.PacedProducer(
+        bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in readings], rate=600
+    )
     try:
         job.metrics_url()
         producer.start()
@@ -138,21 +151,37 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(
             assert job.alive(), job.log[-3000:]
             published = producer.sent
             job.kill()
-            committed_then = sum(v or 0 for v in h.committed(bootstrap, topics.group, topics.readings, range(4)).values())
+            committed_then = sum(
+                v or 0 for v in h.committed(bootstrap, topics.group, topics.readings, range(4)).values()
+            )
             kills.append((published, committed_then))
             job = topics.job(artifact, bootstrap, tmp_path / f"serve-{attempt + 1}.log", extra)
         producer.finish()
         served_docs = h.forecast_docs(
-            h.read_records(bootstrap, topics.forecasts, at_least=len(reference), timeout=180, settle=2.0,
-                           read_committed=exactly_once)
+            h.read_records(
+                bootstrap,
+                topics.forecasts,
+                at_least=len(reference),
+                timeout=180,
+                settle=2.0,
+                read_committed=exactly_once,
+            )
         )
         url = job.metrics_url()
         samples = h.scrape(url)
         result = h.compare(served_docs, reference)
         _report(
-            record_property, f"crash[{guarantee}]", seed=seed, readings=len(readings), expected_forecasts=len(reference),
-            published_forecasts=len(served_docs), duplicates=result["duplicates"], missing=len(result["missing"]),
-            differing=result["differing"], max_diff=result["max_diff"], kills_published_committed=kills,
+            record_property,
+            f"crash[{guarantee}]",
+            seed=seed,
+            readings=len(readings),
+            expected_forecasts=len(reference),
+            published_forecasts=len(served_docs),
+            duplicates=result["duplicates"],
+            missing=len(result["missing"]),
+            differing=result["differing"],
+            max_diff=result["max_diff"],
+            kills_published_committed=kills,
             restored_streams_last_run=h.metric(samples, "rnncast_restored_streams_total"),
             skipped_replayed_last_run=h.metric(samples, "rnncast_skipped_replayed_total"),
         )
@@ -172,7 +201,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_nothing(
             job.kill()
 
 
-def _poison(rng: random.Random, reading: Reading, last: Reading | None, older: Reading | None, covariates: tuple[str, ...]):
+def _poison(
+    rng: random.Random, reading: Reading, last: Reading | None, older: Reading | None, covariates: tuple[str, ...]
+):
     """One bad record of a random kind for ``reading``'s stream: (reason, key, value)."""
     key = reading.stream_id.encode()
     good = json.loads(h.reading_message(reading, covariates)[1])
@@ -203,15 +234,22 @@ def _poison(rng: random.Random, reading: Reading, last: Reading | None, older: R
     if last is not None:
         kinds += [
             ("duplicate", key, h.reading_message(last, covariates)[1]),
-            ("future_timestamp", key, h.reading_message(
-                Reading(last.stream_id, last.timestamp + 2 * 86_400, last.value, last.covariates), covariates)[1]),
+            (
+                "future_timestamp",
+                key,
+                h.reading_message(
+                    Reading(last.stream_id, last.timestamp + 2 * 86_400, last.value, last.covariates), covariates
+                )[1],
+            ),
         ]
     if older is not None:
         kinds.append(("out_of_order", key, h.reading_message(older, covariates)[1]))
     return rng.choice(kinds)
 
 
-def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(broker, artifact: Path, tmp_path: Path, record_property) -> None:
+def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(
+    broker, artifact: Path, tmp_path: Path, record_property
+) -> None:
     bootstrap = broker.bootstrap
     topics = Topics()
     served = load_artifact(artifact)
@@ -223,7 +261,9 @@ def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(broker, a
     for reading in readings:
         past = history.setdefault(reading.stream_id, [])
         if rng.random() < 0.08:
-            reason, key, value = _poison(rng, reading, past[-1] if past else None, past[-5] if len(past) >= 5 else None, data_covariates)
+            reason, key, value = _poison(
+                rng, reading, past[-1] if past else None, past[-5] if len(past) >= 5 else None, data_covariates
+            )
             messages.append((key, value))
             expected[reason] += 1
         messages.append(h.reading_message(reading, data_covariates))
@@ -234,8 +274,13 @@ def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(broker, a
     try:
         url = job.metrics_url()
         h.produce(bootstrap, topics.readings, messages)
-        served_docs = h.forecast_docs(h.read_records(bootstrap, topics.forecasts, at_least=len(reference), timeout=120, settle=1.0))
-        letters = [json.loads(r.value) for r in h.read_records(bootstrap, topics.dlq, at_least=sum(expected.values()), timeout=60, settle=1.0)]
+        served_docs = h.forecast_docs(
+            h.read_records(bootstrap, topics.forecasts, at_least=len(reference), timeout=120, settle=1.0)
+        )
+        letters = [
+            json.loads(r.value)
+            for r in h.read_records(bootstrap, topics.dlq, at_least=sum(expected.values()), timeout=60, settle=1.0)
+        ]
         result = h.compare(served_docs, reference)
         got = Counter(letter["reason"] for letter in letters)
         _report(record_property, "poison", injected=dict(expected), dead_letters=dict(got), forecasts=len(served_docs))
@@ -254,13 +299,17 @@ def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(broker, a
             job.kill()
 
 
-def test_graceful_stop_in_mid_stream_has_no_duplicates_and_no_gaps(broker, artifact: Path, tmp_path: Path, record_property) -> None:
+def test_graceful_stop_in_mid_stream_has_no_duplicates_and_no_gaps(
+    broker, artifact: Path, tmp_path: Path, record_property
+) -> None:
     bootstrap = broker.bootstrap
     topics = Topics()
     served = load_artifact(artifact)
     readings, data_covariates = h.dataset_readings(300, 25)  # 7,500 readings
     reference = h.offline_forecasts(artifact, readings, served.features.covariate_names, data_covariates)
-    producer = h.PacedProducer(bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in readings], rate=1500)
+    producer = h.PacedProducer(
+        bootstrap, topics.readings, [h.reading_message(r, data_covariates) for r in readings], rate=1500
+    )
     job = topics.job(artifact, bootstrap, tmp_path / "serve-0.log")
     stops = []
     try:
@@ -274,10 +323,18 @@ def test_graceful_stop_in_mid_stream_has_no_duplicates_and_no_gaps(broker, artif
             job = topics.job(artifact, bootstrap, tmp_path / f"serve-{attempt + 1}.log")
             job.wait_restored()
         producer.finish()
-        served_docs = h.forecast_docs(h.read_records(bootstrap, topics.forecasts, at_least=len(reference), timeout=120, settle=2.0))
+        served_docs = h.forecast_docs(
+            h.read_records(bootstrap, topics.forecasts, at_least=len(reference), timeout=120, settle=2.0)
+        )
         result = h.compare(served_docs, reference)
-        _report(record_property, "graceful", stops=stops, forecasts=len(served_docs), duplicates=result["duplicates"],
-                missing=len(result["missing"]))
+        _report(
+            record_property,
+            "graceful",
+            stops=stops,
+            forecasts=len(served_docs),
+            duplicates=result["duplicates"],
+            missing=len(result["missing"]),
+        )
         assert result["duplicates"] == 0 and result["missing"] == [] and result["unexpected"] == [], result
         assert result["differing"] == 0, result
         assert any(done < published for published, done in stops), stops  # stopped with work in flight
@@ -287,7 +344,9 @@ def test_graceful_stop_in_mid_stream_has_no_duplicates_and_no_gaps(broker, artif
             job.kill()
 
 
-def test_idle_streams_are_swept_and_their_state_leaves_memory_and_the_changelog(broker, artifact: Path, tmp_path: Path, record_property) -> None:
+def test_idle_streams_are_swept_and_their_state_leaves_memory_and_the_changelog(
+    broker, artifact: Path, tmp_path: Path, record_property
+) -> None:
     """Stream churn with --state-ttl: 10 streams stop after 60 readings while 10 others go on for 3 days
     of event time; the job drops the silent streams' Beam state (a sweep), writes markers to the
     changelog, and the next start deletes the markers it no longer needs."""
@@ -301,8 +360,15 @@ def test_idle_streams_are_swept_and_their_state_leaves_memory_and_the_changelog(
 
     def start(name: str) -> h.ServeProcess:
         return h.ServeProcess(
-            h.serve_args(artifact, bootstrap, input_topic=topics.readings, output_topic=topics.forecasts,
-                         dlq_topic=topics.dlq, group=topics.group, extra=args),
+            h.serve_args(
+                artifact,
+                bootstrap,
+                input_topic=topics.readings,
+                output_topic=topics.forecasts,
+                dlq_topic=topics.dlq,
+                group=topics.group,
+                extra=args,
+            ),
             tmp_path / f"{name}.log",
         )
 
@@ -321,14 +387,21 @@ def test_idle_streams_are_swept_and_their_state_leaves_memory_and_the_changelog(
     from models.state import decode_state
     from pipeline.state_store import is_marker, read_changelog
 
-    changelog = {k: decode_state(v) for k, v in read_changelog(h.KafkaSettings(bootstrap=bootstrap), f"{topics.group}.rnncast-state").items() if v}
+    changelog = {
+        k: decode_state(v)
+        for k, v in read_changelog(h.KafkaSettings(bootstrap=bootstrap), f"{topics.group}.rnncast-state").items()
+        if v
+    }
     assert {k for k, s in changelog.items() if is_marker(s)} == churned
     assert len(changelog) == 20
 
     again = start("second")
     try:
         again.wait_restored()
-        assert f"restored {20 - len(churned)} stream states" in again.log and f"({len(churned)} deleted as expired" in again.log
+        assert (
+            f"restored {20 - len(churned)} stream states" in again.log
+            and f"({len(churned)} deleted as expired" in again.log
+        )
         assert again.stop() == 0
     finally:
         if again.alive():

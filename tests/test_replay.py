@@ -93,7 +93,13 @@ def test_encode_reading_checks_covariate_count() -> None:
 def test_readings_from_dataset_keeps_global_order(small_csv: Path) -> None:
     readings = list(readings_from_dataset(load_csv(small_csv)))
     assert [(r.stream_id, r.value) for r in readings] == [
-        ("a", 1.5), ("b", 10.5), ("a", 1.6), ("b", 10.6), ("a", 1.7), ("a", 1.8), ("b", 10.8),
+        ("a", 1.5),
+        ("b", 10.5),
+        ("a", 1.6),
+        ("b", 10.6),
+        ("a", 1.7),
+        ("a", 1.8),
+        ("b", 10.8),
     ]
     assert readings[0].covariates == (20.0,)
     assert [r.timestamp for r in readings] == sorted(r.timestamp for r in readings)
@@ -203,8 +209,12 @@ def test_replay_small_csv(small_csv: Path, broker, unique_topic, read_topic, cap
         assert key == doc["stream_id"]
         assert set(doc) == {"stream_id", "timestamp", "value", "temperature"}
     per_stream = {s: [d["timestamp"] for k, d in decoded if k == s] for s in "ab"}
-    assert per_stream["a"] == ["2014-01-01T00:30:00Z", "2014-01-01T01:00:00Z",
-                               "2014-01-01T01:30:00Z", "2014-01-01T02:00:00Z"]
+    assert per_stream["a"] == [
+        "2014-01-01T00:30:00Z",
+        "2014-01-01T01:00:00Z",
+        "2014-01-01T01:30:00Z",
+        "2014-01-01T02:00:00Z",
+    ]
     assert per_stream["b"] == ["2014-01-01T00:30:00Z", "2014-01-01T01:00:00Z", "2014-01-01T02:00:00Z"]
     first_b = next(d for k, d in decoded if k == "b")
     assert first_b == {"stream_id": "b", "timestamp": "2014-01-01T00:30:00Z", "value": 10.5, "temperature": 21.0}
@@ -214,15 +224,27 @@ def test_replay_creates_the_topic_with_the_requested_partitions(small_csv, kafka
     from pipeline.topics import partitions_for
 
     topic = unique_topic("parts")
-    _replay(capsys, "--data", str(small_csv), "--bootstrap", kafka_settings.bootstrap, "--topic", topic,
-            "--partitions", "3")
+    _replay(
+        capsys, "--data", str(small_csv), "--bootstrap", kafka_settings.bootstrap, "--topic", topic, "--partitions", "3"
+    )
     assert partitions_for(kafka_settings, topic) == [0, 1, 2]
 
 
 def test_replay_streams_multiply_and_limit(small_csv, broker, unique_topic, read_topic, capsys) -> None:
     topic = unique_topic("multiply")
-    summary = _replay(capsys, "--data", str(small_csv), "--bootstrap", broker.bootstrap, "--topic", topic,
-                      "--streams-multiply", "4", "--limit", "10")
+    summary = _replay(
+        capsys,
+        "--data",
+        str(small_csv),
+        "--bootstrap",
+        broker.bootstrap,
+        "--topic",
+        topic,
+        "--streams-multiply",
+        "4",
+        "--limit",
+        "10",
+    )
     assert summary["published"] == 10
     decoded = _decoded(read_topic(broker.bootstrap, topic, expected=10))
     assert len(decoded) == 10
@@ -240,8 +262,7 @@ def test_replay_rate_is_roughly_obeyed(small_csv, tmp_path, broker, unique_topic
     path.write_text("\n".join(rows) + "\n")
     topic = unique_topic("rate")
     started = time.monotonic()
-    summary = _replay(capsys, "--data", str(path), "--bootstrap", broker.bootstrap, "--topic", topic,
-                      "--rate", "100")
+    summary = _replay(capsys, "--data", str(path), "--bootstrap", broker.bootstrap, "--topic", topic, "--rate", "100")
     elapsed = time.monotonic() - started
     assert summary["published"] == 60
     assert elapsed >= 0.45  # 60 readings at 100/s: the last is due after 0.59 s
@@ -252,8 +273,17 @@ def test_replay_rate_is_roughly_obeyed(small_csv, tmp_path, broker, unique_topic
 def test_replay_speedup_paces_by_event_time(small_csv, broker, unique_topic, capsys) -> None:
     # 90 minutes of event time at 10800x: ~0.5 s.
     started = time.monotonic()
-    _replay(capsys, "--data", str(small_csv), "--bootstrap", broker.bootstrap, "--topic",
-            unique_topic("speedup"), "--speedup", "10800")
+    _replay(
+        capsys,
+        "--data",
+        str(small_csv),
+        "--bootstrap",
+        broker.bootstrap,
+        "--topic",
+        unique_topic("speedup"),
+        "--speedup",
+        "10800",
+    )
     assert time.monotonic() - started >= 0.4
 
 
@@ -279,7 +309,7 @@ def test_publish_readings_directly(kafka_settings, unique_topic, read_topic) -> 
 def test_replay_a_slice_of_elecdemand(tmp_path, broker, unique_topic, read_topic, capsys) -> None:
     lines = ELECDEMAND.read_text().splitlines()
     path = tmp_path / "elecdemand-slice.csv"
-    path.write_text("\n".join(lines[:1 + 500]) + "\n")
+    path.write_text("\n".join(lines[: 1 + 500]) + "\n")
     dataset = load_csv(path)
     topic = unique_topic("elec")
     summary = _replay(capsys, "--data", str(path), "--bootstrap", broker.bootstrap, "--topic", topic)
@@ -315,8 +345,14 @@ def test_replay_unreachable_broker_is_one_line_error(small_csv, capsys) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--rate", "0"], ["--speedup", "-1"], ["--rate", "5", "--speedup", "5"], ["--streams-multiply", "0"],
-     ["--limit", "-1"], ["--partitions", "0"]],
+    [
+        ["--rate", "0"],
+        ["--speedup", "-1"],
+        ["--rate", "5", "--speedup", "5"],
+        ["--streams-multiply", "0"],
+        ["--limit", "-1"],
+        ["--partitions", "0"],
+    ],
 )
 def test_replay_rejects_bad_options(small_csv, args, capsys) -> None:
     with pytest.raises(SystemExit) as info:
@@ -337,7 +373,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def test_secret_never_shows() -> None:
     secret = Secret(PASSWORD)
-    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret):
+    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret):  # noqa: UP031 - %-formatting must hide it too
         assert PASSWORD not in text
     assert secret.get_secret_value() == PASSWORD
     assert Secret(PASSWORD) == secret
@@ -359,15 +395,29 @@ def test_settings_repr_and_logs_hide_the_password(caplog: pytest.LogCaptureFixtu
 
 def test_librdkafka_clients_get_the_same_connection_and_security(tmp_path: Path) -> None:
     ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
-    settings = KafkaSettings("broker-1:9093,broker-2:9093", "SASL_SSL", "SCRAM-SHA-512", "svc", PASSWORD,
-                             ssl_cafile=str(ca), ssl_certfile=str(cert), ssl_keyfile=str(key))
+    settings = KafkaSettings(
+        "broker-1:9093,broker-2:9093",
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "svc",
+        PASSWORD,
+        ssl_cafile=str(ca),
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
     assert librdkafka_config(settings) == {
-        "bootstrap.servers": "broker-1:9093,broker-2:9093", "security.protocol": "SASL_SSL",
-        "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "svc", "sasl.password": PASSWORD,
-        "ssl.ca.location": str(ca), "ssl.certificate.location": str(cert), "ssl.key.location": str(key),
+        "bootstrap.servers": "broker-1:9093,broker-2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": str(ca),
+        "ssl.certificate.location": str(cert),
+        "ssl.key.location": str(key),
     }
     assert librdkafka_config(KafkaSettings("127.0.0.1:9092")) == {
-        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "PLAINTEXT",
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "PLAINTEXT",
     }
 
 
@@ -377,10 +427,10 @@ def test_password_comes_from_env_or_file(tmp_path: Path) -> None:
     assert from_env.sasl_password == Secret(PASSWORD)
     secret_file = tmp_path / "pw"
     secret_file.write_text("from-file\n")
-    from_file = settings_from_args(_parse([*base, "--sasl-password-file", str(secret_file)]),
-                                   environ={PASSWORD_ENV: PASSWORD})
+    from_file = settings_from_args(
+        _parse([*base, "--sasl-password-file", str(secret_file)]), environ={PASSWORD_ENV: PASSWORD}
+    )
     assert from_file.sasl_password == Secret("from-file")
-
 
 
 @pytest.mark.parametrize("option", ["--sasl-password", "--sasl-password=", "--sasl-password-file"])
@@ -445,7 +495,11 @@ def test_every_kafka_client_of_the_pipeline_gets_the_security_settings() -> None
                 settings_calls.append(f"{helper.group(1)}(")
         for match in constructors.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
-            if text[text.rfind("\n", 0, match.start()) + 1 : match.start()].lstrip().startswith(("#", "def ", "class ")):
+            if (
+                text[text.rfind("\n", 0, match.start()) + 1 : match.start()]
+                .lstrip()
+                .startswith(("#", "def ", "class "))
+            ):
                 continue
             depth, end = 0, match.end() - 1
             for end in range(match.end() - 1, len(text)):

@@ -167,8 +167,16 @@ def test_report_json_numbers_are_exact(
     out = tmp_path / "report.png"
     doc = _run_json(
         capsys,
-        ["--bootstrap", kafka_settings.bootstrap, "--readings-topic", readings_topic,
-         "--forecasts-topic", forecasts_topic, "--out", str(out)],
+        [
+            "--bootstrap",
+            kafka_settings.bootstrap,
+            "--readings-topic",
+            readings_topic,
+            "--forecasts-topic",
+            forecasts_topic,
+            "--out",
+            str(out),
+        ],
     )
     expected = _expected()
     assert expected["scored_points"] == 1588 and expected["mae_ratio_vs_persistence"] == 0.4
@@ -184,8 +192,20 @@ def test_report_human_output_and_plot_window(
 ) -> None:
     readings_topic, forecasts_topic = scenario
     out = tmp_path / "beta.png"
-    argv = ["--bootstrap", kafka_settings.bootstrap, "--readings-topic", readings_topic,
-            "--forecasts-topic", forecasts_topic, "--stream", "beta", "--last", "50", "--out", str(out)]
+    argv = [
+        "--bootstrap",
+        kafka_settings.bootstrap,
+        "--readings-topic",
+        readings_topic,
+        "--forecasts-topic",
+        forecasts_topic,
+        "--stream",
+        "beta",
+        "--last",
+        "50",
+        "--out",
+        str(out),
+    ]
     assert cli_report.run(_parse(argv)) == 0
     text = capsys.readouterr().out
     assert "2 streams with forecasts (3 with readings), 403 forecasts (15 duplicates), 1,588 scored points" in text
@@ -196,7 +216,11 @@ def test_report_human_output_and_plot_window(
 
     # The same through the library call: the plot keeps beta's last 50 readings and their forecasts only.
     result = build_report(
-        kafka_settings, readings_topic=readings_topic, forecasts_topic=forecasts_topic, stream="beta", last=50,
+        kafka_settings,
+        readings_topic=readings_topic,
+        forecasts_topic=forecasts_topic,
+        stream="beta",
+        last=50,
         out=None,
     )
     assert result.stream == "beta"
@@ -207,9 +231,7 @@ def test_report_human_output_and_plot_window(
     assert result.summary()["mae"] == [1.0] * H
 
 
-def test_report_stays_bounded_on_a_longer_topic(
-    kafka_settings: KafkaSettings, unique_topic, tmp_path: Path
-) -> None:
+def test_report_stays_bounded_on_a_longer_topic(kafka_settings: KafkaSettings, unique_topic, tmp_path: Path) -> None:
     """Readings are paced a little ahead of forecasts, so only a small window is ever held."""
     readings_topic, forecasts_topic = unique_topic("readings"), unique_topic("forecasts")
     ensure_topics(kafka_settings, {readings_topic: 3, forecasts_topic: 2})
@@ -229,8 +251,11 @@ def test_report_stays_bounded_on_a_longer_topic(
     _send(kafka_settings, forecasts_topic, docs, batch_size=8 * 1024, linger_ms=0)
 
     result = build_report(
-        kafka_settings, readings_topic=readings_topic, forecasts_topic=forecasts_topic,
-        out=tmp_path / "r.png", fetch_bytes=8 * 1024,
+        kafka_settings,
+        readings_topic=readings_topic,
+        forecasts_topic=forecasts_topic,
+        out=tmp_path / "r.png",
+        fetch_bytes=8 * 1024,
     )
     assert result.forecasts == 3 * (n - 10)
     assert result.summary()["mae"] == [2.0] * H
@@ -269,8 +294,16 @@ def test_report_unknown_stream_and_empty_topics(
 ) -> None:
     readings_topic, forecasts_topic = unique_topic("readings"), unique_topic("forecasts")
     ensure_topics(kafka_settings, {readings_topic: 2, forecasts_topic: 2})
-    base = ["--bootstrap", kafka_settings.bootstrap, "--readings-topic", readings_topic,
-            "--forecasts-topic", forecasts_topic, "--out", str(tmp_path / "r.png")]
+    base = [
+        "--bootstrap",
+        kafka_settings.bootstrap,
+        "--readings-topic",
+        readings_topic,
+        "--forecasts-topic",
+        forecasts_topic,
+        "--out",
+        str(tmp_path / "r.png"),
+    ]
 
     doc = _run_json(capsys, base)  # empty topics: zeros, no ratio, still a figure
     assert (doc["streams"], doc["forecasts"], doc["scored_points"], doc["mae"]) == (0, 0, 0, [])
@@ -288,8 +321,17 @@ def test_help_documents_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _parse(["--help"])
     out = capsys.readouterr().out
-    for option in ("--bootstrap", "--readings-topic", "--forecasts-topic", "--stream", "--last", "--out",
-                   "--json", "--max-lag", "RNNCAST_KAFKA_PASSWORD"):
+    for option in (
+        "--bootstrap",
+        "--readings-topic",
+        "--forecasts-topic",
+        "--stream",
+        "--last",
+        "--out",
+        "--json",
+        "--max-lag",
+        "RNNCAST_KAFKA_PASSWORD",
+    ):
         assert option in out
 
 
@@ -302,6 +344,7 @@ def _record(stream: str, k: int, values: list[float]) -> ForecastRecord:
 
 def test_forecasts_before_their_readings_score_the_same() -> None:
     """Arrival order changes when a forecast is scored, not the numbers."""
+
     def feed(forecasts_first: bool) -> dict:
         acc = ReportAccumulator("a", last=20)
         readings = [("a", _t(k), float(k)) for k in range(30)]
@@ -354,23 +397,40 @@ def test_origin_runs_dedupe_exactly_in_any_order() -> None:
 def test_parsers_accept_the_wire_formats_and_reject_the_rest() -> None:
     assert parse_reading_record(b'{"stream_id":"a","timestamp":1388534400,"value":2}') == ("a", T0, 2.0)
     assert parse_reading_record('{"stream_id":"a","timestamp":"2014-01-01T10:00:00+10:00","value":2.5}') == (
-        "a", T0, 2.5)
-    for bad in (b"[]", b'{"stream_id":"","timestamp":0,"value":1}', b'{"stream_id":"a","value":1}',
-                b'{"stream_id":"a","timestamp":0,"value":true}', b'{"stream_id":"a","timestamp":0,"value":"1"}',
-                b'{"stream_id":"a","timestamp":"2014-01-01T00:00:00","value":1}', None, b"\xff",
-                b'{"stream_id":"a","timestamp":0,"value":NaN}',
-                b'{"stream_id":"a","timestamp":0,"value":1' + b"0" * 400 + b"}",
-                b'{"stream_id":"a","timestamp":1' + b"0" * 400 + b',"value":1}', b"[" * 100000):
+        "a",
+        T0,
+        2.5,
+    )
+    for bad in (
+        b"[]",
+        b'{"stream_id":"","timestamp":0,"value":1}',
+        b'{"stream_id":"a","value":1}',
+        b'{"stream_id":"a","timestamp":0,"value":true}',
+        b'{"stream_id":"a","timestamp":0,"value":"1"}',
+        b'{"stream_id":"a","timestamp":"2014-01-01T00:00:00","value":1}',
+        None,
+        b"\xff",
+        b'{"stream_id":"a","timestamp":0,"value":NaN}',
+        b'{"stream_id":"a","timestamp":0,"value":1' + b"0" * 400 + b"}",
+        b'{"stream_id":"a","timestamp":1' + b"0" * 400 + b',"value":1}',
+        b"[" * 100000,
+    ):
         with pytest.raises(ValueError):
             parse_reading_record(bad)
     fc = _record("a", 3, [1.0, 2.0])
     assert fc.model_version == "v1" and fc.model == "lstm"
     np.testing.assert_array_equal(fc.targets, [_t(4), _t(5)])
     good = _forecast_doc("a", 3, [1.0, 2.0])
-    for change in ({"forecast": []}, {"forecast": [1.0, None]}, {"forecast_timestamps": [format_timestamp(_t(4))]},
-                   {"forecast_timestamps": [format_timestamp(_t(5)), format_timestamp(_t(4))]},
-                   {"forecast_timestamps": [format_timestamp(_t(3)), format_timestamp(_t(4))]},
-                   {"timestamp": "soon"}, {"forecast": [1.0, 10**400]}, {"forecast": [1.0, True]}):
+    for change in (
+        {"forecast": []},
+        {"forecast": [1.0, None]},
+        {"forecast_timestamps": [format_timestamp(_t(4))]},
+        {"forecast_timestamps": [format_timestamp(_t(5)), format_timestamp(_t(4))]},
+        {"forecast_timestamps": [format_timestamp(_t(3)), format_timestamp(_t(4))]},
+        {"timestamp": "soon"},
+        {"forecast": [1.0, 10**400]},
+        {"forecast": [1.0, True]},
+    ):
         with pytest.raises(ValueError):
             parse_forecast_record(json.dumps({**good, **change}).encode())
 
@@ -419,7 +479,10 @@ def test_report_reads_interval_coverage_from_the_topics(
     """Forecasts with intervals on a real broker: ``rnncast report --json`` gives their coverage and scores."""
     readings_topic, forecasts_topic = unique_topic("readings"), unique_topic("forecasts")
     ensure_topics(kafka_settings, {readings_topic: 2, forecasts_topic: 2})
-    assert publish_readings(kafka_settings, readings_topic, [Reading("a", _t(k), float(k)) for k in range(60)]).published == 60
+    assert (
+        publish_readings(kafka_settings, readings_topic, [Reading("a", _t(k), float(k)) for k in range(60)]).published
+        == 60
+    )
     docs = []
     for k in range(10, 60):
         doc = _forecast_doc("a", k, [k + h + 0.5 for h in range(1, H + 1)])  # 0.5 above the actual
@@ -431,8 +494,19 @@ def test_report_reads_interval_coverage_from_the_topics(
         }
         docs.append(("a", json.dumps(doc).encode()))
     _send(kafka_settings, forecasts_topic, docs)
-    doc = _run_json(capsys, ["--bootstrap", kafka_settings.bootstrap, "--readings-topic", readings_topic,
-                             "--forecasts-topic", forecasts_topic, "--out", str(tmp_path / "r.png")])
+    doc = _run_json(
+        capsys,
+        [
+            "--bootstrap",
+            kafka_settings.bootstrap,
+            "--readings-topic",
+            readings_topic,
+            "--forecasts-topic",
+            forecasts_topic,
+            "--out",
+            str(tmp_path / "r.png"),
+        ],
+    )
     # Origins 10..59-h are scored at step h: 50 - h of them, even ones first (10, 12, ...).
     expected_08 = [sum(1 for k in range(10, 60 - h) if k % 2 == 0) / (50 - h) for h in range(1, H + 1)]
     assert doc["intervals"]["0.8"]["coverage"] == pytest.approx(expected_08)

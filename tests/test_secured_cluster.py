@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-import secured_kafka as sk
-import serve_harness as h
 from models.artifact import load_artifact
 from pipeline.kafka_config import PASSWORD_ENV, KafkaSettings
 from pipeline.state_store import ensure_changelog
 from pipeline.topics import ensure_topics
+
+import secured_kafka as sk
+import serve_harness as h
 
 JOB_PASSWORD = "job-Pa55-e8c1f0"
 REPORTER_PASSWORD = "reporter-Pa55-77d2"
@@ -44,36 +45,61 @@ def artifact() -> Path:
 def _topics(broker) -> dict[str, str]:
     """A fresh set of the job's topics, created by the administrator (the job may not create topics)."""
     suffix = uuid.uuid4().hex[:8]
-    topics = dict(input_topic=f"readings-{suffix}", output_topic=f"forecasts-{suffix}", dlq_topic=f"dlq-{suffix}", group=f"g-{suffix}")
+    topics = dict(
+        input_topic=f"readings-{suffix}",
+        output_topic=f"forecasts-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group=f"g-{suffix}",
+    )
     admin = KafkaSettings(bootstrap=broker.bootstrap)
     ensure_topics(admin, {topics["input_topic"]: 4, topics["output_topic"]: 4, topics["dlq_topic"]: 4})
     ensure_changelog(admin, f"{topics['group']}.rnncast-state", 4)
     return topics
 
 
-def _serve(broker, directory: Path, artifact: Path, topics: dict[str, str], log: Path, password: str,
-           extra: tuple[str, ...] = ()) -> h.ServeProcess:
+def _serve(
+    broker,
+    directory: Path,
+    artifact: Path,
+    topics: dict[str, str],
+    log: Path,
+    password: str,
+    extra: tuple[str, ...] = (),
+) -> h.ServeProcess:
     args = ["--artifact", str(artifact), *sk.cli_args(broker, directory, "job"), "--metrics-port", "0", *extra]
     for name, value in topics.items():
         args += [f"--{name.replace('_', '-')}", value]
     return h.ServeProcess(args, log, env={PASSWORD_ENV: password})
 
 
-def _serve_once(broker, directory: Path, artifact: Path, topics: dict[str, str], password: str) -> subprocess.CompletedProcess:
+def _serve_once(
+    broker, directory: Path, artifact: Path, topics: dict[str, str], password: str
+) -> subprocess.CompletedProcess:
     args = ["--artifact", str(artifact), *sk.cli_args(broker, directory, "job"), "--metrics-port", "0"]
     for name, value in topics.items():
         args += [f"--{name.replace('_', '-')}", value]
     env = {**h._env(), PASSWORD_ENV: password}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", *args], cwd=h.REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve", *args],
+        cwd=h.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
-def test_the_job_serves_restores_and_reports_with_only_its_acls(secured, artifact: Path, tmp_path: Path, record_property) -> None:
+def test_the_job_serves_restores_and_reports_with_only_its_acls(
+    secured, artifact: Path, tmp_path: Path, record_property
+) -> None:
     broker, directory = secured
     topics = _topics(broker)
     sk.grant(broker, "job", sk.job_grants(**topics))
-    sk.grant(broker, "reporter", [("TOPIC", topics["input_topic"], "LITERAL", "READ"),
-                                  ("TOPIC", topics["output_topic"], "LITERAL", "READ")])
+    sk.grant(
+        broker,
+        "reporter",
+        [("TOPIC", topics["input_topic"], "LITERAL", "READ"), ("TOPIC", topics["output_topic"], "LITERAL", "READ")],
+    )
     served = load_artifact(artifact)
     readings, data_covariates = h.dataset_readings(150, 6)
     reference = h.offline_forecasts(artifact, readings, served.features.covariate_names, data_covariates)
@@ -91,23 +117,44 @@ def test_the_job_serves_restores_and_reports_with_only_its_acls(secured, artifac
                 assert "restored 6 stream states" in job.log, job.log[-3000:]
             h.produce(broker.bootstrap, topics["input_topic"], part)  # the administrator publishes readings
             expected = in_first_half if run == 0 else len(reference) - in_first_half
-            h.wait_for(lambda: h.metric(h.scrape(url), "rnncast_forecasts_total") >= expected, 120, what="forecasts")
+            h.wait_for(
+                lambda url=url, expected=expected: h.metric(h.scrape(url), "rnncast_forecasts_total") >= expected,
+                120,
+                what="forecasts",
+            )
             scrapes.append(urlopen_text(url))
             assert job.stop() == 0, job.log[-3000:]
         finally:
             if job.alive():
                 job.kill()
         logs.append(job.log)
-    docs = h.forecast_docs(h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(reference), timeout=60, settle=1.0))
+    docs = h.forecast_docs(
+        h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(reference), timeout=60, settle=1.0)
+    )
     result = h.compare(docs, reference)
     assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
     assert result["differing"] == 0, result
 
     report = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "report", *sk.cli_args(broker, directory, "reporter"),
-         "--readings-topic", topics["input_topic"], "--forecasts-topic", topics["output_topic"], "--json",
-         "--out", str(tmp_path / "report.png")],
-        cwd=h.REPO, env={**h._env(), PASSWORD_ENV: REPORTER_PASSWORD}, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "report",
+            *sk.cli_args(broker, directory, "reporter"),
+            "--readings-topic",
+            topics["input_topic"],
+            "--forecasts-topic",
+            topics["output_topic"],
+            "--json",
+            "--out",
+            str(tmp_path / "report.png"),
+        ],
+        cwd=h.REPO,
+        env={**h._env(), PASSWORD_ENV: REPORTER_PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert report.returncode == 0, report.stderr[-3000:]
     summary = json.loads(report.stdout)
@@ -162,12 +209,22 @@ def test_exactly_once_needs_only_its_transactional_ids_more(secured, artifact: P
     served = load_artifact(artifact)
     readings, data_covariates = h.dataset_readings(80, 4)
     reference = h.offline_forecasts(artifact, readings, served.features.covariate_names, data_covariates)
-    job = _serve(broker, directory, artifact, topics, tmp_path / "serve.log", JOB_PASSWORD, ("--guarantee", "exactly-once"))
+    job = _serve(
+        broker, directory, artifact, topics, tmp_path / "serve.log", JOB_PASSWORD, ("--guarantee", "exactly-once")
+    )
     try:
         job.wait_restored(120)
         h.produce(broker.bootstrap, topics["input_topic"], [h.reading_message(r, data_covariates) for r in readings])
-        docs = h.forecast_docs(h.read_records(broker.bootstrap, topics["output_topic"], at_least=len(reference),
-                                              timeout=120, settle=1.0, read_committed=True))
+        docs = h.forecast_docs(
+            h.read_records(
+                broker.bootstrap,
+                topics["output_topic"],
+                at_least=len(reference),
+                timeout=120,
+                settle=1.0,
+                read_committed=True,
+            )
+        )
         result = h.compare(docs, reference)
         assert result["missing"] == [] and result["duplicates"] == 0 and result["differing"] == 0, result
         assert job.stop() == 0, job.log[-3000:]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from models.artifact import load_artifact
+
 import serve_harness as h
 
 STREAMS = 10
@@ -43,8 +44,15 @@ def test_two_instances_on_disjoint_partitions_and_groups_are_isolated(broker, ar
     def job(name: str, group: str, output: str, partitions: str | None) -> h.ServeProcess:
         extra = ["--partitions", partitions] if partitions else []
         return h.ServeProcess(
-            h.serve_args(artifact, bootstrap, input_topic=readings_topic, output_topic=output, dlq_topic=f"dlq-{suffix}",
-                         group=group, extra=extra),
+            h.serve_args(
+                artifact,
+                bootstrap,
+                input_topic=readings_topic,
+                output_topic=output,
+                dlq_topic=f"dlq-{suffix}",
+                group=group,
+                extra=extra,
+            ),
             tmp_path / f"{name}.log",
         )
 
@@ -53,7 +61,9 @@ def test_two_instances_on_disjoint_partitions_and_groups_are_isolated(broker, ar
         first.wait_restored()
         second.wait_restored()
         h.produce(bootstrap, readings_topic, [h.reading_message(r, data_covariates) for r in readings])
-        forecasts = h.forecast_docs(h.read_records(bootstrap, f"out-{suffix}", at_least=len(reference), timeout=90, settle=1.0))
+        forecasts = h.forecast_docs(
+            h.read_records(bootstrap, f"out-{suffix}", at_least=len(reference), timeout=90, settle=1.0)
+        )
         result = h.compare(forecasts, reference)
         assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
         assert {r.partition for r in h.read_records(bootstrap, f"out-{suffix}")} <= {0, 1, 2, 3}
@@ -70,7 +80,9 @@ def test_two_instances_on_disjoint_partitions_and_groups_are_isolated(broker, ar
     # beginning with empty state and produces the same forecasts again on its own output topic.
     other = job("c", f"other-{suffix}", f"out-other-{suffix}", None)
     try:
-        forecasts = h.forecast_docs(h.read_records(bootstrap, f"out-other-{suffix}", at_least=len(reference), timeout=90, settle=1.0))
+        forecasts = h.forecast_docs(
+            h.read_records(bootstrap, f"out-other-{suffix}", at_least=len(reference), timeout=90, settle=1.0)
+        )
         result = h.compare(forecasts, reference)
         assert result["missing"] == [] and result["unexpected"] == [] and result["duplicates"] == 0, result
         assert "restored 0 stream states" in other.log
@@ -92,14 +104,28 @@ def test_the_local_runner_is_pinned_and_beam_options_pass_through() -> None:
     local = beam_options([])
     assert local.view_as(StandardOptions).runner == "FnApiRunner"
     assert local.view_as(DirectOptions).direct_running_mode == "in_memory"
-    flink = beam_options(["--runner=FlinkRunner", "--flink_master=flink:8081", "--environment_type=EXTERNAL",
-                          "--environment_config=localhost:50000", "--parallelism=4"])
+    flink = beam_options(
+        [
+            "--runner=FlinkRunner",
+            "--flink_master=flink:8081",
+            "--environment_type=EXTERNAL",
+            "--environment_config=localhost:50000",
+            "--parallelism=4",
+        ]
+    )
     assert flink.view_as(StandardOptions).runner == "FlinkRunner" and flink.view_as(StandardOptions).streaming
     assert flink.get_all_options()["flink_master"] == "flink:8081"
-    dataflow = beam_options(["--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/t"])
+    dataflow = beam_options(
+        ["--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/t"]
+    )
     assert dataflow.view_as(StandardOptions).streaming
-    for refused in (["--runner=DirectRunner"], ["--runner=BundleBasedDirectRunner"], ["--ouput-topic=x"],
-                    ["--direct_num_workers=2"], ["--direct_running_mode=multi_processing"]):
+    for refused in (
+        ["--runner=DirectRunner"],
+        ["--runner=BundleBasedDirectRunner"],
+        ["--ouput-topic=x"],
+        ["--direct_num_workers=2"],
+        ["--direct_running_mode=multi_processing"],
+    ):
         with pytest.raises(ValueError):
             beam_options(refused)
 
@@ -115,7 +141,9 @@ def test_the_local_runner_is_pinned_and_beam_options_pass_through() -> None:
         (["--bootstrap", "127.0.0.1:1", "--connect-timeout", "0"], "cannot reach Kafka"),
     ],
 )
-def test_user_errors_are_one_line(argv: list[str], message: str, artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_errors_are_one_line(
+    argv: list[str], message: str, artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipeline.cli import main
 
     try:
@@ -127,11 +155,30 @@ def test_user_errors_are_one_line(argv: list[str], message: str, artifact: Path,
     assert message in err and "Traceback" not in err, err
 
 
-def test_a_partition_the_topic_lacks_is_a_user_error(broker, artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_partition_the_topic_lacks_is_a_user_error(
+    broker, artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipeline.cli import main
 
     suffix = uuid.uuid4().hex[:8]
-    status = main(["serve", "--artifact", str(artifact), "--bootstrap", broker.bootstrap, "--input-topic", f"in-{suffix}",
-                   "--output-topic", f"out-{suffix}", "--dlq-topic", f"dlq-{suffix}", "--partitions", "7", "--topic-partitions", "2"])
+    status = main(
+        [
+            "serve",
+            "--artifact",
+            str(artifact),
+            "--bootstrap",
+            broker.bootstrap,
+            "--input-topic",
+            f"in-{suffix}",
+            "--output-topic",
+            f"out-{suffix}",
+            "--dlq-topic",
+            f"dlq-{suffix}",
+            "--partitions",
+            "7",
+            "--topic-partitions",
+            "2",
+        ]
+    )
     assert status == 2
     assert "--partitions 7" in capsys.readouterr().err

@@ -19,8 +19,8 @@ from tests.serve_harness import (
     forecast_docs,
     offline_forecasts,
     produce,
-    reading_message,
     read_records,
+    reading_message,
     serve_args,
 )
 
@@ -38,9 +38,29 @@ def variant_artifacts(tmp_path_factory) -> dict[str, Path]:
     for cell in CELLS:
         target = tmp_path_factory.mktemp("art") / cell
         subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "train", "--data", str(data), "--out", str(target), "--cell", cell,
-             "--units", "8", "--epochs", "1", "--seed", "1"],
-            cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(target),
+                "--cell",
+                cell,
+                "--units",
+                "8",
+                "--epochs",
+                "1",
+                "--seed",
+                "1",
+            ],
+            cwd=REPO,
+            env=_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
         )
         out[cell] = target
     return out
@@ -59,7 +79,9 @@ def test_job_serves_variant_exactly_like_the_offline_engine(cell, variant_artifa
         produce(broker.bootstrap, topics["input_topic"], [reading_message(r, covariates) for r in readings])
         expected = offline_forecasts(artifact, readings, covariates, covariates)
         assert len(expected) == STREAMS * (ROWS - 48)
-        served = forecast_docs(read_records(broker.bootstrap, topics["output_topic"], at_least=len(expected), timeout=120))
+        served = forecast_docs(
+            read_records(broker.bootstrap, topics["output_topic"], at_least=len(expected), timeout=120)
+        )
     finally:
         job.stop()
     result = compare(served, expected)

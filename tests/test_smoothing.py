@@ -59,7 +59,9 @@ def test_fit_smoothing_prefers_adapting_to_a_level_shift():
     assert (chosen.alpha, chosen.gammas[0]) != (0.0, 1.0)
 
 
-@pytest.mark.parametrize("smoothing", [Smoothing((4,), 0.2, (0.3,)), Smoothing((3, 6), 0.1, (0.4, 0.2))], ids=["one", "two"])
+@pytest.mark.parametrize(
+    "smoothing", [Smoothing((4,), 0.2, (0.3,)), Smoothing((3, 6), 0.1, (0.4, 0.2))], ids=["one", "two"]
+)
 def test_the_engine_serves_what_training_computes(smoothing):
     """Per reading: the engine's features and base equal segment_arrays' rows (targets relative to the same level)."""
     horizon = 4
@@ -71,7 +73,9 @@ def test_the_engine_serves_what_training_computes(smoothing):
     timestamps = 1.6e9 + 60.0 * np.arange(n)
     values = 10 + np.sin(np.arange(n)) + rng.normal(size=n)
     covariates = rng.normal(size=(n, 1))
-    rows = segment_arrays(Segment("s", timestamps, values, covariates), spec, smoothing.seasons[0], horizon, smoothing=smoothing)
+    rows = segment_arrays(
+        Segment("s", timestamps, values, covariates), spec, smoothing.seasons[0], horizon, smoothing=smoothing
+    )
     mean, scale = fit_stream_value_scaler(values[: smoothing.warmup])
     levels, _, _ = SmoothingKernel(smoothing, horizon).run((values - mean) / scale)
     state, flat = None, weights.zero_state(1)

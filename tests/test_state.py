@@ -60,8 +60,18 @@ def test_the_model_key_round_trips_and_format_1_states_still_decode():
     # A state written before the key existed (format 1: the same header without it).
     old = sample_state()
     header = struct.Struct("<4sHqddddHHIqq").pack(
-        b"RNCS", 1, old.readings_seen, old.last_timestamp, old.value_mean, old.value_scale, old.one_step_forecast,
-        old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset,
+        b"RNCS",
+        1,
+        old.readings_seen,
+        old.last_timestamp,
+        old.value_mean,
+        old.value_scale,
+        old.one_step_forecast,
+        old.ring.size,
+        old.ring_fill,
+        old.cell_state.size,
+        old.source_partition,
+        old.source_offset,
     )
     back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
     # Formats 1 and 2 held the last S values in original units: they decode as the seasonal-naive
@@ -72,9 +82,19 @@ def test_the_model_key_round_trips_and_format_1_states_still_decode():
 
 def _format_2_bytes(state) -> bytes:
     header = struct.Struct("<4sHqddddHHIqqQ").pack(
-        b"RNCS", 2, state.readings_seen, state.last_timestamp, state.value_mean, state.value_scale,
-        state.one_step_forecast, state.ring.size, state.ring_fill, state.cell_state.size,
-        state.source_partition, state.source_offset, state.model_key,
+        b"RNCS",
+        2,
+        state.readings_seen,
+        state.last_timestamp,
+        state.value_mean,
+        state.value_scale,
+        state.one_step_forecast,
+        state.ring.size,
+        state.ring_fill,
+        state.cell_state.size,
+        state.source_partition,
+        state.source_offset,
+        state.model_key,
     )
     return header + state.ring.astype("<f8").tobytes() + state.cell_state.astype("<f8").tobytes()
 
@@ -106,7 +126,9 @@ def test_with_source_equals_dataclasses_replace() -> None:
     stamped = state.with_source(2, 7, model_key=42)
     assert stamped == dataclasses.replace(state, source_partition=2, source_offset=7, model_key=42)
     assert (stamped.source_partition, stamped.source_offset, stamped.model_key) == (2, 7, 42)
-    assert state.source_offset != 7 and stamped.ring is state.ring  # a new value; the arrays are shared, as replace does
+    assert (
+        state.source_offset != 7 and stamped.ring is state.ring
+    )  # a new value; the arrays are shared, as replace does
     with pytest.raises(dataclasses.FrozenInstanceError):
         stamped.source_offset = 8  # type: ignore[misc]
 
@@ -123,8 +145,19 @@ def test_the_interval_part_round_trips_exactly_and_format_2_states_still_decode(
     # A state written before intervals existed (format 2: the same header, nothing after the cell state).
     old = sample_state()
     header = struct.Struct("<4sHqddddHHIqqQ").pack(
-        b"RNCS", 2, old.readings_seen, old.last_timestamp, old.value_mean, old.value_scale, old.one_step_forecast,
-        old.ring.size, old.ring_fill, old.cell_state.size, old.source_partition, old.source_offset, 7,
+        b"RNCS",
+        2,
+        old.readings_seen,
+        old.last_timestamp,
+        old.value_mean,
+        old.value_scale,
+        old.one_step_forecast,
+        old.ring.size,
+        old.ring_fill,
+        old.cell_state.size,
+        old.source_partition,
+        old.source_offset,
+        7,
     )
     back = decode_state(header + old.ring.astype("<f8").tobytes() + old.cell_state.astype("<f8").tobytes())
     assert back.model_key == 7 and back.interval_state.size == 0

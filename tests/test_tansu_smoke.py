@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import serve_harness as h
 from pipeline.broker import EmbeddedBroker
 from pipeline.cli import main
+
+import serve_harness as h
 
 STREAMS = 4
 ROWS = 120
@@ -51,8 +52,14 @@ def test_serve_end_to_end_on_tansu(tansu_broker: EmbeddedBroker, artifact: Path,
     reference = h.offline_forecasts(artifact, readings, served.features.covariate_names, data_covariates)
     assert len(reference) == STREAMS * (ROWS - served.season)
     job = h.ServeProcess(
-        h.serve_args(artifact, bootstrap, input_topic=readings_topic, output_topic=forecasts_topic,
-                     dlq_topic=f"dlq-{suffix}", group=group),
+        h.serve_args(
+            artifact,
+            bootstrap,
+            input_topic=readings_topic,
+            output_topic=forecasts_topic,
+            dlq_topic=f"dlq-{suffix}",
+            group=group,
+        ),
         tmp_path / "serve.log",
     )
     try:

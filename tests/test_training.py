@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.scaling import fit_stream_value_scaler
-from models.smoothing import SmoothingKernel
 from models.artifact import ArtifactError, load_artifact, load_keras_model
 from models.data import load_csv
 from models.evaluation import run_engine
+from models.scaling import fit_stream_value_scaler
 from models.sequences import contiguous_segments, segment_arrays
+from models.smoothing import SmoothingKernel
 from pipeline.cli import main
 
 FAST = ["--units", "8", "--epochs", "2", "--seed", "3"]
@@ -28,8 +28,21 @@ def artifact_dir(elec_30_days_csv, tmp_path_factory) -> Path:
 
 def test_artifact_manifest_is_complete(artifact_dir, elec_30_days_csv):
     manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    for key in ("cell", "layers", "units", "horizon", "season", "step_seconds", "features", "version",
-                "model_sha256", "weights_sha256", "validation", "training", "serving"):
+    for key in (
+        "cell",
+        "layers",
+        "units",
+        "horizon",
+        "season",
+        "step_seconds",
+        "features",
+        "version",
+        "model_sha256",
+        "weights_sha256",
+        "validation",
+        "training",
+        "serving",
+    ):
         assert key in manifest, key
     assert manifest["cell"] == "lstm" and manifest["horizon"] == 48 and manifest["season"] == 48
     assert manifest["step_seconds"] == 1800
@@ -57,7 +70,9 @@ def test_engine_equals_keras_on_the_stream(artifact_dir, elec_30_days_csv):
     model = load_keras_model(artifact)
     segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
     arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon, smoothing=artifact.smoothing)
-    predicted = model.predict({"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0)[0]
+    predicted = model.predict(
+        {"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0
+    )[0]
     # Keras forecasts relative to the smoothed level at each origin; serving adds the level back.
     warmup = artifact.smoothing.warmup
     mean, scale = fit_stream_value_scaler(series.values[:warmup])
@@ -87,7 +102,11 @@ def test_evaluate_json_shape(artifact_dir, elec_30_days_csv, capsys):
     assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["horizon"] == 48 and report["season"] == 48 and report["test_points"] > 0
-    for part, keys in (("model", ("mae", "rmse", "mase")), ("persistence", ("mae", "rmse")), ("seasonal_naive", ("mae", "rmse"))):
+    for part, keys in (
+        ("model", ("mae", "rmse", "mase")),
+        ("persistence", ("mae", "rmse")),
+        ("seasonal_naive", ("mae", "rmse")),
+    ):
         for key in keys:
             assert len(report[part][key]) == 48
     ratios = report["summary"]
@@ -191,7 +210,22 @@ def test_several_seasons_and_the_smoothing_choice_are_recorded(artifact_dir):
 
 
 def test_season_flag_takes_several_cycles_and_refuses_ones_that_do_not_divide(tmp_path, elec_30_days_csv, capsys):
-    assert main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,100", "--epochs", "1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(elec_30_days_csv),
+                "--out",
+                str(tmp_path / "o"),
+                "--season",
+                "48,100",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "--season 48,100: each season must divide the longest" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:  # argparse: usage and the error on stderr, exit 2
         main(["train", "--data", str(elec_30_days_csv), "--out", str(tmp_path / "o"), "--season", "48,x"])
@@ -199,15 +233,45 @@ def test_season_flag_takes_several_cycles_and_refuses_ones_that_do_not_divide(tm
 
 
 def test_evaluate_scores_a_statistical_peer_on_the_same_origins(artifact_dir, elec_30_days_csv, capsys):
-    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--json",
-                 "--peer", "holt_winters", "--peer-origins", "3"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--artifact",
+                str(artifact_dir),
+                "--data",
+                str(elec_30_days_csv),
+                "--json",
+                "--peer",
+                "holt_winters",
+                "--peer-origins",
+                "3",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     peer = report["peer"]
     assert peer["peer"] == "holt_winters" and peer["origins"] == 3
     assert len(peer["model_mae"]) == len(peer["peer_mae"]) == report["horizon"]
     assert all(np.isfinite(peer["peer_mae"])) and np.isfinite(peer["model_vs_peer"])
     # the text report names the peer beside the table
-    assert main(["evaluate", "--artifact", str(artifact_dir), "--data", str(elec_30_days_csv), "--peer", "holt_winters", "--peer-origins", "2"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--artifact",
+                str(artifact_dir),
+                "--data",
+                str(elec_30_days_csv),
+                "--peer",
+                "holt_winters",
+                "--peer-origins",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "strong peer holt_winters (statsforecast" in capsys.readouterr().out
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.scaling import fit_stream_value_scaler
-from models.smoothing import SmoothingKernel
 from models.engine import APPLIED
 from models.features import calendar_features
 from models.networks import NETWORK_TYPES, VARIANT_TYPES, network_from_arrays, network_hyperparameters
 from models.reading import Reading
+from models.scaling import fit_stream_value_scaler
+from models.smoothing import SmoothingKernel
 from models.state import decode_state, encode_state
 from tests.model_helpers import VARIANTS, random_variant, readings, run, small_variant_engine
 
@@ -62,7 +62,9 @@ def _random_keras_variant(variant, cell, layers, calendar, scored_from=0, seed=0
     x = rng.normal(size=(2, STEPS, n_features)).astype("float32")
     if calendar:
         angles = rng.uniform(0, 2 * np.pi, size=(2, STEPS, 2))
-        x[..., -4:] = np.stack([np.sin(angles[..., 0]), np.cos(angles[..., 0]), np.sin(angles[..., 1]), np.cos(angles[..., 1])], -1)
+        x[..., -4:] = np.stack(
+            [np.sin(angles[..., 0]), np.cos(angles[..., 0]), np.sin(angles[..., 1]), np.cos(angles[..., 1])], -1
+        )
     base = rng.normal(size=(2, STEPS, horizon)).astype("float32")
     return spec, serving, training, x, base
 
@@ -187,7 +189,6 @@ def test_birnn_state_holds_the_last_l_inputs_and_the_backward_pass_reads_them_ne
     assert not np.allclose(network.backward_summary(window[None]), network.backward_summary(window[::-1][None]))
 
 
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_engine_warm_up_then_one_forecast_per_reading(variant):
     engine = small_variant_engine(variant, season=4, horizon=3)
@@ -253,7 +254,13 @@ def test_engine_is_equivariant_for_unseen_magnitudes(variant):
             np.testing.assert_allclose(b.forecast.values, 1000.0 * a.forecast.values, rtol=1e-9)
 
 
-VARIANT_MODULES = ["networks.py", "variants/__init__.py", "variants/seq2seq.py", "variants/attention.py", "variants/birnn.py"]
+VARIANT_MODULES = [
+    "networks.py",
+    "variants/__init__.py",
+    "variants/seq2seq.py",
+    "variants/attention.py",
+    "variants/birnn.py",
+]
 
 
 @pytest.mark.parametrize("module", VARIANT_MODULES)
@@ -310,13 +317,18 @@ def test_engine_equals_keras_on_the_stream(trained, elec_30_days_csv, variant):
     from models.sequences import contiguous_segments, segment_arrays
 
     artifact = load_artifact(trained[variant])
-    assert type(artifact.weights).__name__ == {"seq2seq": "Seq2SeqNetwork", "attention": "AttentionNetwork", "birnn": "BiRNNNetwork"}[variant]
+    assert (
+        type(artifact.weights).__name__
+        == {"seq2seq": "Seq2SeqNetwork", "attention": "AttentionNetwork", "birnn": "BiRNNNetwork"}[variant]
+    )
     series = load_csv(elec_30_days_csv).series["vic_demand"]
     forecasts = run_engine(artifact.engine(), "vic_demand", series, [0, 1])
     model = load_keras_model(artifact)  # safe_mode=True, Lambda refused
     segment = contiguous_segments("vic_demand", series.timestamps, series.values, series.covariates, 1800)[0]
     arrays = segment_arrays(segment, artifact.features, artifact.season, artifact.horizon, smoothing=artifact.smoothing)
-    predicted = model.predict({"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0)[0]
+    predicted = model.predict(
+        {"features": arrays.inputs[None].astype("float32"), "base": arrays.base[None].astype("float32")}, verbose=0
+    )[0]
     # Keras forecasts relative to the smoothed level at each origin; serving adds the level back.
     warmup = artifact.smoothing.warmup
     mean, scale = fit_stream_value_scaler(series.values[:warmup])
@@ -345,7 +357,12 @@ def test_evaluate_json_for_variants(trained, elec_30_days_csv, variant, capsys):
 def test_keras_reference_engine_says_it_does_not_step_variants(trained, elec_30_days_csv, capsys):
     from pipeline.cli import main
 
-    assert main(["evaluate", "--artifact", str(trained["attention"]), "--data", str(elec_30_days_csv), "--engine", "keras"]) == 2
+    assert (
+        main(
+            ["evaluate", "--artifact", str(trained["attention"]), "--data", str(elec_30_days_csv), "--engine", "keras"]
+        )
+        == 2
+    )
     assert "plain rnn/lstm/gru" in capsys.readouterr().err
 
 

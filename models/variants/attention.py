@@ -82,9 +82,7 @@ class AttentionNetwork:
         weights /= weights.sum(axis=1, keepdims=True)
         context = np.einsum("nw,nwu->nu", weights, memory)
         units = self.units
-        return np.tanh(
-            context @ self.combine_kernel[:units] + hidden @ self.combine_kernel[units:] + self.combine_bias
-        )
+        return np.tanh(context @ self.combine_kernel[:units] + hidden @ self.combine_kernel[units:] + self.combine_bias)
 
     def skip(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
         return linear_skip(x, base, self.skip_kernel, self.skip_bias)
@@ -107,15 +105,29 @@ class AttentionNetwork:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], hyperparameters: dict) -> "AttentionNetwork":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], hyperparameters: dict) -> AttentionNetwork:
         if hyperparameters.get("attention", ATTENTION_TYPE) != ATTENTION_TYPE:
-            raise ValueError(f"attention type {hyperparameters['attention']!r} is not supported (only {ATTENTION_TYPE})")
+            raise ValueError(
+                f"attention type {hyperparameters['attention']!r} is not supported (only {ATTENTION_TYPE})"
+            )
         network = cls(
             encoder=layers_from_arrays("encoder", hyperparameters["encoder_cell"], arrays),
-            **{name: np.asarray(arrays[name], dtype=np.float64) for name in (
-                "score_kernel", "lag_bias", "combine_kernel", "combine_bias", "head_kernel", "head_bias", "skip_kernel", "skip_bias"
-            )},
+            **{
+                name: np.asarray(arrays[name], dtype=np.float64)
+                for name in (
+                    "score_kernel",
+                    "lag_bias",
+                    "combine_kernel",
+                    "combine_bias",
+                    "head_kernel",
+                    "head_bias",
+                    "skip_kernel",
+                    "skip_bias",
+                )
+            },
         )
         if "window" in hyperparameters and int(hyperparameters["window"]) != network.window:
-            raise ValueError(f"lag_bias has {network.window} lags, the manifest says window {hyperparameters['window']}")
+            raise ValueError(
+                f"lag_bias has {network.window} lags, the manifest says window {hyperparameters['window']}"
+            )
         return network

@@ -89,11 +89,16 @@ class BiRNNNetwork:
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = layers_to_arrays("forward", self.forward)
         arrays.update(layers_to_arrays("backward", self.backward))
-        arrays.update(head_kernel=self.head_kernel, head_bias=self.head_bias, skip_kernel=self.skip_kernel, skip_bias=self.skip_bias)
+        arrays.update(
+            head_kernel=self.head_kernel,
+            head_bias=self.head_bias,
+            skip_kernel=self.skip_kernel,
+            skip_bias=self.skip_bias,
+        )
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], hyperparameters: dict) -> "BiRNNNetwork":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], hyperparameters: dict) -> BiRNNNetwork:
         cell = hyperparameters["encoder_cell"]
         return cls(
             forward=layers_from_arrays("forward", cell, arrays),

@@ -150,7 +150,7 @@ class Seq2SeqNetwork:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], hyperparameters: dict) -> "Seq2SeqNetwork":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], hyperparameters: dict) -> Seq2SeqNetwork:
         encoder_cell = hyperparameters["encoder_cell"]
         decoder_cell = hyperparameters.get("decoder_cell", encoder_cell)
         (decoder,) = layers_from_arrays("decoder", decoder_cell, arrays)
