@@ -2,7 +2,7 @@
 #   make test   bootstrap .venv + system packages + Apache Kafka's jars, then the whole test suite
 #   make kafka  fetch the pinned Apache Kafka broker's jars with Maven (cached; a no-op when present)
 #   make run    the demo (see below)
-#   make lint   ruff (lint + format check, ruff.toml) and bash -n on the scripts; CI runs it before the tests
+#   make lint   ruff (lint + format check, ruff.toml), mypy --strict on the core (mypy.ini), bash -n on the scripts; CI runs it
 #   make flink  fetch (pinned, cached) Beam's Flink job server, a Flink 1.19 distribution and Beam's boot
 #   make clean  remove caches and build leftovers (make distclean also removes .venv)
 
@@ -55,6 +55,7 @@ accuracy: venv
 lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 	bash -n scripts/*.sh .ci/run deploy/launch.sh
 
 clean:

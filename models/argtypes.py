@@ -36,7 +36,7 @@ def number(kind: type, minimum: float | None = None, *, strictly: bool = False) 
         reason = check_number(value, minimum, strictly=strictly)
         if reason:
             raise argparse.ArgumentTypeError(reason)
-        return value
+        return float(value) if kind is float else int(value)
 
     parse.__name__ = kind.__name__  # argparse names the type in some messages
     return parse

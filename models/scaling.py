@@ -11,7 +11,9 @@ Two rules:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,16 +31,16 @@ class ScalerParams:
     scale: tuple[float, ...]
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return np.asarray((x - np.asarray(self.mean)) / np.asarray(self.scale))
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
-        return z * np.asarray(self.scale) + np.asarray(self.mean)
+        return np.asarray(z * np.asarray(self.scale) + np.asarray(self.mean))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, list[float]]:
         return {"mean": list(self.mean), "scale": list(self.scale)}
 
     @classmethod
-    def from_json(cls, data: dict) -> ScalerParams:
+    def from_json(cls, data: Mapping[str, Any]) -> ScalerParams:
         return cls(mean=tuple(float(v) for v in data["mean"]), scale=tuple(float(v) for v in data["scale"]))
 
 

@@ -32,7 +32,7 @@ _EPOCH_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCI
 _EXPECTED = "expected RFC 3339 with 'Z' or an offset (e.g. '2014-01-01T00:30:00Z') or epoch seconds"
 
 
-def parse_timestamp(value: str | float | int) -> float:
+def parse_timestamp(value: object) -> float:
     """Converts an RFC 3339 string or epoch seconds to float epoch seconds (UTC).
 
     Args:
@@ -49,12 +49,14 @@ def parse_timestamp(value: str | float | int) -> float:
     """
     if isinstance(value, str):
         return _parse_text(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, bool):  # a JSON true/false is not a time
+        raise ValueError(f"invalid timestamp {value!r} of type bool: {_EXPECTED}")
+    if isinstance(value, numbers.Real):
         return _finite_seconds(float(value), value)
     raise ValueError(f"invalid timestamp {value!r} of type {type(value).__name__}: {_EXPECTED}")
 
 
-def format_timestamp(seconds: float) -> str:
+def format_timestamp(seconds: object) -> str:
     """Formats epoch seconds as RFC 3339 in UTC with a ``Z`` suffix.
 
     The value is rounded to the microsecond; the fractional part is written only when it
