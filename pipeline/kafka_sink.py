@@ -61,10 +61,9 @@ Interval = tuple[int, int]
 
 # acks=all + idempotence: no reordering or duplicates from the producer's own retries.
 # librdkafka's queue holds a bundle's outputs plus the held snapshots (one per stream) until a flush.
-# linger.ms 20 (measured, bench 2026-11-26: 5 / 20 / 50 ms): fewer, larger produce requests cost the
-# broker and librdkafka less (two instances 12.6k -> 14.6k readings/s) while the flush at each
-# bundle's end still sends at once; 50 ms left the bundle thread waiting in that flush (one instance
-# 7.5k vs 9.2k readings/s).
+# linger.ms 20: fewer, larger produce requests cost the broker and librdkafka less, while the flush at
+# each bundle's end still sends at once; longer left the bundle thread waiting in that flush (the
+# measurements: benchmarks/README.md, "Sink linger.ms").
 SINK_PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,

@@ -177,9 +177,9 @@ class ReadPartitions(beam.DoFn):
                     "fetch.max.bytes": 4 * 1024 * 1024,
                     "max.partition.fetch.bytes": 1024 * 1024,
                     # How long the broker may hold a fetch when no data is there. Kafka answers a held
-                    # fetch as soon as data arrives; Tansu 0.6 does not, so new readings waited for the
-                    # rest of the client's default 500 ms (measured: 50-240 ms from produce to poll,
-                    # 3-8 ms with 10 ms). Idle partitions cost a fetch per 20 ms.
+                    # fetch as soon as data arrives; Tansu 0.6 does not, so new readings would wait for the
+                    # rest of the client's default 500 ms (benchmarks/README.md). Idle partitions cost a
+                    # fetch per 20 ms.
                     "fetch.wait.max.ms": _FETCH_MAX_WAIT_MS,
                     **self._health.config(),
                 },

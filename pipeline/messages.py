@@ -306,7 +306,7 @@ def decode_reading(value: bytes | None, key: bytes | None, covariate_names: Sequ
         text = value.decode("utf-8")
     except UnicodeDecodeError as err:
         return Rejection("not_utf8", f"invalid UTF-8 at byte {err.start}")
-    # Fast path: orjson (~5x faster than json). Whatever it rejects, and every record that turns out
+    # Fast path: orjson (faster than json; benchmarks/README.md). Whatever it rejects, and every record that turns out
     # not to be a valid reading, goes through Python's json parser, whose reasons and details are
     # the reference; where both parse, a valid reading comes out the same (orjson differs only on
     # integers beyond 64 bits, which it reads as the same float that float() gives).

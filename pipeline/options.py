@@ -55,9 +55,9 @@ DEFAULT_GUARANTEE = AT_LEAST_ONCE
 # its transaction commits, so the interval bounds its latency; at-least-once publishes at once and the
 # interval only paces snapshots and offset commits.
 COMMIT_INTERVALS = {AT_LEAST_ONCE: 5.0, EXACTLY_ONCE: 0.2}
-# --state-shards by runner. On one local worker (bench, 1,000 streams on 4 partitions) 4 beat 16: bigger rounds
-# of readings stepped together. A distributed runner spreads the shards over its workers by key, so it needs
-# several per worker to balance them.
+# --state-shards by runner. On one local worker fewer shards make bigger rounds of readings stepped together
+# (benchmarks/README.md, "--state-shards 4 instead of 16"); a distributed runner spreads the shards over its
+# workers by key, so it needs several per worker to balance them.
 STATE_SHARDS_BY_RUNNER = {"the local runner": 4, "distributed runners": 16}
 _REFUSED_RUNNERS = ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner", "testdirectrunner")
 
